@@ -1,0 +1,241 @@
+//! Records shared by the kernel programs (`mcpscope-ebpf`) and the userspace
+//! agent (`mcpscope`). Every type here is `#[repr(C)]`, has no padding the
+//! compiler could fill with garbage, and is defined exactly once.
+//!
+//! The ring buffer carries two record shapes, told apart by their first `u32`
+//! ([`RecordKind`]): a [`DataHeader`] followed by `len` captured bytes, or a
+//! fixed-size [`ProcRecord`].
+#![no_std]
+
+/// Bytes of `task_struct.comm`.
+pub const COMM_LEN: usize = 16;
+
+/// Captured bytes per ring-buffer record. One syscall's data is split into
+/// records of at most this size. The per-CPU scratch record (header + chunk)
+/// must stay under the kernel's 32 KiB per-CPU value limit (E2BIG otherwise).
+pub const CHUNK_SIZE: usize = 16 * 1024;
+
+/// Upper bound of records one syscall may produce (the copy loop's bound,
+/// which the verifier needs to be constant). `CHUNK_SIZE * MAX_CHUNKS` is the
+/// largest configurable per-syscall capture cap (2 MiB).
+pub const MAX_CHUNKS: u32 = 128;
+
+/// Largest per-syscall capture cap the kernel side supports.
+pub const MAX_CAPTURE_CAP: u64 = CHUNK_SIZE as u64 * MAX_CHUNKS as u64;
+
+/// Default per-syscall capture cap: a 600 KB line written by one `write`
+/// arrives whole.
+pub const DEFAULT_CAPTURE_CAP: u32 = 1024 * 1024;
+
+/// Largest iovec array walked for readv/writev/sendmsg/recvmsg.
+pub const MAX_IOV: u32 = 64;
+
+/// What a ring-buffer record is; the first `u32` of every record.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A [`DataHeader`] and the bytes it describes.
+    Data = 1,
+    /// A process called `execve` ([`ProcRecord`]).
+    Exec = 2,
+    /// The last thread of a process exited ([`ProcRecord`]).
+    Exit = 3,
+    /// A tracked fd was closed ([`ProcRecord`], `fd` set).
+    Close = 4,
+}
+
+impl RecordKind {
+    /// Decodes the first `u32` of a record.
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Data),
+            2 => Some(Self::Exec),
+            3 => Some(Self::Exit),
+            4 => Some(Self::Close),
+            _ => None,
+        }
+    }
+}
+
+/// The syscall that moved the bytes.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syscall {
+    Read = 0,
+    Write = 1,
+    Readv = 2,
+    Writev = 3,
+    Recvfrom = 4,
+    Sendto = 5,
+    Recvmsg = 6,
+    Sendmsg = 7,
+}
+
+impl Syscall {
+    /// Decodes [`DataHeader::syscall`].
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => Self::Read,
+            1 => Self::Write,
+            2 => Self::Readv,
+            3 => Self::Writev,
+            4 => Self::Recvfrom,
+            5 => Self::Sendto,
+            6 => Self::Recvmsg,
+            7 => Self::Sendmsg,
+            _ => return None,
+        })
+    }
+
+    /// True when data flows out of the calling process.
+    pub const fn is_egress(self) -> bool {
+        matches!(
+            self,
+            Self::Write | Self::Writev | Self::Sendto | Self::Sendmsg
+        )
+    }
+
+    /// True when the buffer argument is an iovec array.
+    pub const fn is_vectored(self) -> bool {
+        matches!(
+            self,
+            Self::Readv | Self::Writev | Self::Recvmsg | Self::Sendmsg
+        )
+    }
+
+    /// Lower-case syscall name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Readv => "readv",
+            Self::Writev => "writev",
+            Self::Recvfrom => "recvfrom",
+            Self::Sendto => "sendto",
+            Self::Recvmsg => "recvmsg",
+            Self::Sendmsg => "sendmsg",
+        }
+    }
+}
+
+/// [`DataHeader::flags`]: the bytes were written by the process (egress).
+pub const FLAG_EGRESS: u32 = 1;
+/// [`DataHeader::flags`]: this record is the truncation marker; `len` is 0,
+/// `offset` is where capture stopped and `total_len` the true length.
+pub const FLAG_TRUNCATED: u32 = 2;
+
+/// Header of a [`RecordKind::Data`] record; `len` bytes of data follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DataHeader {
+    /// [`RecordKind::Data`].
+    pub kind: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// Process id (thread group id).
+    pub tgid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// File descriptor.
+    pub fd: u32,
+    /// [`Syscall`] as `u32`.
+    pub syscall: u32,
+    /// `bpf_ktime_get_ns()` at syscall exit (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Bytes the syscall transferred (its return value), the true length.
+    pub total_len: u64,
+    /// Offset of this chunk within the syscall's data.
+    pub offset: u32,
+    /// Bytes of data following this header.
+    pub len: u32,
+    /// cgroup v2 id of the task.
+    pub cgroup_id: u64,
+    /// `task_struct.comm`, NUL padded.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Size of [`DataHeader`] on the wire.
+pub const DATA_HEADER_LEN: usize = core::mem::size_of::<DataHeader>();
+
+/// A process lifecycle or fd record ([`RecordKind::Exec`], `Exit`, `Close`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcRecord {
+    /// [`RecordKind`] as `u32`.
+    pub kind: u32,
+    /// Process id.
+    pub tgid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Closed fd for `Close`, otherwise 0.
+    pub fd: u32,
+    /// `bpf_ktime_get_ns()`.
+    pub ts_ns: u64,
+    /// cgroup v2 id.
+    pub cgroup_id: u64,
+    /// `task_struct.comm` after the event.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Arguments saved at syscall entry, keyed by `pid_tgid`, consumed at exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallArgs {
+    /// Buffer pointer, or iovec array pointer for vectored calls.
+    pub buf: u64,
+    /// iovec count for vectored calls, otherwise 0.
+    pub iovcnt: u64,
+    /// File descriptor.
+    pub fd: u32,
+    /// [`Syscall`] as `u32`.
+    pub syscall: u32,
+}
+
+/// `STREAMS` value: the fd carries MCP (or looked like it); capture it all.
+pub const STREAM_TRACKED: u8 = 1;
+/// `STREAMS` value: userspace decided this fd is not MCP; skip it.
+pub const STREAM_IGNORED: u8 = 2;
+
+/// Key of the `STREAMS` map.
+pub const fn stream_key(tgid: u32, fd: u32) -> u64 {
+    ((tgid as u64) << 32) | fd as u64
+}
+
+/// Indexes of the per-CPU `COUNTERS` array. Every loss in the kernel has one.
+pub mod counter {
+    /// Records not written because the ring buffer was full.
+    pub const RINGBUF_FULL_RECORDS: u32 = 0;
+    /// Bytes not written because the ring buffer was full.
+    pub const RINGBUF_FULL_BYTES: u32 = 1;
+    /// Syscalls whose data exceeded the capture cap.
+    pub const TRUNCATED_SYSCALLS: u32 = 2;
+    /// Bytes beyond the capture cap (not captured).
+    pub const TRUNCATED_BYTES: u32 = 3;
+    /// `bpf_probe_read_user` failures (bytes could not be copied).
+    pub const READ_FAULTS: u32 = 4;
+    /// Syscall entries not recorded because the args map was full.
+    pub const ARGS_MAP_FULL: u32 = 5;
+    /// Syscalls whose data was captured.
+    pub const CAPTURED_SYSCALLS: u32 = 6;
+    /// Bytes captured.
+    pub const CAPTURED_BYTES: u32 = 7;
+    /// Number of counters.
+    pub const COUNT: u32 = 8;
+    /// Names, indexed like the constants (used for metrics and logs).
+    pub const NAMES: [&str; COUNT as usize] = [
+        "ringbuf_full_records",
+        "ringbuf_full_bytes",
+        "truncated_syscalls",
+        "truncated_bytes",
+        "read_faults",
+        "args_map_full",
+        "captured_syscalls",
+        "captured_bytes",
+    ];
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] integers and byte arrays without padding.
+    unsafe impl aya::Pod for super::SyscallArgs {}
+}

@@ -1,0 +1,330 @@
+//! Syscall data capture: enter saves arguments, exit copies the bytes.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns, bpf_loop, bpf_probe_read_user, bpf_probe_read_user_buf,
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use mcpscope_common::{
+    counter, stream_key, RecordKind, Syscall, SyscallArgs, CHUNK_SIZE, DATA_HEADER_LEN,
+    FLAG_EGRESS, FLAG_TRUNCATED, MAX_CAPTURE_CAP, MAX_CHUNKS, MAX_IOV, STREAM_IGNORED,
+    STREAM_TRACKED,
+};
+
+use crate::maps::{
+    count, CopyState, Scratch, AGENT_TGID, ARGS, CAPTURE_CAP, EVENTS, SCRATCH, STREAMS,
+};
+
+// Offsets in the syscall tracepoint record (see
+// /sys/kernel/tracing/events/syscalls/sys_enter_write/format): every argument
+// is an 8-byte slot starting at 16; sys_exit's `ret` is at 16. This layout is
+// the stable syscall-tracepoint ABI, identical for every syscall.
+const ARG0: usize = 16;
+const ARG1: usize = 24;
+const ARG2: usize = 32;
+const EXIT_RET: usize = 16;
+
+/// x86_64 `struct user_msghdr`: msg_iov at 16, msg_iovlen at 24.
+const MSGHDR_IOV: u64 = 16;
+const MSGHDR_IOVLEN: u64 = 24;
+
+/// `struct iovec { void *iov_base; size_t iov_len; }`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IoVec {
+    base: u64,
+    len: u64,
+}
+
+macro_rules! syscall_pair {
+    ($enter:ident, $exit:ident, $sc:expr) => {
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            on_enter(&ctx, $sc);
+            0
+        }
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            on_exit(&ctx);
+            0
+        }
+    };
+}
+
+syscall_pair!(enter_read, exit_read, Syscall::Read);
+syscall_pair!(enter_write, exit_write, Syscall::Write);
+syscall_pair!(enter_readv, exit_readv, Syscall::Readv);
+syscall_pair!(enter_writev, exit_writev, Syscall::Writev);
+syscall_pair!(enter_recvfrom, exit_recvfrom, Syscall::Recvfrom);
+syscall_pair!(enter_sendto, exit_sendto, Syscall::Sendto);
+syscall_pair!(enter_recvmsg, exit_recvmsg, Syscall::Recvmsg);
+syscall_pair!(enter_sendmsg, exit_sendmsg, Syscall::Sendmsg);
+
+#[inline(always)]
+fn on_enter(ctx: &TracePointContext, sc: Syscall) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == AGENT_TGID.load() {
+        return;
+    }
+    // SAFETY: reads from the tracepoint record at fixed, documented offsets.
+    let fd = match unsafe { ctx.read_at::<u64>(ARG0) } {
+        Ok(fd) => fd as u32,
+        Err(_) => return,
+    };
+    // SAFETY: map values are plain u8.
+    if let Some(&STREAM_IGNORED) = unsafe { STREAMS.get(stream_key(tgid, fd)) } {
+        return; // userspace ruled this fd out: the cheapest possible exit
+    }
+    let Ok(ptr) = (unsafe { ctx.read_at::<u64>(ARG1) }) else {
+        return;
+    };
+    let (buf, iovcnt) = match sc {
+        Syscall::Readv | Syscall::Writev => match unsafe { ctx.read_at::<u64>(ARG2) } {
+            Ok(n) => (ptr, n),
+            Err(_) => return,
+        },
+        Syscall::Recvmsg | Syscall::Sendmsg => {
+            // The msghdr is valid user memory at entry; keep only the iovec
+            // array, which is where the kernel reads/writes the payload.
+            let iov = unsafe { bpf_probe_read_user((ptr + MSGHDR_IOV) as *const u64) };
+            let n = unsafe { bpf_probe_read_user((ptr + MSGHDR_IOVLEN) as *const u64) };
+            match (iov, n) {
+                (Ok(iov), Ok(n)) => (iov, n),
+                _ => return count(counter::READ_FAULTS, 1),
+            }
+        }
+        _ => (ptr, 0),
+    };
+    let args = SyscallArgs {
+        buf,
+        iovcnt,
+        fd,
+        syscall: sc as u32,
+    };
+    if ARGS.insert(pid_tgid, args, 0).is_err() {
+        count(counter::ARGS_MAP_FULL, 1);
+    }
+}
+
+#[inline(always)]
+fn on_exit(ctx: &TracePointContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: copy out, then delete; the value is plain data.
+    let args = match unsafe { ARGS.get(pid_tgid) } {
+        Some(a) => *a,
+        None => return, // agent thread, ignored fd, or entry before attach
+    };
+    let _ = ARGS.remove(pid_tgid);
+    let ret = match unsafe { ctx.read_at::<i64>(EXIT_RET) } {
+        Ok(r) if r > 0 => r as u64,
+        _ => return, // error, EOF or nothing moved
+    };
+    let tgid = (pid_tgid >> 32) as u32;
+    let key = stream_key(tgid, args.fd);
+    let Some(sc) = Syscall::from_u32(args.syscall) else {
+        return;
+    };
+    // SAFETY: map values are plain u8.
+    let tracked = matches!(unsafe { STREAMS.get(key) }, Some(&STREAM_TRACKED));
+    if !tracked {
+        if !looks_like_mcp(&args, sc) {
+            return;
+        }
+        // BPF_NOEXIST: never overwrite a decision userspace made meanwhile.
+        let _ = STREAMS.insert(key, STREAM_TRACKED, BPF_NOEXIST as u64);
+    }
+    copy_out(&args, sc, ret, pid_tgid);
+}
+
+/// Cheap content test for an fd seen for the first time: the first
+/// non-blank byte starts JSON (`{`, `[`), or the data starts an HTTP message.
+#[inline(always)]
+fn looks_like_mcp(args: &SyscallArgs, sc: Syscall) -> bool {
+    let base = if sc.is_vectored() {
+        if args.iovcnt == 0 {
+            return false;
+        }
+        match unsafe { bpf_probe_read_user(args.buf as *const IoVec) } {
+            Ok(iov) => iov.base,
+            Err(_) => return false,
+        }
+    } else {
+        args.buf
+    };
+    // 16 bytes on the stack; a fault (short buffer at a page end) just says no.
+    let head = match unsafe { bpf_probe_read_user(base as *const [u8; 16]) } {
+        Ok(h) => h,
+        Err(_) => match unsafe { bpf_probe_read_user(base as *const [u8; 4]) } {
+            Ok(h) => [h[0], h[1], h[2], h[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            Err(_) => return false,
+        },
+    };
+    let word = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    if matches!(
+        &word.to_le_bytes(),
+        b"HTTP" | b"GET " | b"POST" | b"PUT " | b"DELE" | b"HEAD" | b"OPTI" | b"PATC"
+    ) {
+        return true;
+    }
+    // Constant bound: the verifier unrolls or bounds this loop.
+    let mut i = 0;
+    while i < 16 {
+        match head[i] {
+            b' ' | b'\t' | b'\r' | b'\n' => i += 1,
+            b'{' | b'[' => return true,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Copies `ret` bytes (capped) from the syscall's buffer(s) into the ring
+/// buffer, one record per chunk, then a truncation marker if capped.
+#[inline(always)]
+fn copy_out(args: &SyscallArgs, sc: Syscall, ret: u64, pid_tgid: u64) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU map value, exclusively ours while this program runs.
+    let s: &mut Scratch = unsafe { &mut *scratch };
+    let mut cap = CAPTURE_CAP.load() as u64;
+    if cap > MAX_CAPTURE_CAP {
+        cap = MAX_CAPTURE_CAP;
+    }
+    let want_total = if ret < cap { ret } else { cap };
+
+    s.hdr.kind = RecordKind::Data as u32;
+    s.hdr.flags = if sc.is_egress() { FLAG_EGRESS } else { 0 };
+    s.hdr.tgid = (pid_tgid >> 32) as u32;
+    s.hdr.tid = pid_tgid as u32;
+    s.hdr.fd = args.fd;
+    s.hdr.syscall = sc as u32;
+    s.hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
+    s.hdr.total_len = ret;
+    s.hdr.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    s.hdr.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+
+    let vectored = sc.is_vectored();
+    s.copy = CopyState {
+        buf: args.buf,
+        iovcnt: if vectored { args.iovcnt } else { 0 },
+        want_total,
+        done: 0,
+        seg_base: if vectored { 0 } else { args.buf },
+        seg_left: if vectored { 0 } else { want_total },
+        iov_idx: 0,
+        records: 0,
+    };
+    // Verifier: an open-coded loop of MAX_CHUNKS iterations with several
+    // branches exceeds the 1M-instruction budget; bpf_loop (5.17+) with the
+    // state in the map value (see `Scratch`) is verified in one pass.
+    unsafe {
+        bpf_loop(
+            MAX_CHUNKS + MAX_IOV,
+            copy_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    let (done, records) = (s.copy.done, s.copy.records);
+    if records > 0 {
+        count(counter::CAPTURED_SYSCALLS, 1);
+        count(counter::CAPTURED_BYTES, done);
+    }
+    if done < ret {
+        // Capped (or a fault): tell userspace exactly where the gap is.
+        count(counter::TRUNCATED_SYSCALLS, 1);
+        count(counter::TRUNCATED_BYTES, ret - done);
+        s.hdr.flags |= FLAG_TRUNCATED;
+        s.hdr.offset = done as u32;
+        s.hdr.len = 0;
+        emit(s, DATA_HEADER_LEN);
+    }
+}
+
+/// One step of the copy: load the next iovec if the current segment is
+/// used up, else copy one chunk. Returns 1 to stop the loop.
+#[inline(never)]
+extern "C" fn copy_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU map value; copy_out filled header and progress.
+    let s: &mut Scratch = unsafe { &mut *scratch };
+    let c = &mut s.copy;
+    if c.done >= c.want_total {
+        return 1;
+    }
+    if c.seg_left == 0 {
+        if c.iov_idx >= c.iovcnt || c.iov_idx >= MAX_IOV as u64 {
+            return 1;
+        }
+        let p = (c.buf + c.iov_idx * 16) as *const IoVec;
+        c.iov_idx += 1;
+        match unsafe { bpf_probe_read_user(p) } {
+            Ok(iov) => {
+                c.seg_base = iov.base;
+                c.seg_left = iov.len;
+            }
+            Err(_) => {
+                count(counter::READ_FAULTS, 1);
+                return 1;
+            }
+        }
+        return 0; // an empty iovec just costs one iteration
+    }
+    let mut n = c.want_total - c.done;
+    if n > c.seg_left {
+        n = c.seg_left;
+    }
+    if n > CHUNK_SIZE as u64 {
+        n = CHUNK_SIZE as u64;
+    }
+    // Verifier: the helper's size must have a provable upper bound within
+    // the destination. The compare above does it; this mask (a no-op for
+    // n ≤ CHUNK_SIZE, a power of two) keeps the bound visible to the
+    // verifier even if LLVM reorders the comparisons.
+    let n = (n as usize) & (2 * CHUNK_SIZE - 1);
+    if n > CHUNK_SIZE {
+        return 1;
+    }
+    let src = c.seg_base as *const u8;
+    if unsafe { bpf_probe_read_user_buf(src, &mut s.data[..n]) }.is_err() {
+        count(counter::READ_FAULTS, 1);
+        return 1;
+    }
+    s.hdr.offset = s.copy.done as u32;
+    s.hdr.len = n as u32;
+    emit(s, DATA_HEADER_LEN + n);
+    let c = &mut s.copy;
+    c.records += 1;
+    c.done += n as u64;
+    c.seg_base += n as u64;
+    c.seg_left -= n as u64;
+    0
+}
+
+/// Writes the first `size` bytes of the scratch record to the ring buffer,
+/// counting a full buffer.
+#[inline(always)]
+fn emit(s: &mut Scratch, size: usize) {
+    // Verifier: bpf_ringbuf_output needs size ≤ the scratch value; callers
+    // pass DATA_HEADER_LEN + n with n ≤ CHUNK_SIZE.
+    if size > DATA_HEADER_LEN + CHUNK_SIZE {
+        return;
+    }
+    // SAFETY: header and data are contiguous (#[repr(C)]); `size` was
+    // checked against their combined length above.
+    let bytes = unsafe { core::slice::from_raw_parts(&s.hdr as *const _ as *const u8, size) };
+    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        count(counter::RINGBUF_FULL_RECORDS, 1);
+        count(counter::RINGBUF_FULL_BYTES, (size - DATA_HEADER_LEN) as u64);
+    }
+}

@@ -1,0 +1,82 @@
+//! Process and fd lifecycle: exec, exit and close of tracked fds. Userspace
+//! uses them to end streams (so fd reuse starts a new one) and to refresh
+//! cached identities.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use mcpscope_common::{stream_key, ProcRecord, RecordKind};
+
+use crate::maps::{AGENT_TGID, EVENTS, EXIT_GROUP_DEAD_OFFSET, STREAMS};
+
+/// `sys_enter_close`: only fds we track produce a record (and leave the map),
+/// so closing ordinary files costs one hash lookup.
+#[tracepoint]
+pub fn enter_close(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == AGENT_TGID.load() {
+        return 0;
+    }
+    // SAFETY: the fd argument of sys_enter_close is the 8-byte slot at 16.
+    let Ok(fd) = (unsafe { ctx.read_at::<u64>(16) }) else {
+        return 0;
+    };
+    let key = stream_key(tgid, fd as u32);
+    // SAFETY: u8 values.
+    if unsafe { STREAMS.get(key) }.is_none() {
+        return 0;
+    }
+    let _ = STREAMS.remove(key);
+    emit(RecordKind::Close, pid_tgid, fd as u32);
+    0
+}
+
+/// `sched_process_exec`: the image changed; cached exe/cmdline are stale.
+#[tracepoint]
+pub fn sched_exec(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == AGENT_TGID.load() {
+        return 0;
+    }
+    emit(RecordKind::Exec, pid_tgid, 0);
+    0
+}
+
+/// `sched_process_exit`: fires per thread; report only the end of the whole
+/// process (`group_dead`, offset from tracefs), or the leader if absent.
+#[tracepoint]
+pub fn sched_exit(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let off = EXIT_GROUP_DEAD_OFFSET.load();
+    let last = if off != 0 {
+        // SAFETY: offset comes from this kernel's tracefs format file.
+        matches!(unsafe { ctx.read_at::<u8>(off as usize) }, Ok(v) if v != 0)
+    } else {
+        (pid_tgid >> 32) == (pid_tgid & 0xffff_ffff)
+    };
+    if last {
+        emit(RecordKind::Exit, pid_tgid, 0);
+    }
+    0
+}
+
+#[inline(always)]
+fn emit(kind: RecordKind, pid_tgid: u64, fd: u32) {
+    let rec = ProcRecord {
+        kind: kind as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        fd,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    if EVENTS.output::<ProcRecord>(rec, 0).is_err() {
+        crate::maps::count(mcpscope_common::counter::RINGBUF_FULL_RECORDS, 1);
+    }
+}

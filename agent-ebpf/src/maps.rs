@@ -1,0 +1,82 @@
+//! Maps and load-time globals shared by the programs.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    Global,
+};
+use mcpscope_common::{counter, DataHeader, SyscallArgs, CHUNK_SIZE};
+
+/// tgid of the agent itself: its own I/O is never captured.
+#[no_mangle]
+pub static AGENT_TGID: Global<u32> = Global::new(0);
+
+/// Per-syscall capture cap in bytes (≤ `MAX_CAPTURE_CAP`).
+#[no_mangle]
+pub static CAPTURE_CAP: Global<u32> = Global::new(mcpscope_common::DEFAULT_CAPTURE_CAP);
+
+/// Offset of `group_dead` in `sched_process_exit`'s record, read by userspace
+/// from tracefs (it moved between kernel versions); 0 = absent.
+#[no_mangle]
+pub static EXIT_GROUP_DEAD_OFFSET: Global<u32> = Global::new(0);
+
+/// Captured bytes and lifecycle records to userspace. Userspace resizes it
+/// at load time (`--ringbuf-size`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// Arguments saved at syscall entry, keyed by pid_tgid. A plain hash (not
+/// LRU) so a full map is visible and counted instead of silently evicting.
+#[map]
+pub static ARGS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(65536, 0);
+
+/// Per-(tgid, fd) capture decision: `STREAM_TRACKED` or `STREAM_IGNORED`.
+/// LRU: fds that vanish without `close` (exec, exit) age out by themselves.
+#[map]
+pub static STREAMS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// Loss and volume counters, indexed by `mcpscope_common::counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Progress of one syscall's copy, read and written by the `bpf_loop`
+/// callback.
+#[repr(C)]
+pub struct CopyState {
+    pub buf: u64,
+    pub iovcnt: u64,
+    pub want_total: u64,
+    pub done: u64,
+    pub seg_base: u64,
+    pub seg_left: u64,
+    pub iov_idx: u64,
+    pub records: u64,
+}
+
+/// One record under construction (header followed by up to CHUNK_SIZE
+/// bytes), preceded by the copy's progress.
+///
+/// Verifier: the progress lives in this map value rather than on the stack
+/// on purpose. Stack scalars stay precise, so every bpf_loop iteration
+/// (done = 0, 16K, 32K, …) is a new verifier state and the 1M-instruction
+/// budget runs out; map-value loads are opaque scalars, bounded by explicit
+/// checks, so the callback's states converge after one pass.
+#[repr(C)]
+pub struct Scratch {
+    pub copy: CopyState,
+    pub hdr: DataHeader,
+    pub data: [u8; CHUNK_SIZE],
+}
+
+/// Per-CPU scratch record: 32 KiB does not fit the 512-byte BPF stack.
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Adds `n` to counter `idx` on this CPU (per-CPU: no atomics needed).
+#[inline(always)]
+pub fn count(idx: u32, n: u64) {
+    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot, programs do not preempt each other on a CPU.
+        unsafe { *p += n };
+    }
+}

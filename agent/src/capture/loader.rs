@@ -1,0 +1,223 @@
+//! Loading and attaching the kernel programs, with pre-flight checks whose
+//! errors name the fix.
+
+use std::{fs, path::Path};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use mcpscope_common::{counter, stream_key, STREAM_IGNORED};
+
+/// The eBPF object, embedded at build time by `build.rs`.
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mcpscope-ebpf.o"));
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// (program, tracepoint category, tracepoint name).
+const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("enter_read", "syscalls", "sys_enter_read"),
+    ("exit_read", "syscalls", "sys_exit_read"),
+    ("enter_write", "syscalls", "sys_enter_write"),
+    ("exit_write", "syscalls", "sys_exit_write"),
+    ("enter_readv", "syscalls", "sys_enter_readv"),
+    ("exit_readv", "syscalls", "sys_exit_readv"),
+    ("enter_writev", "syscalls", "sys_enter_writev"),
+    ("exit_writev", "syscalls", "sys_exit_writev"),
+    ("enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
+    ("exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
+    ("enter_sendto", "syscalls", "sys_enter_sendto"),
+    ("exit_sendto", "syscalls", "sys_exit_sendto"),
+    ("enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
+    ("exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
+    ("enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
+    ("exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
+    ("enter_close", "syscalls", "sys_enter_close"),
+    ("sched_exec", "sched", "sched_process_exec"),
+    ("sched_exit", "sched", "sched_process_exit"),
+];
+
+/// Load-time settings of the kernel side.
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    /// Per-syscall capture cap, bytes.
+    pub capture_cap: u32,
+    /// Ring buffer size, bytes (power of two, multiple of the page size).
+    pub ringbuf_bytes: u32,
+}
+
+/// The loaded, attached kernel programs. Dropping it detaches everything.
+pub struct Probes {
+    _ebpf: Ebpf,
+    counters: PerCpuArray<MapData, u64>,
+    /// Number of attached programs.
+    pub attached: usize,
+}
+
+/// Userspace's handle on the kernel's per-fd capture decisions.
+pub struct KernelControl {
+    streams: BpfHashMap<MapData, u64, u8>,
+}
+
+impl Probes {
+    /// Runs the pre-flight checks, loads the object and attaches every
+    /// program. Returns the probes, the event ring buffer and the control.
+    pub fn load(cfg: &ProbeConfig) -> Result<(Self, RingBuf<MapData>, KernelControl)> {
+        preflight()?;
+        if EBPF_OBJECT.is_empty() {
+            bail!("this mcpscope binary was built without its eBPF object; build it with `cargo xtask build`");
+        }
+        let me = std::process::id();
+        let group_dead = exit_group_dead_offset().unwrap_or(0);
+        let cap = cfg.capture_cap.min(mcpscope_common::MAX_CAPTURE_CAP as u32);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("AGENT_TGID", &me, true)
+            .override_global("CAPTURE_CAP", &cap, true)
+            .override_global("EXIT_GROUP_DEAD_OFFSET", &group_dead, true)
+            .map_max_entries("EVENTS", cfg.ringbuf_bytes)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF object into the kernel")?;
+        let mut attached = 0;
+        for (prog, category, name) in TRACEPOINTS {
+            let tp: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .with_context(|| format!("program {prog} missing from the eBPF object"))?
+                .try_into()?;
+            tp.load()
+                .with_context(|| format!("the verifier rejected {prog}"))?;
+            tp.attach(category, name)
+                .with_context(|| format!("attaching {prog} to {category}:{name}"))?;
+            attached += 1;
+        }
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
+        let streams = BpfHashMap::try_from(ebpf.take_map("STREAMS").context("STREAMS map")?)?;
+        let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
+        Ok((
+            Self {
+                _ebpf: ebpf,
+                counters,
+                attached,
+            },
+            ring,
+            KernelControl { streams },
+        ))
+    }
+
+    /// Kernel counters summed over CPUs, indexed like `mcpscope_common::counter`.
+    pub fn counters(&self) -> [u64; counter::COUNT as usize] {
+        let mut out = [0u64; counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(values) = self.counters.get(&(i as u32), 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        out
+    }
+}
+
+impl crate::stream::StreamControl for KernelControl {
+    fn ignore(&mut self, tgid: u32, fd: u32) {
+        // Failure only means the entry could not be written (map full of
+        // newer entries); the stream stays captured and userspace drops it.
+        let _ = self.streams.insert(stream_key(tgid, fd), STREAM_IGNORED, 0);
+    }
+
+    fn forget(&mut self, tgid: u32, fd: u32) {
+        let _ = self.streams.remove(&stream_key(tgid, fd));
+    }
+}
+
+/// Checks the things a user can fix, each failing with one line naming the fix.
+pub fn preflight() -> Result<()> {
+    check_kernel_version()?;
+    check_capabilities()?;
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        log::warn!("kernel BTF (/sys/kernel/btf/vmlinux) is missing; mcpscope does not need it today, but a kernel built with CONFIG_DEBUG_INFO_BTF=y is recommended");
+    }
+    ensure_tracefs()
+}
+
+fn check_kernel_version() -> Result<()> {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    if (major, minor) < (5, 17) {
+        bail!("kernel {} is too old: mcpscope needs Linux 5.17 or newer (bpf_loop); upgrade the node's kernel", release.trim());
+    }
+    Ok(())
+}
+
+/// Effective capability bits from /proc/self/status.
+fn effective_caps() -> u64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+fn check_capabilities() -> Result<()> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let caps = effective_caps();
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_PERFMON) {
+        missing.push("CAP_PERFMON");
+    }
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        bail!(
+            "mcpscope must run as root or with {} (running as uid {euid}); try `sudo mcpscope run`",
+            missing.join(" and ")
+        );
+    }
+    bail!("missing capabilities {}: grant them (e.g. securityContext.capabilities.add) or run privileged", missing.join(" and "))
+}
+
+fn ensure_tracefs() -> Result<()> {
+    let events = Path::new(TRACEFS).join("events/syscalls");
+    if events.exists() {
+        return Ok(());
+    }
+    log::info!("tracefs is not mounted; mounting it at {TRACEFS}");
+    let src = c"tracefs";
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: constant NUL-terminated strings, no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 || !events.exists() {
+        let err = std::io::Error::last_os_error();
+        bail!("tracefs is not mounted at {TRACEFS} and mounting it failed ({err}); run `mount -t tracefs tracefs {TRACEFS}` (in Kubernetes, mount the host's /sys/kernel/tracing)");
+    }
+    Ok(())
+}
+
+/// Offset of `group_dead` in this kernel's sched_process_exit record.
+fn exit_group_dead_offset() -> Option<u32> {
+    let fmt = fs::read_to_string(Path::new(TRACEFS).join("events/sched/sched_process_exit/format"))
+        .ok()?;
+    let line = fmt.lines().find(|l| l.contains(" group_dead;"))?;
+    let off = line.split("offset:").nth(1)?.split(';').next()?;
+    off.trim().parse().ok()
+}

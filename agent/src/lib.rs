@@ -1,0 +1,16 @@
+//! mcpscope: see every Model Context Protocol exchange on a Linux host,
+//! from the kernel up.
+//!
+//! The modules follow the data: [`capture`] → [`stream`] → [`protocol`] →
+//! [`identity`] → [`sink`], glued by [`pipeline`]; [`daemon`] runs it live.
+
+pub mod capture;
+#[cfg(target_os = "linux")]
+pub mod daemon;
+pub mod identity;
+pub mod pipeline;
+pub mod protocol;
+#[cfg(target_os = "linux")]
+pub mod serve;
+pub mod sink;
+pub mod stream;

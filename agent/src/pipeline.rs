@@ -1,0 +1,665 @@
+//! The userspace pipeline, stage after stage:
+//! capture records → [`Assembler`] (whole syscalls) → per-stream
+//! [`LineFramer`] → JSON-RPC/MCP parse → pipe-end join ([`Channels`]) →
+//! identity, session and pairing → [`McpEvent`] → sinks.
+//!
+//! Single-threaded and driven only by the records and kernel timestamps it
+//! is given, so a replay of recorded records produces the same events as the
+//! live run.
+
+use std::{
+    collections::HashMap,
+    hash::{Hash, Hasher},
+};
+
+use crate::{
+    capture::{Comm, DataChunk, ProcEvent, ProcKind, RawEvent},
+    identity::ProcessCache,
+    protocol::{mcp, pairing::Pairer, parse_batch, salvage, Kind, Message, ParseError, PeerInfo},
+    sink::{Endpoint, McpEvent, Sink},
+    stream::{
+        assemble::{Assembler, Whole},
+        channel::Channels,
+        fdinfo::{self, FdKind},
+        framer::{Frame, LineFramer},
+        StreamControl, StreamKey,
+    },
+};
+
+/// Tunables of the pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Longest message kept whole; longer ones are cut and salvaged.
+    pub max_message_bytes: usize,
+    /// How long a pipe reader's copy waits for its writer's copy.
+    pub pair_window_ms: u64,
+    /// Pending requests per session before the oldest is evicted.
+    pub max_pending_per_session: usize,
+    /// Put the raw message into events.
+    pub capture_payloads: bool,
+    /// Cap of `payload`, bytes.
+    pub payload_max_bytes: usize,
+    /// Unparseable lines on a stream (with no valid one) before it is ignored.
+    pub not_mcp_strikes: u32,
+    /// Processes kept in the identity cache.
+    pub process_cache: usize,
+    /// Resolve fds through /proc (off for synthetic replays in tests).
+    pub resolve_fds: bool,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 8 << 20,
+            pair_window_ms: 50,
+            max_pending_per_session: 4096,
+            capture_payloads: false,
+            payload_max_bytes: 64 << 10,
+            not_mcp_strikes: 3,
+            process_cache: 16384,
+            resolve_fds: true,
+        }
+    }
+}
+
+/// Counters of everything the pipeline dropped, cut or could not parse.
+#[derive(Debug, Default, Clone)]
+pub struct PipelineStats {
+    /// Ring-buffer records received.
+    pub records: u64,
+    /// Records that could not be decoded.
+    pub decode_errors: u64,
+    /// Messages emitted.
+    pub messages: u64,
+    /// Lines that were not JSON.
+    pub parse_invalid_json: u64,
+    /// JSON lines that were not JSON-RPC.
+    pub parse_not_jsonrpc: u64,
+    /// Empty batch arrays.
+    pub parse_empty_batch: u64,
+    /// Messages with lost bytes (emitted, salvaged).
+    pub truncated_messages: u64,
+    /// Truncated lines with nothing salvageable.
+    pub truncated_dropped: u64,
+    /// Bytes the kernel could not deliver (cap, faults, lost records).
+    pub gap_bytes: u64,
+    /// Streams switched off: not a pipe or socket.
+    pub streams_ignored_not_ipc: u64,
+    /// Streams switched off: repeated non-JSON-RPC data.
+    pub streams_ignored_not_mcp: u64,
+    /// Data for streams already switched off (in flight when switched).
+    pub ignored_bytes: u64,
+    /// Sink write errors.
+    pub sink_errors: u64,
+    /// Bytes of MCP messages by direction: [egress captures, ingress captures].
+    pub message_bytes: u64,
+}
+
+struct Stream {
+    kind: FdKind,
+    framer: LineFramer,
+    good: u64,
+    bad: u32,
+    ignored: bool,
+}
+
+/// A parsed message on its way to emission.
+struct Captured {
+    msg: Message,
+    ts_ns: u64,
+    bytes: u64,
+    truncated: bool,
+    key: StreamKey,
+    kind: FdKind,
+    comm: Comm,
+    batch_index: Option<u32>,
+    payload: Option<String>,
+}
+
+#[derive(Default)]
+struct Session {
+    name: String,
+    pids: [u32; 2],
+    protocol_version: Option<Box<str>>,
+    client: Option<PeerInfo>,
+    server: Option<PeerInfo>,
+}
+
+/// Everything after framing (split from the stream table for borrowing).
+struct Core {
+    cfg: PipelineConfig,
+    channels: Channels<Captured>,
+    pairer: Pairer,
+    sessions: HashMap<u64, Session>,
+    procs: ProcessCache,
+    sinks: Vec<Box<dyn Sink + Send>>,
+    seq: u64,
+    clock_offset_ns: i128,
+    stats: PipelineStats,
+}
+
+/// The pipeline.
+pub struct Pipeline<C: StreamControl> {
+    control: C,
+    assembler: Assembler,
+    streams: HashMap<StreamKey, Stream>,
+    core: Core,
+}
+
+impl<C: StreamControl> Pipeline<C> {
+    /// A pipeline writing to `sinks`. `clock_offset_ns` converts kernel
+    /// CLOCK_MONOTONIC to wall time ([`monotonic_to_realtime_offset`]).
+    pub fn new(
+        cfg: PipelineConfig,
+        control: C,
+        sinks: Vec<Box<dyn Sink + Send>>,
+        clock_offset_ns: i128,
+    ) -> Self {
+        let core = Core {
+            channels: Channels::new(cfg.pair_window_ms * 1_000_000, 4096),
+            pairer: Pairer::new(cfg.max_pending_per_session),
+            sessions: HashMap::new(),
+            procs: ProcessCache::new(cfg.process_cache),
+            sinks,
+            seq: 0,
+            clock_offset_ns,
+            stats: PipelineStats::default(),
+            cfg,
+        };
+        Self {
+            control,
+            assembler: Assembler::default(),
+            streams: HashMap::new(),
+            core,
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &PipelineStats {
+        &self.core.stats
+    }
+
+    /// Pairing counters.
+    pub fn pair_stats(&self) -> crate::protocol::pairing::PairStats {
+        self.core.pairer.stats
+    }
+
+    /// Pipe-join counters.
+    pub fn channel_stats(&self) -> crate::stream::channel::ChannelStats {
+        self.core.channels.stats
+    }
+
+    /// Gauges: (streams, pending requests, cached processes, sessions).
+    pub fn gauges(&self) -> (usize, usize, usize, usize) {
+        (
+            self.streams.len(),
+            self.core.pairer.pending(),
+            self.core.procs.len(),
+            self.core.sessions.len(),
+        )
+    }
+
+    /// Feeds one raw ring-buffer record.
+    pub fn on_record(&mut self, bytes: &[u8]) {
+        self.core.stats.records += 1;
+        match crate::capture::decode(bytes) {
+            Ok(ev) => self.on_event(&ev),
+            Err(_) => self.core.stats.decode_errors += 1,
+        }
+    }
+
+    /// Feeds one decoded event.
+    pub fn on_event(&mut self, ev: &RawEvent<'_>) {
+        match ev {
+            RawEvent::Data(c) => self.on_data(c),
+            RawEvent::Proc(p) => self.on_proc(p),
+        }
+    }
+
+    fn on_data(&mut self, c: &DataChunk<'_>) {
+        let Self {
+            control,
+            assembler,
+            streams,
+            core,
+        } = self;
+        let comm = c.comm;
+        assembler.push(c, &mut |w| on_whole(control, streams, core, w, comm));
+    }
+
+    fn on_proc(&mut self, p: &ProcEvent) {
+        match p.kind {
+            ProcKind::Close => {
+                for egress in [false, true] {
+                    self.end_stream(
+                        StreamKey {
+                            tgid: p.tgid,
+                            fd: p.fd,
+                            egress,
+                        },
+                        p.comm,
+                        p.ts_ns,
+                    );
+                }
+            }
+            ProcKind::Exec => self.core.procs.invalidate(p.tgid),
+            ProcKind::Exit => {
+                let keys: Vec<StreamKey> = self
+                    .streams
+                    .keys()
+                    .filter(|k| k.tgid == p.tgid)
+                    .copied()
+                    .collect();
+                for k in keys {
+                    self.end_stream(k, p.comm, p.ts_ns);
+                }
+                let ended: Vec<u64> = self
+                    .core
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.pids.contains(&p.tgid))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in ended {
+                    self.core.sessions.remove(&k);
+                    self.core.pairer.end_session(k);
+                }
+                self.core.procs.invalidate(p.tgid);
+            }
+        }
+    }
+
+    fn end_stream(&mut self, key: StreamKey, comm: Comm, ts_ns: u64) {
+        if let Some(mut s) = self.streams.remove(&key) {
+            let core = &mut self.core;
+            let kind = s.kind;
+            s.framer.finish(&mut |f| {
+                core.on_frame(key, kind, comm, ts_ns, f);
+            });
+        }
+    }
+
+    /// Advances time: emits held pipe-reader copies whose window passed and
+    /// flushes syscalls whose remaining chunks were lost. `now_ns` is kernel
+    /// CLOCK_MONOTONIC.
+    pub fn tick(&mut self, now_ns: u64) {
+        let Self {
+            control,
+            assembler,
+            streams,
+            core,
+        } = self;
+        assembler.flush_older(now_ns.saturating_sub(1_000_000_000), &mut |w| {
+            on_whole(control, streams, core, w, Comm::default())
+        });
+        core.expire(now_ns);
+        core.flush();
+    }
+
+    /// Ends everything: flushes partial lines, held copies and sinks.
+    pub fn finish(&mut self) {
+        let keys: Vec<StreamKey> = self.streams.keys().copied().collect();
+        for k in keys {
+            self.end_stream(k, Comm::default(), u64::MAX / 2);
+        }
+        self.core.expire(u64::MAX);
+        self.core.flush();
+    }
+}
+
+fn on_whole<C: StreamControl>(
+    control: &mut C,
+    streams: &mut HashMap<StreamKey, Stream>,
+    core: &mut Core,
+    w: Whole<'_>,
+    comm: Comm,
+) {
+    let key = StreamKey {
+        tgid: w.tgid,
+        fd: w.fd,
+        egress: w.egress,
+    };
+    let stream = streams.entry(key).or_insert_with(|| {
+        let kind = if core.cfg.resolve_fds {
+            fdinfo::resolve(w.tgid, w.fd)
+        } else {
+            FdKind::Pipe(u64::from(w.fd))
+        };
+        let ignored = kind == FdKind::NotIpc;
+        if ignored {
+            core.stats.streams_ignored_not_ipc += 1;
+            control.ignore(w.tgid, w.fd);
+        }
+        Stream {
+            kind,
+            framer: LineFramer::new(core.cfg.max_message_bytes),
+            good: 0,
+            bad: 0,
+            ignored,
+        }
+    });
+    if stream.ignored {
+        core.stats.ignored_bytes += w.segment.data.len() as u64;
+        return;
+    }
+    let kind = stream.kind;
+    let seg = &w.segment;
+    core.stats.gap_bytes += seg.missing_inner + seg.missing_tail;
+    // A gap inside the syscall: the framer marks the current line broken.
+    stream.framer.gap(seg.missing_inner);
+    let (mut good, mut bad) = (0u64, 0u32);
+    stream.framer.push(seg.data, &mut |f| {
+        if core.on_frame(key, kind, comm, w.ts_ns, f) {
+            good += 1;
+        } else {
+            bad += 1;
+        }
+    });
+    stream.framer.gap(seg.missing_tail);
+    stream.good += good;
+    if good > 0 {
+        stream.bad = 0;
+    }
+    stream.bad += bad;
+    if stream.good == 0 && stream.bad >= core.cfg.not_mcp_strikes {
+        stream.ignored = true;
+        core.stats.streams_ignored_not_mcp += 1;
+        control.ignore(key.tgid, key.fd);
+    }
+}
+
+fn content_hash(bytes: &[u8], index: Option<u32>) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    index.hash(&mut h);
+    h.finish()
+}
+
+impl Core {
+    /// Handles one framed line; false when it was not JSON-RPC.
+    fn on_frame(
+        &mut self,
+        key: StreamKey,
+        kind: FdKind,
+        comm: Comm,
+        ts_ns: u64,
+        f: Frame<'_>,
+    ) -> bool {
+        if f.truncated {
+            return match salvage(f.bytes) {
+                Some(msg) => {
+                    self.stats.truncated_messages += 1;
+                    self.route(
+                        Captured {
+                            msg,
+                            ts_ns,
+                            bytes: f.len,
+                            truncated: true,
+                            key,
+                            kind,
+                            comm,
+                            batch_index: None,
+                            payload: None,
+                        },
+                        content_hash(f.bytes, None),
+                    );
+                    true
+                }
+                None => {
+                    self.stats.truncated_dropped += 1;
+                    false
+                }
+            };
+        }
+        let batch = f.bytes.first() == Some(&b'[');
+        let payload_cap = self
+            .cfg
+            .capture_payloads
+            .then_some(self.cfg.payload_max_bytes);
+        let mut index = 0u32;
+        let mut ok = false;
+        let res = parse_batch(f.bytes, &mut |r| {
+            let bi = batch.then_some(index);
+            index += 1;
+            match r {
+                Ok(msg) => {
+                    ok = true;
+                    let payload =
+                        payload_cap.map(|cap| crate::protocol::bounded_utf8(f.bytes, cap));
+                    let c = Captured {
+                        msg,
+                        ts_ns,
+                        bytes: f.len,
+                        truncated: false,
+                        key,
+                        kind,
+                        comm,
+                        batch_index: bi,
+                        payload,
+                    };
+                    self.route(c, content_hash(f.bytes, bi));
+                }
+                Err(e) => self.count_parse_error(e),
+            }
+        });
+        if let Err(e) = res {
+            self.count_parse_error(e);
+        }
+        ok
+    }
+
+    fn count_parse_error(&mut self, e: ParseError) {
+        match e {
+            ParseError::Json => self.stats.parse_invalid_json += 1,
+            ParseError::NotJsonRpc => self.stats.parse_not_jsonrpc += 1,
+            ParseError::EmptyBatch => self.stats.parse_empty_batch += 1,
+        }
+    }
+
+    fn route(&mut self, c: Captured, hash: u64) {
+        match c.kind {
+            FdKind::Pipe(ino) if self.cfg.resolve_fds => {
+                if c.key.egress {
+                    let writer = c.key.tgid;
+                    let (c, peer) = self.channels.on_write(ino, writer, hash, c, || {
+                        fdinfo::pipe_readers(ino, writer).first().copied()
+                    });
+                    self.emit(c, peer);
+                } else {
+                    let reader = c.key.tgid;
+                    let ts = c.ts_ns;
+                    self.channels.on_read(ino, reader, hash, ts, c);
+                }
+            }
+            _ => self.emit(c, None),
+        }
+    }
+
+    fn expire(&mut self, now_ns: u64) {
+        let mut out = Vec::new();
+        self.channels.expire(now_ns, &mut |e| out.push(e));
+        for (c, peer) in out {
+            self.emit(c, peer);
+        }
+    }
+
+    fn endpoint(&mut self, pid: u32, fd: Option<u32>, comm: &str) -> Endpoint {
+        Endpoint {
+            process: self.procs.get(pid, comm),
+            fd,
+        }
+    }
+
+    fn emit(&mut self, c: Captured, peer: Option<u32>) {
+        let comm = c.comm.as_str().into_owned();
+        let me = self.endpoint(c.key.tgid, Some(c.key.fd), &comm);
+        let other = peer.map(|p| {
+            let comm = self
+                .procs
+                .peek(p)
+                .map(|i| i.comm.clone())
+                .unwrap_or_default();
+            self.endpoint(p, None, &comm)
+        });
+        let (from, to) = if c.key.egress {
+            (Some(me), other)
+        } else {
+            (other, Some(me))
+        };
+        let from_pid = from.as_ref().map_or(0, |e| e.process.pid);
+        let to_pid = to.as_ref().map_or(0, |e| e.process.pid);
+
+        // Session: the unordered pair of processes (with start times, so pid
+        // reuse starts a new one); one-sided: the stream itself.
+        let session_key = {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            match (&from, &to) {
+                (Some(a), Some(b)) => {
+                    let mut ends = [
+                        (a.process.pid, a.process.start_ticks),
+                        (b.process.pid, b.process.start_ticks),
+                    ];
+                    ends.sort_unstable();
+                    ends.hash(&mut h);
+                }
+                _ => (c.key.tgid, c.key.fd, c.kind).hash(&mut h),
+            }
+            h.finish()
+        };
+        let net = c.kind.net();
+        let session = self.sessions.entry(session_key).or_insert_with(|| Session {
+            name: format!(
+                "{}:{session_key:016x}",
+                if net == "tcp" { "tcp" } else { "stdio" }
+            ),
+            pids: [from_pid, to_pid],
+            ..Session::default()
+        });
+        let m = &c.msg;
+        if let Some(ci) = &m.client_info {
+            session.client = Some(ci.clone());
+        }
+        if let Some(si) = &m.server_info {
+            session.server = Some(si.clone());
+        }
+        if m.protocol_version.is_some()
+            && (m.kind == Some(Kind::Response)
+                || session.protocol_version.is_none()
+                || m.method.as_deref() != Some("initialize"))
+        {
+            session.protocol_version = m.protocol_version.clone();
+        }
+        let protocol_version = m
+            .protocol_version
+            .clone()
+            .or_else(|| session.protocol_version.clone());
+        let (client, server, session_name) = (
+            session.client.clone(),
+            session.server.clone(),
+            session.name.clone(),
+        );
+
+        self.seq += 1;
+        let seq = self.seq;
+        let mut ev = McpEvent {
+            ts: self.format_ts(c.ts_ns),
+            seq,
+            kind: m.kind.unwrap_or(Kind::Notification),
+            method: m.method.clone(),
+            id: m.id.clone(),
+            logical_id: None,
+            tool: m.tool.clone(),
+            resource: m.resource.clone(),
+            prompt: m.prompt.clone(),
+            is_error: m.is_error,
+            error_code: m.error_code,
+            error_type: mcp::error_type(m).map(|e| e.into_owned()),
+            error_message: m.error_message.clone(),
+            result_type: m.result_type.clone(),
+            latency_ms: None,
+            request_seq: None,
+            transport: "stdio",
+            net,
+            tls: false,
+            from,
+            to,
+            session: session_name,
+            protocol_version,
+            client,
+            server,
+            bytes: c.bytes,
+            truncated: c.truncated,
+            batch_index: c.batch_index,
+            payload: c.payload,
+        };
+        match ev.kind {
+            Kind::Request => {
+                ev.logical_id = self.pairer.request(session_key, from_pid, m, c.ts_ns, seq)
+            }
+            Kind::Response | Kind::Error => {
+                if let Some(p) = self.pairer.response(session_key, to_pid, m) {
+                    ev.latency_ms = Some(c.ts_ns.saturating_sub(p.ts_ns) as f64 / 1e6);
+                    ev.request_seq = Some(p.seq);
+                    ev.method = p.method;
+                    ev.tool = ev.tool.take().or(p.tool);
+                    ev.resource = p.resource;
+                    ev.prompt = p.prompt;
+                    ev.logical_id = p.logical_id;
+                }
+            }
+            Kind::Notification => {
+                if let Some(id) = &m.cancelled_id {
+                    self.pairer.cancel(session_key, id);
+                }
+            }
+        }
+        self.stats.messages += 1;
+        self.stats.message_bytes += c.bytes;
+        for s in &mut self.sinks {
+            if s.emit(&ev).is_err() {
+                self.stats.sink_errors += 1;
+            }
+        }
+    }
+
+    fn format_ts(&self, mono_ns: u64) -> String {
+        let real = (mono_ns as i128 + self.clock_offset_ns).max(0) as u128;
+        let t = std::time::UNIX_EPOCH
+            + std::time::Duration::from_nanos(real.min(u64::MAX as u128) as u64);
+        humantime::format_rfc3339_micros(t).to_string()
+    }
+
+    fn flush(&mut self) {
+        for s in &mut self.sinks {
+            if s.flush().is_err() {
+                self.stats.sink_errors += 1;
+            }
+        }
+    }
+}
+
+/// Nanoseconds to add to kernel CLOCK_MONOTONIC to get Unix time.
+pub fn monotonic_to_realtime_offset() -> i128 {
+    let now = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid clock id and out-pointer.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    };
+    let mono = now(libc::CLOCK_MONOTONIC);
+    now(libc::CLOCK_REALTIME) - mono
+}
+
+/// Kernel CLOCK_MONOTONIC now, ns (what `bpf_ktime_get_ns` returns).
+pub fn monotonic_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid clock id and out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

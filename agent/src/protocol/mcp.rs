@@ -1,0 +1,253 @@
+//! MCP semantics on top of JSON-RPC, for both live protocol eras:
+//! 2025-11-25 (initialize handshake) and 2026-07-28 (stateless, `_meta`
+//! envelope, `resultType`, input_required retries, tasks extension).
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::jsonrpc::{bounded, Message, PeerInfo, RpcId};
+
+/// `_meta` key carrying the protocol version on 2026-07-28 requests.
+pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+/// `_meta` key carrying clientInfo on 2026-07-28 requests.
+pub const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
+/// `_meta` key carrying serverInfo on 2026-07-28 results.
+pub const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
+
+/// Which protocol revisions define a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Era {
+    /// Defined up to 2025-11-25 and removed in 2026-07-28.
+    Legacy,
+    /// Defined in both.
+    Both,
+    /// New in 2026-07-28.
+    Current,
+}
+
+/// Every method of the 2025-11-25 and 2026-07-28 schemas. Unknown methods are
+/// still reported (never dropped); this table only says which are standard.
+pub const METHODS: &[(&str, Era)] = &[
+    ("initialize", Era::Legacy),
+    ("notifications/initialized", Era::Legacy),
+    ("ping", Era::Legacy),
+    ("logging/setLevel", Era::Legacy),
+    ("resources/subscribe", Era::Legacy),
+    ("resources/unsubscribe", Era::Legacy),
+    ("notifications/roots/list_changed", Era::Legacy),
+    ("notifications/elicitation/complete", Era::Legacy),
+    ("server/discover", Era::Current),
+    ("subscriptions/listen", Era::Current),
+    ("notifications/subscriptions/acknowledged", Era::Current),
+    ("tasks/update", Era::Current),
+    ("notifications/tasks", Era::Current),
+    ("tools/list", Era::Both),
+    ("tools/call", Era::Both),
+    ("resources/list", Era::Both),
+    ("resources/templates/list", Era::Both),
+    ("resources/read", Era::Both),
+    ("prompts/list", Era::Both),
+    ("prompts/get", Era::Both),
+    ("completion/complete", Era::Both),
+    ("sampling/createMessage", Era::Both),
+    ("elicitation/create", Era::Both),
+    ("roots/list", Era::Both),
+    ("tasks/get", Era::Both),
+    ("tasks/result", Era::Legacy),
+    ("tasks/list", Era::Legacy),
+    ("tasks/cancel", Era::Both),
+    ("notifications/cancelled", Era::Both),
+    ("notifications/progress", Era::Both),
+    ("notifications/message", Era::Both),
+    ("notifications/resources/updated", Era::Both),
+    ("notifications/resources/list_changed", Era::Both),
+    ("notifications/tools/list_changed", Era::Both),
+    ("notifications/prompts/list_changed", Era::Both),
+    ("notifications/tasks/status", Era::Legacy),
+];
+
+/// The era that defines `method`, or `None` for a non-standard method.
+pub fn method_era(method: &str) -> Option<Era> {
+    METHODS.iter().find(|(m, _)| *m == method).map(|(_, e)| *e)
+}
+
+#[derive(Deserialize, Default)]
+struct Params<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    uri: Option<Cow<'a, str>>,
+    #[serde(default, borrow, rename = "protocolVersion")]
+    protocol_version: Option<Cow<'a, str>>,
+    #[serde(default, rename = "clientInfo")]
+    client_info: Option<PeerInfo>,
+    #[serde(default, borrow, rename = "_meta")]
+    meta: Option<Meta<'a>>,
+    #[serde(default, borrow, rename = "requestState")]
+    request_state: Option<&'a RawValue>,
+    #[serde(default, borrow, rename = "inputResponses")]
+    input_responses: Option<&'a RawValue>,
+    #[serde(default, borrow, rename = "requestId")]
+    request_id: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+struct Meta<'a> {
+    #[serde(default, borrow, rename = "io.modelcontextprotocol/protocolVersion")]
+    protocol_version: Option<Cow<'a, str>>,
+    #[serde(default, rename = "io.modelcontextprotocol/clientInfo")]
+    client_info: Option<PeerInfo>,
+    #[serde(default, rename = "io.modelcontextprotocol/serverInfo")]
+    server_info: Option<PeerInfo>,
+    #[serde(default, borrow, rename = "progressToken")]
+    progress_token: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    traceparent: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize, Default)]
+struct ResultBody<'a> {
+    #[serde(default, rename = "isError")]
+    is_error: Option<bool>,
+    #[serde(default, borrow, rename = "protocolVersion")]
+    protocol_version: Option<Cow<'a, str>>,
+    #[serde(default, rename = "serverInfo")]
+    server_info: Option<PeerInfo>,
+    #[serde(default, borrow, rename = "resultType")]
+    result_type: Option<Cow<'a, str>>,
+    #[serde(default, borrow, rename = "_meta")]
+    meta: Option<Meta<'a>>,
+}
+
+const MAX_NAME: usize = 512;
+
+fn name(s: &str) -> Box<str> {
+    bounded(s, MAX_NAME).into()
+}
+
+/// Fills the MCP facts of a request or notification from its params.
+pub(super) fn read_params(m: &mut Message, params: Option<&RawValue>) {
+    let Some(raw) = params else { return };
+    // Params that are not an object (or malformed for MCP) leave the
+    // message as plain JSON-RPC: unknown shapes are kept, not dropped.
+    let p: Params<'_> = serde_json::from_str(raw.get()).unwrap_or_default();
+    match m.method.as_deref() {
+        Some("tools/call") => m.tool = p.name.as_deref().map(name),
+        Some("prompts/get") => m.prompt = p.name.as_deref().map(name),
+        Some("resources/read" | "resources/subscribe" | "resources/unsubscribe") => {
+            m.resource = p.uri.as_deref().map(name)
+        }
+        Some("notifications/cancelled") => m.cancelled_id = p.request_id.and_then(|r| raw_id(r)),
+        _ => {}
+    }
+    if let Some(v) = p.protocol_version {
+        m.protocol_version = Some(name(&v));
+    }
+    m.client_info = p.client_info;
+    m.is_retry = p.request_state.is_some() || p.input_responses.is_some();
+    if let Some(meta) = p.meta {
+        if let Some(v) = meta.protocol_version {
+            m.protocol_version = Some(name(&v));
+        }
+        if meta.client_info.is_some() {
+            m.client_info = meta.client_info;
+        }
+        m.progress_token = meta.progress_token.is_some();
+        m.traceparent = meta.traceparent.as_deref().map(|t| bounded(t, 128).into());
+    }
+}
+
+/// Fills the MCP facts of a result.
+pub(super) fn read_result(m: &mut Message, result: &RawValue) {
+    let r: ResultBody<'_> = serde_json::from_str(result.get()).unwrap_or_default();
+    m.is_error = r.is_error == Some(true);
+    m.protocol_version = r.protocol_version.as_deref().map(name);
+    m.server_info = r.server_info;
+    m.result_type = r.result_type.as_deref().map(name);
+    if let Some(meta) = r.meta {
+        if meta.server_info.is_some() {
+            m.server_info = meta.server_info;
+        }
+        if let Some(v) = meta.protocol_version {
+            m.protocol_version = Some(name(&v));
+        }
+    }
+}
+
+/// OpenTelemetry `error.type` of a message: the JSON-RPC code, or
+/// `tool_error` for a result with `isError: true`.
+pub fn error_type(m: &Message) -> Option<Cow<'static, str>> {
+    match (m.error_code, m.is_error) {
+        (Some(code), _) => Some(Cow::Owned(code.to_string())),
+        (None, true) => Some(Cow::Borrowed("tool_error")),
+        _ => None,
+    }
+}
+
+/// Parses a raw id (used by notifications/cancelled).
+pub(super) fn raw_id(raw: &RawValue) -> Option<RpcId> {
+    serde_json::from_str::<serde_json::Value>(raw.get())
+        .ok()
+        .and_then(|v| match v {
+            serde_json::Value::Number(n) => n.as_i64().map(RpcId::Num),
+            serde_json::Value::String(s) => Some(RpcId::Str(s.into())),
+            _ => None,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::protocol::{parse, Kind, RpcId};
+
+    #[test]
+    fn legacy_initialize_handshake() {
+        let req = parse(br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"mcp","version":"2.3.0"}}}"#).unwrap();
+        assert_eq!(req.protocol_version.as_deref(), Some("2025-11-25"));
+        assert_eq!(req.client_info.unwrap().name, "mcp");
+        let resp = parse(br#"{"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"mcp-servers/everything","version":"2.0.0"}},"jsonrpc":"2.0","id":0}"#).unwrap();
+        assert_eq!(resp.server_info.unwrap().name, "mcp-servers/everything");
+    }
+
+    #[test]
+    fn current_era_meta_envelope_and_result_type() {
+        let req = parse(br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"agent","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}}}}"#).unwrap();
+        assert_eq!(req.tool.as_deref(), Some("echo"));
+        assert_eq!(req.protocol_version.as_deref(), Some("2026-07-28"));
+        assert_eq!(req.client_info.unwrap().name, "agent");
+        let resp = parse(br#"{"jsonrpc":"2.0","id":3,"result":{"resultType":"input_required","inputRequests":{},"requestState":"abc","_meta":{"io.modelcontextprotocol/serverInfo":{"name":"srv"}}}}"#).unwrap();
+        assert_eq!(resp.result_type.as_deref(), Some("input_required"));
+        assert_eq!(resp.server_info.unwrap().name, "srv");
+        let retry = parse(br#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo","inputResponses":{},"requestState":"abc"}}"#).unwrap();
+        assert!(retry.is_retry);
+    }
+
+    #[test]
+    fn tool_error_resource_prompt_cancel() {
+        let r = parse(br#"{"jsonrpc":"2.0","id":9,"result":{"content":[{"type":"text","text":"boom"}],"isError":true}}"#).unwrap();
+        assert!(r.is_error && r.kind == Some(Kind::Response));
+        assert_eq!(super::error_type(&r).as_deref(), Some("tool_error"));
+        let rr = parse(br#"{"jsonrpc":"2.0","id":5,"method":"resources/read","params":{"uri":"file:///etc/hosts"}}"#).unwrap();
+        assert_eq!(rr.resource.as_deref(), Some("file:///etc/hosts"));
+        let pg = parse(
+            br#"{"jsonrpc":"2.0","id":6,"method":"prompts/get","params":{"name":"simple_prompt"}}"#,
+        )
+        .unwrap();
+        assert_eq!(pg.prompt.as_deref(), Some("simple_prompt"));
+        let c = parse(br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"r7","reason":"x"}}"#).unwrap();
+        assert_eq!(c.cancelled_id, Some(RpcId::Str("r7".into())));
+    }
+
+    #[test]
+    fn unknown_methods_are_kept() {
+        let m = parse(br#"{"jsonrpc":"2.0","id":1,"method":"vendor/frobnicate","params":[1,2]}"#)
+            .unwrap();
+        assert_eq!(m.method.as_deref(), Some("vendor/frobnicate"));
+        assert!(super::method_era("vendor/frobnicate").is_none());
+        assert_eq!(
+            super::method_era("server/discover"),
+            Some(super::Era::Current)
+        );
+    }
+}

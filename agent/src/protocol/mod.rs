@@ -1,0 +1,14 @@
+//! Stage 3 — protocol: JSON-RPC 2.0 messages and what MCP puts in them.
+
+mod jsonrpc;
+pub mod mcp;
+pub mod pairing;
+mod salvage;
+
+pub use jsonrpc::{parse, parse_batch, Kind, Message, ParseError, PeerInfo, RpcId};
+pub use salvage::salvage;
+
+/// The first `cap` bytes of a message as text (lossy), for `payload`.
+pub fn bounded_utf8(bytes: &[u8], cap: usize) -> String {
+    String::from_utf8_lossy(&bytes[..bytes.len().min(cap)]).into_owned()
+}

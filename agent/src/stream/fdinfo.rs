@@ -1,0 +1,198 @@
+//! What an fd is, resolved from /proc once per stream: a pipe (with its
+//! inode, shared by both ends), a socket (unix or tcp), or something else.
+//!
+//! Why userspace and not the kernel: Rust eBPF has no CO-RE, so reading
+//! `task->files->fdt->fd[fd]->f_inode` needs five BTF-derived offsets and
+//! five dependent probe reads per first sighting; a readlink of
+//! /proc/<pid>/fd/<fd> gives the same answer once per stream, off the
+//! kernel's hot path. The cost: a process that exits within microseconds of
+//! its first message cannot be resolved; its stream then keeps kind
+//! `unknown` and both ends are reported separately (see the README).
+
+use std::{collections::HashSet, fs};
+
+/// Kind of an fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FdKind {
+    /// An anonymous or named pipe; the inode is shared by both ends.
+    Pipe(u64),
+    /// A unix-domain socket (inode of this end).
+    Unix(u64),
+    /// A TCP socket (inode of this end).
+    Tcp(u64),
+    /// Another socket type.
+    OtherSocket(u64),
+    /// A regular file, tty, device…: never MCP transport.
+    NotIpc,
+    /// Could not be resolved (process or fd already gone).
+    Unknown,
+}
+
+impl FdKind {
+    /// The `net` field of events.
+    pub fn net(self) -> &'static str {
+        match self {
+            FdKind::Pipe(_) => "pipe",
+            FdKind::Unix(_) => "unix",
+            FdKind::Tcp(_) => "tcp",
+            FdKind::OtherSocket(_) => "socket",
+            FdKind::NotIpc | FdKind::Unknown => "unknown",
+        }
+    }
+}
+
+/// Resolves `fd` of process `tgid`.
+pub fn resolve(tgid: u32, fd: u32) -> FdKind {
+    let Ok(link) = fs::read_link(format!("/proc/{tgid}/fd/{fd}")) else {
+        return FdKind::Unknown;
+    };
+    let link = link.to_string_lossy();
+    if let Some(ino) = bracketed(&link, "pipe:[") {
+        return FdKind::Pipe(ino);
+    }
+    if let Some(ino) = bracketed(&link, "socket:[") {
+        return socket_kind(tgid, ino);
+    }
+    if link.starts_with('/') {
+        // A FIFO opened by path is a pipe too.
+        if let Ok(meta) = fs::metadata(&*link) {
+            use std::os::unix::fs::{FileTypeExt, MetadataExt};
+            if meta.file_type().is_fifo() {
+                return FdKind::Pipe(meta.ino());
+            }
+        }
+    }
+    FdKind::NotIpc
+}
+
+fn bracketed(link: &str, prefix: &str) -> Option<u64> {
+    link.strip_prefix(prefix)?.strip_suffix(']')?.parse().ok()
+}
+
+/// Finds the socket's family in the process's network namespace tables.
+fn socket_kind(tgid: u32, ino: u64) -> FdKind {
+    let needle = ino.to_string();
+    let has = |table: &str, col: usize| {
+        fs::read_to_string(format!("/proc/{tgid}/net/{table}"))
+            .map(|t| {
+                t.lines()
+                    .skip(1)
+                    .any(|l| l.split_whitespace().nth(col) == Some(needle.as_str()))
+            })
+            .unwrap_or(false)
+    };
+    if has("unix", 6) {
+        FdKind::Unix(ino)
+    } else if has("tcp", 9) || has("tcp6", 9) {
+        FdKind::Tcp(ino)
+    } else {
+        FdKind::OtherSocket(ino)
+    }
+}
+
+/// Access mode of an fd from /proc/<pid>/fdinfo: 0 read, 1 write, 2 both.
+fn access_mode(pid: u32, fd: &str) -> Option<u32> {
+    let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+    let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?;
+    u32::from_str_radix(flags.trim(), 8).ok().map(|f| f & 3)
+}
+
+/// Processes holding the read end of pipe `ino`, searching the likely peers
+/// first (the writer's parent and children: stdio servers are spawned by
+/// their client) and the whole of /proc only if they do not hold it.
+pub fn pipe_readers(ino: u64, writer: u32) -> Vec<u32> {
+    let target = format!("pipe:[{ino}]");
+    let mut seen = HashSet::new();
+    let mut candidates = related(writer);
+    let mut found = scan(&target, &candidates, writer, &mut seen);
+    if found.is_empty() {
+        candidates = all_pids();
+        found = scan(&target, &candidates, writer, &mut seen);
+    }
+    found
+}
+
+fn scan(target: &str, pids: &[u32], writer: u32, seen: &mut HashSet<u32>) -> Vec<u32> {
+    let mut out = Vec::new();
+    for &pid in pids {
+        if pid == writer || !seen.insert(pid) {
+            continue;
+        }
+        let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for entry in dir.flatten() {
+            let Ok(link) = fs::read_link(entry.path()) else {
+                continue;
+            };
+            if link.as_os_str() == target {
+                let fd = entry.file_name();
+                if access_mode(pid, &fd.to_string_lossy()) != Some(1) {
+                    out.push(pid);
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Parent and children of `pid`.
+fn related(pid: u32) -> Vec<u32> {
+    let mut v = Vec::new();
+    if let Some(ppid) = crate::identity::ProcessInfo::read(pid).and_then(|p| p.ppid) {
+        v.push(ppid);
+    }
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(children) = fs::read_to_string(t.path().join("children")) {
+                v.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    v
+}
+
+fn all_pids() -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn resolves_pipes_files_and_readers() {
+        let (r, w) = std::io::pipe().unwrap();
+        let me = std::process::id();
+        let FdKind::Pipe(ino) = resolve(me, w.as_raw_fd() as u32) else {
+            panic!("not a pipe")
+        };
+        assert_eq!(resolve(me, r.as_raw_fd() as u32), FdKind::Pipe(ino));
+        let f = std::fs::File::open("/proc/self/stat").unwrap();
+        assert_eq!(resolve(me, f.as_raw_fd() as u32), FdKind::NotIpc);
+        // A child holding the read end is found as the reader.
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .stdin(r)
+            .spawn()
+            .unwrap();
+        let readers = pipe_readers(ino, me);
+        let pid = child.id();
+        let mut child = child;
+        child.kill().ok();
+        child.wait().ok();
+        assert_eq!(readers, vec![pid]);
+    }
+}
