@@ -12,11 +12,12 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use mcpscope_common::{
-    counter, stream_key, RecordKind, Syscall, SyscallArgs, CHUNK_SIZE, DATA_HEADER_LEN,
-    FLAG_EGRESS, FLAG_TRUNCATED, MAX_CAPTURE_CAP, MAX_CHUNKS, MAX_IOV, STREAM_IGNORED,
+    counter, stream_key, RecordKind, StreamInfo, Syscall, SyscallArgs, CHUNK_SIZE, DATA_HEADER_LEN,
+    FILE_OTHER, FLAG_EGRESS, FLAG_TRUNCATED, MAX_CAPTURE_CAP, MAX_CHUNKS, MAX_IOV, STREAM_IGNORED,
     STREAM_TRACKED,
 };
 
+use crate::files::file_of;
 use crate::maps::{
     count, CopyState, Scratch, AGENT_TGID, ARGS, CAPTURE_CAP, EVENTS, SCRATCH, STREAMS,
 };
@@ -78,9 +79,11 @@ fn on_enter(ctx: &TracePointContext, sc: Syscall) {
         Ok(fd) => fd as u32,
         Err(_) => return,
     };
-    // SAFETY: map values are plain u8.
-    if let Some(&STREAM_IGNORED) = unsafe { STREAMS.get(stream_key(tgid, fd)) } {
-        return; // userspace ruled this fd out: the cheapest possible exit
+    // SAFETY: plain-data map value.
+    if let Some(info) = unsafe { STREAMS.get(stream_key(tgid, fd)) } {
+        if info.state == STREAM_IGNORED {
+            return; // ruled out before: the cheapest possible exit
+        }
     }
     let Ok(ptr) = (unsafe { ctx.read_at::<u64>(ARG1) }) else {
         return;
@@ -131,16 +134,34 @@ fn on_exit(ctx: &TracePointContext) {
     let Some(sc) = Syscall::from_u32(args.syscall) else {
         return;
     };
-    // SAFETY: map values are plain u8.
-    let tracked = matches!(unsafe { STREAMS.get(key) }, Some(&STREAM_TRACKED));
-    if !tracked {
-        if !looks_like_mcp(&args, sc) {
-            return;
+    // SAFETY: plain-data map value, copied out.
+    let info = match unsafe { STREAMS.get(key) } {
+        Some(i) if i.state == STREAM_TRACKED => *i,
+        Some(_) => return,
+        None => {
+            if !looks_like_mcp(&args, sc) {
+                return;
+            }
+            let (file_kind, ino) = file_of(args.fd);
+            let state = if file_kind == FILE_OTHER {
+                STREAM_IGNORED
+            } else {
+                STREAM_TRACKED
+            };
+            let info = StreamInfo {
+                state,
+                file_kind,
+                ino,
+            };
+            // BPF_NOEXIST: never overwrite a decision userspace made meanwhile.
+            let _ = STREAMS.insert(key, info, BPF_NOEXIST as u64);
+            if state == STREAM_IGNORED {
+                return; // JSON in a regular file or tty: not a transport
+            }
+            info
         }
-        // BPF_NOEXIST: never overwrite a decision userspace made meanwhile.
-        let _ = STREAMS.insert(key, STREAM_TRACKED, BPF_NOEXIST as u64);
-    }
-    copy_out(&args, sc, ret, pid_tgid);
+    };
+    copy_out(&args, sc, ret, pid_tgid, &info);
 }
 
 /// Cheap content test for an fd seen for the first time: the first
@@ -188,7 +209,7 @@ fn looks_like_mcp(args: &SyscallArgs, sc: Syscall) -> bool {
 /// Copies `ret` bytes (capped) from the syscall's buffer(s) into the ring
 /// buffer, one record per chunk, then a truncation marker if capped.
 #[inline(always)]
-fn copy_out(args: &SyscallArgs, sc: Syscall, ret: u64, pid_tgid: u64) {
+fn copy_out(args: &SyscallArgs, sc: Syscall, ret: u64, pid_tgid: u64, info: &StreamInfo) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -210,6 +231,9 @@ fn copy_out(args: &SyscallArgs, sc: Syscall, ret: u64, pid_tgid: u64) {
     s.hdr.total_len = ret;
     s.hdr.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     s.hdr.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    s.hdr.ino = info.ino;
+    s.hdr.file_kind = info.file_kind;
+    s.hdr._pad = 0;
 
     let vectored = sc.is_vectored();
     s.copy = CopyState {
@@ -239,13 +263,30 @@ fn copy_out(args: &SyscallArgs, sc: Syscall, ret: u64, pid_tgid: u64) {
         count(counter::CAPTURED_BYTES, done);
     }
     if done < ret {
-        // Capped (or a fault): tell userspace exactly where the gap is.
-        count(counter::TRUNCATED_SYSCALLS, 1);
-        count(counter::TRUNCATED_BYTES, ret - done);
+        // Capped (or a fault): tell userspace exactly where the gap is, and
+        // send the syscall's last bytes with the marker — they end the line
+        // (its newline; the TypeScript SDK's `id`), so framing stays exact.
         s.hdr.flags |= FLAG_TRUNCATED;
-        s.hdr.offset = done as u32;
-        s.hdr.len = 0;
-        emit(s, DATA_HEADER_LEN);
+        let mut tail = 0usize;
+        if !vectored {
+            let mut t = ret - done;
+            if t > CHUNK_SIZE as u64 {
+                t = CHUNK_SIZE as u64;
+            }
+            // Verifier: same bound-keeping mask as in copy_step.
+            let t = (t as usize) & (2 * CHUNK_SIZE - 1);
+            if t <= CHUNK_SIZE {
+                let src = (args.buf + ret - t as u64) as *const u8;
+                if unsafe { bpf_probe_read_user_buf(src, &mut s.data[..t]) }.is_ok() {
+                    tail = t;
+                }
+            }
+        }
+        count(counter::TRUNCATED_SYSCALLS, 1);
+        count(counter::TRUNCATED_BYTES, ret - done - tail as u64);
+        s.hdr.offset = (ret - tail as u64) as u32;
+        s.hdr.len = tail as u32;
+        emit(s, DATA_HEADER_LEN + tail);
     }
 }
 

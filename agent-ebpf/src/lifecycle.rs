@@ -27,7 +27,7 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let key = stream_key(tgid, fd as u32);
-    // SAFETY: u8 values.
+    // SAFETY: plain-data values.
     if unsafe { STREAMS.get(key) }.is_none() {
         return 0;
     }

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     Global,
 };
-use mcpscope_common::{counter, DataHeader, SyscallArgs, CHUNK_SIZE};
+use mcpscope_common::{counter, DataHeader, FileOffsets, StreamInfo, SyscallArgs, CHUNK_SIZE};
 
 /// tgid of the agent itself: its own I/O is never captured.
 #[no_mangle]
@@ -20,6 +20,19 @@ pub static CAPTURE_CAP: Global<u32> = Global::new(mcpscope_common::DEFAULT_CAPTU
 #[no_mangle]
 pub static EXIT_GROUP_DEAD_OFFSET: Global<u32> = Global::new(0);
 
+/// BTF-derived offsets for the fd → inode walk (see `files.rs`).
+#[no_mangle]
+pub static FILE_OFFSETS: Global<FileOffsets> = Global::new(FileOffsets {
+    task_files: 0,
+    files_fdt: 0,
+    fdt_fd: 0,
+    fdt_max_fds: 0,
+    file_inode: 0,
+    inode_ino: 0,
+    inode_mode: 0,
+    valid: 0,
+});
+
 /// Captured bytes and lifecycle records to userspace. Userspace resizes it
 /// at load time (`--ringbuf-size`).
 #[map]
@@ -30,10 +43,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 #[map]
 pub static ARGS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(65536, 0);
 
-/// Per-(tgid, fd) capture decision: `STREAM_TRACKED` or `STREAM_IGNORED`.
+/// Per-(tgid, fd) capture decision and file identity.
 /// LRU: fds that vanish without `close` (exec, exit) age out by themselves.
 #[map]
-pub static STREAMS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+pub static STREAMS: LruHashMap<u64, StreamInfo> = LruHashMap::with_max_entries(65536, 0);
 
 /// Loss and volume counters, indexed by `mcpscope_common::counter`.
 #[map]

@@ -19,7 +19,7 @@ use crate::{
     sink::{Endpoint, McpEvent, Sink},
     stream::{
         assemble::{Assembler, Whole},
-        channel::Channels,
+        channel::{Channels, Copy, Emit},
         fdinfo::{self, FdKind},
         framer::{Frame, LineFramer},
         StreamControl, StreamKey,
@@ -264,6 +264,7 @@ impl<C: StreamControl> Pipeline<C> {
                     self.core.sessions.remove(&k);
                     self.core.pairer.end_session(k);
                 }
+                self.core.forget_process(p.tgid);
                 self.core.procs.invalidate(p.tgid);
             }
         }
@@ -321,7 +322,7 @@ fn on_whole<C: StreamControl>(
     };
     let stream = streams.entry(key).or_insert_with(|| {
         let kind = if core.cfg.resolve_fds {
-            fdinfo::resolve(w.tgid, w.fd)
+            fdinfo::from_kernel(w.tgid, w.fd, w.file_kind, w.ino)
         } else {
             FdKind::Pipe(u64::from(w.fd))
         };
@@ -345,16 +346,19 @@ fn on_whole<C: StreamControl>(
     let kind = stream.kind;
     let seg = &w.segment;
     core.stats.gap_bytes += seg.missing_inner + seg.missing_tail;
-    // A gap inside the syscall: the framer marks the current line broken.
-    stream.framer.gap(seg.missing_inner);
     let (mut good, mut bad) = (0u64, 0u32);
-    stream.framer.push(seg.data, &mut |f| {
+    let mut on_frame = |f: Frame<'_>| {
         if core.on_frame(key, kind, comm, w.ts_ns, f) {
             good += 1;
         } else {
             bad += 1;
         }
-    });
+    };
+    // A gap inside the syscall marks the line it falls in as broken.
+    let at = seg.gap_at.min(seg.data.len());
+    stream.framer.push(&seg.data[..at], &mut on_frame);
+    stream.framer.gap(seg.missing_inner);
+    stream.framer.push(&seg.data[at..], &mut on_frame);
     stream.framer.gap(seg.missing_tail);
     stream.good += good;
     if good > 0 {
@@ -368,9 +372,15 @@ fn on_whole<C: StreamControl>(
     }
 }
 
-fn content_hash(bytes: &[u8], index: Option<u32>) -> u64 {
+/// Bytes of a message's head hashed for the pipe-end join.
+const JOIN_HEAD: usize = 512;
+
+/// Join key of a message: its true length and a hash of its head, which
+/// both ends capture even when one of them lost the tail.
+fn join_key(bytes: &[u8], len: u64, index: Option<u32>) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
+    bytes[..bytes.len().min(JOIN_HEAD)].hash(&mut h);
+    len.hash(&mut h);
     index.hash(&mut h);
     h.finish()
 }
@@ -401,7 +411,7 @@ impl Core {
                             batch_index: None,
                             payload: None,
                         },
-                        content_hash(f.bytes, None),
+                        join_key(f.bytes, f.len, None),
                     );
                     true
                 }
@@ -437,7 +447,7 @@ impl Core {
                         batch_index: bi,
                         payload,
                     };
-                    self.route(c, content_hash(f.bytes, bi));
+                    self.route(c, join_key(f.bytes, f.len, bi));
                 }
                 Err(e) => self.count_parse_error(e),
             }
@@ -456,28 +466,45 @@ impl Core {
         }
     }
 
-    fn route(&mut self, c: Captured, hash: u64) {
-        match c.kind {
-            FdKind::Pipe(ino) if self.cfg.resolve_fds => {
-                if c.key.egress {
-                    let writer = c.key.tgid;
-                    let (c, peer) = self.channels.on_write(ino, writer, hash, c, || {
-                        fdinfo::pipe_readers(ino, writer).first().copied()
-                    });
-                    self.emit(c, peer);
-                } else {
-                    let reader = c.key.tgid;
-                    let ts = c.ts_ns;
-                    self.channels.on_read(ino, reader, hash, ts, c);
-                }
-            }
-            _ => self.emit(c, None),
+    fn route(&mut self, c: Captured, key: u64) {
+        let FdKind::Pipe(ino) = c.kind else {
+            return self.emit(c, None);
+        };
+        if !self.cfg.resolve_fds {
+            return self.emit(c, None);
+        }
+        let (tgid, egress) = (c.key.tgid, c.key.egress);
+        let copy = Copy {
+            key,
+            truncated: c.truncated,
+            ts_ns: c.ts_ns,
+            item: c,
+        };
+        let mut out: Option<Emit<Captured>> = None;
+        if egress {
+            let resolve = || fdinfo::pipe_readers(ino, tgid).first().copied();
+            self.channels
+                .on_write(ino, tgid, copy, resolve, &mut |e| out = Some(e));
+        } else {
+            self.channels
+                .on_read(ino, tgid, copy, &mut |e| out = Some(e));
+        }
+        if let Some((c, peer)) = out {
+            self.emit(c, peer);
         }
     }
 
     fn expire(&mut self, now_ns: u64) {
         let mut out = Vec::new();
         self.channels.expire(now_ns, &mut |e| out.push(e));
+        for (c, peer) in out {
+            self.emit(c, peer);
+        }
+    }
+
+    fn forget_process(&mut self, pid: u32) {
+        let mut out = Vec::new();
+        self.channels.forget_process(pid, &mut |e| out.push(e));
         for (c, peer) in out {
             self.emit(c, peer);
         }

@@ -120,8 +120,10 @@ impl Syscall {
 
 /// [`DataHeader::flags`]: the bytes were written by the process (egress).
 pub const FLAG_EGRESS: u32 = 1;
-/// [`DataHeader::flags`]: this record is the truncation marker; `len` is 0,
-/// `offset` is where capture stopped and `total_len` the true length.
+/// [`DataHeader::flags`]: this record is the truncation marker. Bytes from
+/// the end of the previous chunk up to `offset` were not captured; the
+/// record carries the syscall's last `len` bytes (its tail, possibly empty),
+/// so `offset + len == total_len` when the tail could be read.
 pub const FLAG_TRUNCATED: u32 = 2;
 
 /// Header of a [`RecordKind::Data`] record; `len` bytes of data follow it.
@@ -152,6 +154,58 @@ pub struct DataHeader {
     pub cgroup_id: u64,
     /// `task_struct.comm`, NUL padded.
     pub comm: [u8; COMM_LEN],
+    /// Inode of the file behind the fd (pipe inode is shared by both ends),
+    /// 0 when the kernel could not tell.
+    pub ino: u64,
+    /// `FILE_*` kind of the file behind the fd.
+    pub file_kind: u32,
+    /// Padding (keeps the header a multiple of 8 bytes).
+    pub _pad: u32,
+}
+
+/// [`DataHeader::file_kind`]: not determined (no BTF offsets).
+pub const FILE_UNKNOWN: u32 = 0;
+/// A pipe or FIFO.
+pub const FILE_PIPE: u32 = 1;
+/// A socket.
+pub const FILE_SOCKET: u32 = 2;
+/// Anything else (regular file, tty, device): never captured.
+pub const FILE_OTHER: u32 = 3;
+
+/// Value of the `STREAMS` map: the capture decision and what the fd is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StreamInfo {
+    /// `STREAM_TRACKED` or `STREAM_IGNORED`.
+    pub state: u32,
+    /// `FILE_*`.
+    pub file_kind: u32,
+    /// Inode number.
+    pub ino: u64,
+}
+
+/// Field offsets, from the running kernel's BTF, that let the kernel side
+/// walk `task->files->fdt->fd[fd]->f_inode` (Rust eBPF has no CO-RE).
+/// All zero = unavailable: the kernel then leaves `file_kind` unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileOffsets {
+    /// `task_struct.files`.
+    pub task_files: u32,
+    /// `files_struct.fdt`.
+    pub files_fdt: u32,
+    /// `fdtable.fd`.
+    pub fdt_fd: u32,
+    /// `fdtable.max_fds`.
+    pub fdt_max_fds: u32,
+    /// `file.f_inode`.
+    pub file_inode: u32,
+    /// `inode.i_ino`.
+    pub inode_ino: u32,
+    /// `inode.i_mode`.
+    pub inode_mode: u32,
+    /// 1 when the offsets are valid.
+    pub valid: u32,
 }
 
 /// Size of [`DataHeader`] on the wire.
@@ -191,10 +245,11 @@ pub struct SyscallArgs {
     pub syscall: u32,
 }
 
-/// `STREAMS` value: the fd carries MCP (or looked like it); capture it all.
-pub const STREAM_TRACKED: u8 = 1;
-/// `STREAMS` value: userspace decided this fd is not MCP; skip it.
-pub const STREAM_IGNORED: u8 = 2;
+/// [`StreamInfo::state`]: the fd carries MCP (or looked like it); capture it all.
+pub const STREAM_TRACKED: u32 = 1;
+/// [`StreamInfo::state`]: not MCP (decided by userspace, or not a pipe or
+/// socket); skip it.
+pub const STREAM_IGNORED: u32 = 2;
 
 /// Key of the `STREAMS` map.
 pub const fn stream_key(tgid: u32, fd: u32) -> u64 {
@@ -238,4 +293,8 @@ pub mod counter {
 mod pod {
     // SAFETY: plain #[repr(C)] integers and byte arrays without padding.
     unsafe impl aya::Pod for super::SyscallArgs {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::StreamInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FileOffsets {}
 }

@@ -65,6 +65,8 @@ pub fn decode(buf: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
                 truncated: h.flags & FLAG_TRUNCATED != 0,
                 cgroup_id: h.cgroup_id,
                 comm: Comm(h.comm),
+                ino: h.ino,
+                file_kind: h.file_kind,
                 data: &buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len],
             }))
         }
@@ -110,6 +112,9 @@ mod tests {
             len: payload.len() as u32,
             cgroup_id: 1,
             comm: *b"python3\0\0\0\0\0\0\0\0\0",
+            ino: 7,
+            file_kind: mcpscope_common::FILE_PIPE,
+            _pad: 0,
         };
         let mut v = vec![0u8; DATA_HEADER_LEN];
         // SAFETY: writing a POD header into a buffer of its size.

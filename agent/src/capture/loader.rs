@@ -9,7 +9,7 @@ use aya::{
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
-use mcpscope_common::{counter, stream_key, STREAM_IGNORED};
+use mcpscope_common::{counter, stream_key, StreamInfo, STREAM_IGNORED};
 
 /// The eBPF object, embedded at build time by `build.rs`.
 static EBPF_OBJECT: &[u8] =
@@ -59,7 +59,7 @@ pub struct Probes {
 
 /// Userspace's handle on the kernel's per-fd capture decisions.
 pub struct KernelControl {
-    streams: BpfHashMap<MapData, u64, u8>,
+    streams: BpfHashMap<MapData, u64, StreamInfo>,
 }
 
 impl Probes {
@@ -73,10 +73,18 @@ impl Probes {
         let me = std::process::id();
         let group_dead = exit_group_dead_offset().unwrap_or(0);
         let cap = cfg.capture_cap.min(mcpscope_common::MAX_CAPTURE_CAP as u32);
+        let offsets = match super::btf::file_offsets() {
+            Ok(o) => o,
+            Err(e) => {
+                log::warn!("{e}: fd kinds will be resolved through /proc only (short-lived fds may not be joined)");
+                mcpscope_common::FileOffsets::default()
+            }
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global("AGENT_TGID", &me, true)
             .override_global("CAPTURE_CAP", &cap, true)
             .override_global("EXIT_GROUP_DEAD_OFFSET", &group_dead, true)
+            .override_global("FILE_OFFSETS", &offsets, true)
             .map_max_entries("EVENTS", cfg.ringbuf_bytes)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object into the kernel")?;
@@ -122,7 +130,11 @@ impl crate::stream::StreamControl for KernelControl {
     fn ignore(&mut self, tgid: u32, fd: u32) {
         // Failure only means the entry could not be written (map full of
         // newer entries); the stream stays captured and userspace drops it.
-        let _ = self.streams.insert(stream_key(tgid, fd), STREAM_IGNORED, 0);
+        let info = StreamInfo {
+            state: STREAM_IGNORED,
+            ..StreamInfo::default()
+        };
+        let _ = self.streams.insert(stream_key(tgid, fd), info, 0);
     }
 
     fn forget(&mut self, tgid: u32, fd: u32) {

@@ -1,6 +1,7 @@
 //! Stage 1 — capture: load the kernel programs, read the ring buffer, and
 //! decode its records into [`RawEvent`]s. Nothing here knows about MCP.
 
+pub mod btf;
 mod decode;
 #[cfg(target_os = "linux")]
 pub mod loader;
@@ -42,6 +43,10 @@ pub struct DataChunk<'a> {
     pub cgroup_id: u64,
     /// Task command name.
     pub comm: Comm,
+    /// Inode of the file behind the fd (0 = unknown).
+    pub ino: u64,
+    /// `mcpscope_common::FILE_*` kind of that file.
+    pub file_kind: u32,
     /// The bytes.
     pub data: &'a [u8],
 }

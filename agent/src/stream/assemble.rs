@@ -12,35 +12,21 @@ use crate::capture::DataChunk;
 pub struct Segment<'a> {
     /// The bytes, in order.
     pub data: &'a [u8],
-    /// Bytes missing at the end (capture cap, fault, lost records).
+    /// Bytes missing at the end (fault, lost records).
     pub missing_tail: u64,
-    /// Bytes missing in the middle (lost records), reported before `data`'s
-    /// later part; the framer only needs to know a gap happened.
+    /// Bytes missing in the middle (capture cap with its tail captured, or
+    /// lost records), all counted at `gap_at`.
     pub missing_inner: u64,
+    /// Index in `data` where the inner gap is.
+    pub gap_at: usize,
 }
 
-struct Partial {
-    tgid: u32,
-    fd: u32,
-    egress: bool,
-    ts_ns: u64,
-    total: u64,
-    next: u64,
-    lost: u64,
-    data: Vec<u8>,
-}
-
-/// Per-thread reassembly of multi-chunk syscalls.
-#[derive(Default)]
-pub struct Assembler {
-    partial: HashMap<u32, Partial>,
-    /// Syscalls whose chunks stopped arriving (ring buffer full), flushed
-    /// with a gap.
-    pub incomplete: u64,
-}
-
-/// What the assembler produced: the stream and timestamp of a whole syscall.
+/// A whole syscall: its stream, file, timestamp and bytes.
 pub struct Whole<'a> {
+    /// Inode of the file behind the fd (0 = unknown).
+    pub ino: u64,
+    /// `mcpscope_common::FILE_*`.
+    pub file_kind: u32,
     /// Process id.
     pub tgid: u32,
     /// File descriptor.
@@ -53,6 +39,48 @@ pub struct Whole<'a> {
     pub segment: Segment<'a>,
 }
 
+struct Partial {
+    ino: u64,
+    file_kind: u32,
+    tgid: u32,
+    fd: u32,
+    egress: bool,
+    ts_ns: u64,
+    total: u64,
+    next: u64,
+    lost: u64,
+    gap_at: usize,
+    data: Vec<u8>,
+}
+
+impl Partial {
+    fn whole(&self) -> Whole<'_> {
+        Whole {
+            ino: self.ino,
+            file_kind: self.file_kind,
+            tgid: self.tgid,
+            fd: self.fd,
+            egress: self.egress,
+            ts_ns: self.ts_ns,
+            segment: Segment {
+                data: &self.data,
+                missing_tail: self.total.saturating_sub(self.next),
+                missing_inner: self.lost,
+                gap_at: self.gap_at,
+            },
+        }
+    }
+}
+
+/// Per-thread reassembly of multi-chunk syscalls.
+#[derive(Default)]
+pub struct Assembler {
+    partial: HashMap<u32, Partial>,
+    /// Syscalls whose chunks stopped arriving (ring buffer full), flushed
+    /// with a gap.
+    pub incomplete: u64,
+}
+
 impl Assembler {
     /// Feeds a chunk; calls `out` for every syscall it completes (a stale
     /// partial of the same thread first, then possibly this one).
@@ -60,23 +88,30 @@ impl Assembler {
         let whole = c.offset == 0 && !c.truncated && c.data.len() as u64 == c.total_len;
         if whole {
             self.flush_tid(c.tid, out);
-            out(Whole {
-                tgid: c.tgid,
-                fd: c.fd,
-                egress: c.egress,
-                ts_ns: c.ts_ns,
-                segment: Segment {
-                    data: c.data,
-                    missing_tail: 0,
-                    missing_inner: 0,
-                },
+            let segment = Segment {
+                data: c.data,
+                missing_tail: 0,
+                missing_inner: 0,
+                gap_at: 0,
+            };
+            let (ino, file_kind, tgid, fd, egress, ts_ns) =
+                (c.ino, c.file_kind, c.tgid, c.fd, c.egress, c.ts_ns);
+            return out(Whole {
+                ino,
+                file_kind,
+                tgid,
+                fd,
+                egress,
+                ts_ns,
+                segment,
             });
-            return;
         }
         if c.offset == 0 && !c.truncated {
             self.flush_tid(c.tid, out);
         }
         let p = self.partial.entry(c.tid).or_insert_with(|| Partial {
+            ino: c.ino,
+            file_kind: c.file_kind,
             tgid: c.tgid,
             fd: c.fd,
             egress: c.egress,
@@ -84,6 +119,7 @@ impl Assembler {
             total: c.total_len,
             next: 0,
             lost: 0,
+            gap_at: 0,
             data: Vec::with_capacity(c.total_len.min(4 << 20) as usize),
         });
         if (p.tgid, p.fd, p.egress, p.total) != (c.tgid, c.fd, c.egress, c.total_len) {
@@ -93,39 +129,18 @@ impl Assembler {
         }
         let offset = c.offset as u64;
         if offset > p.next {
-            p.lost += offset - p.next; // records lost in between
+            if p.lost == 0 {
+                p.gap_at = p.data.len();
+            }
+            p.lost += offset - p.next; // the capture cap, or lost records
             p.next = offset;
-        }
-        if c.truncated {
-            let p = self.partial.remove(&c.tid).expect("present");
-            out(Whole {
-                tgid: p.tgid,
-                fd: p.fd,
-                egress: p.egress,
-                ts_ns: p.ts_ns,
-                segment: Segment {
-                    data: &p.data,
-                    missing_tail: p.total.saturating_sub(p.next),
-                    missing_inner: p.lost,
-                },
-            });
-            return;
         }
         p.data.extend_from_slice(c.data);
         p.next = offset + c.data.len() as u64;
-        if p.next >= p.total {
+        if c.truncated || p.next >= p.total {
+            // The truncation marker (with the syscall's tail) ends it.
             let p = self.partial.remove(&c.tid).expect("present");
-            out(Whole {
-                tgid: p.tgid,
-                fd: p.fd,
-                egress: p.egress,
-                ts_ns: p.ts_ns,
-                segment: Segment {
-                    data: &p.data,
-                    missing_tail: 0,
-                    missing_inner: p.lost,
-                },
-            });
+            out(p.whole());
         }
     }
 
@@ -133,17 +148,7 @@ impl Assembler {
     pub fn flush_tid(&mut self, tid: u32, out: &mut dyn FnMut(Whole<'_>)) {
         if let Some(p) = self.partial.remove(&tid) {
             self.incomplete += 1;
-            out(Whole {
-                tgid: p.tgid,
-                fd: p.fd,
-                egress: p.egress,
-                ts_ns: p.ts_ns,
-                segment: Segment {
-                    data: &p.data,
-                    missing_tail: p.total.saturating_sub(p.next),
-                    missing_inner: p.lost,
-                },
-            });
+            out(p.whole());
         }
     }
 
@@ -190,19 +195,18 @@ mod tests {
             truncated,
             cgroup_id: 0,
             comm: Comm::default(),
+            ino: 0,
+            file_kind: 0,
             data,
         }
     }
 
-    fn run(a: &mut Assembler, chunks: &[DataChunk<'_>]) -> Vec<(Vec<u8>, u64, u64)> {
+    fn run(a: &mut Assembler, chunks: &[DataChunk<'_>]) -> Vec<(Vec<u8>, u64, u64, usize)> {
         let mut v = Vec::new();
         for c in chunks {
             a.push(c, &mut |w| {
-                v.push((
-                    w.segment.data.to_vec(),
-                    w.segment.missing_tail,
-                    w.segment.missing_inner,
-                ))
+                let s = &w.segment;
+                v.push((s.data.to_vec(), s.missing_tail, s.missing_inner, s.gap_at))
             });
         }
         v
@@ -222,13 +226,14 @@ mod tests {
         );
         assert_eq!(
             out,
-            vec![(b"aaaAAA".to_vec(), 0, 0), (b"bbBB".to_vec(), 0, 0)]
+            vec![(b"aaaAAA".to_vec(), 0, 0, 0), (b"bbBB".to_vec(), 0, 0, 0)]
         );
     }
 
     #[test]
-    fn truncation_marker_and_lost_records() {
+    fn truncation_marker_with_and_without_tail() {
         let mut a = Assembler::default();
+        // No tail (e.g. vectored): the rest is missing at the end.
         let out = run(
             &mut a,
             &[
@@ -236,11 +241,25 @@ mod tests {
                 chunk(1, 4, 100, b"", true),
             ],
         );
-        assert_eq!(out, vec![(b"0123".to_vec(), 96, 0)]);
+        assert_eq!(out, vec![(b"0123".to_vec(), 96, 0, 0)]);
+        // The marker carries the syscall's tail: the gap sits inside.
+        let out = run(
+            &mut a,
+            &[
+                chunk(1, 0, 100, b"0123", false),
+                chunk(1, 97, 100, b"yz\n", true),
+            ],
+        );
+        assert_eq!(out, vec![(b"0123yz\n".to_vec(), 0, 93, 4)]);
+    }
+
+    #[test]
+    fn lost_records_leave_a_positioned_gap() {
+        let mut a = Assembler::default();
         let out = run(
             &mut a,
             &[chunk(1, 0, 9, b"abc", false), chunk(1, 6, 9, b"ghi", false)],
         );
-        assert_eq!(out, vec![(b"abcghi".to_vec(), 0, 3)]);
+        assert_eq!(out, vec![(b"abcghi".to_vec(), 0, 3, 3)]);
     }
 }

@@ -1,41 +1,58 @@
 //! Joins the two ends of a pipe so each message is reported once.
 //!
 //! A pipe's writer and reader are both on this host, so every message is
-//! captured twice: once by `write` and once by `read`. The writer's copy is
-//! canonical (it is complete and first in time); the reader's copy only
-//! tells who received it and is then dropped. Matching is by content hash,
-//! in FIFO order per pipe inode.
+//! captured twice: once by `write` and once by `read`. Copies are matched
+//! per pipe inode, in FIFO order, by a key of the message's true length and
+//! a hash of its head — so a copy that lost its tail (capture cap) still
+//! matches the other end's complete copy.
+//!
+//! Which copy is reported: the writer's (first in time) unless it is
+//! truncated and the reader's is not. The other copy only tells who was at
+//! that end and is dropped.
 //!
 //! Ordering: the reader's `read` can return before the writer's `write`
 //! exits, so a reader copy may arrive first; it is held for `window_ns`
-//! waiting for its writer copy. If none comes (the writer was not captured),
-//! the reader copy is emitted on its own, with the pipe's known writer.
+//! waiting for its writer copy. A truncated writer copy is held the same
+//! way, waiting for a complete reader copy, and so is a writer copy whose
+//! reader could not be found in /proc (it already exited). When the window passes, the
+//! held copy is reported on its own, with the pipe's other end as known.
 
 use std::collections::{HashMap, VecDeque};
 
 /// Counters of the join.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ChannelStats {
-    /// Reader copies matched to a writer copy and dropped (duplicates).
+    /// Second copies matched and dropped (duplicates).
     pub deduplicated: u64,
-    /// Reader copies emitted alone (writer side not seen).
+    /// Reader copies reported alone (writer side not seen).
     pub reader_only: u64,
     /// Writer copies whose reader copy never came before eviction.
     pub unconfirmed: u64,
 }
 
+/// A captured copy offered to the join.
+pub struct Copy<T> {
+    /// Match key: true length and head hash.
+    pub key: u64,
+    /// Bytes were lost from this copy.
+    pub truncated: bool,
+    /// Kernel timestamp, ns.
+    pub ts_ns: u64,
+    /// The payload.
+    pub item: T,
+}
+
 struct Held<T> {
-    hash: u64,
+    copy: Copy<T>,
     deadline: u64,
-    reader: u32,
-    item: T,
+    writer_side: bool,
 }
 
 struct Channel<T> {
     writer: Option<u32>,
     reader: Option<u32>,
     awaiting_read: VecDeque<u64>,
-    held_reads: VecDeque<Held<T>>,
+    held: VecDeque<Held<T>>,
 }
 
 impl<T> Default for Channel<T> {
@@ -44,7 +61,7 @@ impl<T> Default for Channel<T> {
             writer: None,
             reader: None,
             awaiting_read: VecDeque::new(),
-            held_reads: VecDeque::new(),
+            held: VecDeque::new(),
         }
     }
 }
@@ -58,11 +75,11 @@ pub struct Channels<T> {
     pub stats: ChannelStats,
 }
 
-/// An item to emit with the process at the other end (if known).
+/// An item to report with the process at the other end (if known).
 pub type Emit<T> = (T, Option<u32>);
 
 impl<T> Channels<T> {
-    /// A join that holds reader copies for `window_ns`.
+    /// A join that holds unmatched copies for `window_ns`.
     pub fn new(window_ns: u64, max_awaiting: usize) -> Self {
         Self {
             map: HashMap::new(),
@@ -82,76 +99,118 @@ impl<T> Channels<T> {
         self.map.is_empty()
     }
 
-    /// The known reader of pipe `ino`.
-    pub fn reader(&self, ino: u64) -> Option<u32> {
-        self.map.get(&ino).and_then(|c| c.reader)
-    }
-
-    /// A writer copy. Returns it with its reader, resolving the reader with
-    /// `resolve` when no exchange has shown it yet.
+    /// A writer copy from process `writer`. `resolve` finds the reader when
+    /// no exchange has shown it yet. Calls `out` when something is reported.
     pub fn on_write(
         &mut self,
         ino: u64,
         writer: u32,
-        hash: u64,
-        item: T,
+        c: Copy<T>,
         resolve: impl FnOnce() -> Option<u32>,
-    ) -> Emit<T> {
+        out: &mut dyn FnMut(Emit<T>),
+    ) {
+        let window = self.window_ns;
         let ch = self.map.entry(ino).or_default();
         ch.writer = Some(writer);
-        if let Some(pos) = ch.held_reads.iter().position(|h| h.hash == hash) {
-            let held = ch.held_reads.remove(pos).expect("present");
-            ch.reader = Some(held.reader);
+        if let Some(pos) = ch
+            .held
+            .iter()
+            .position(|h| !h.writer_side && h.copy.key == c.key)
+        {
+            let held = ch.held.remove(pos).expect("present");
             self.stats.deduplicated += 1;
-            return (item, Some(held.reader));
+            // The reader copy wins only if it is whole and ours is not.
+            if c.truncated && !held.copy.truncated {
+                return out((held.copy.item, Some(writer)));
+            }
+            return out((c.item, ch.reader));
         }
         if ch.reader.is_none() {
             ch.reader = resolve();
+        }
+        // Truncated, or nobody known to read it yet: wait for the reader's copy.
+        if c.truncated || ch.reader.is_none() {
+            let deadline = c.ts_ns + window;
+            ch.held.push_back(Held {
+                copy: c,
+                deadline,
+                writer_side: true,
+            });
+            return;
         }
         if ch.awaiting_read.len() >= self.max_awaiting {
             ch.awaiting_read.pop_front();
             self.stats.unconfirmed += 1;
         }
-        ch.awaiting_read.push_back(hash);
-        (item, ch.reader)
+        ch.awaiting_read.push_back(c.key);
+        out((c.item, ch.reader));
     }
 
-    /// A reader copy: dropped if its writer copy was seen, else held.
-    pub fn on_read(&mut self, ino: u64, reader: u32, hash: u64, ts_ns: u64, item: T) {
+    /// A reader copy from process `reader`: dropped if its writer copy was
+    /// reported, swapped in for a truncated held writer copy, else held.
+    pub fn on_read(&mut self, ino: u64, reader: u32, c: Copy<T>, out: &mut dyn FnMut(Emit<T>)) {
+        let window = self.window_ns;
         let ch = self.map.entry(ino).or_default();
         ch.reader = Some(reader);
-        if let Some(pos) = ch.awaiting_read.iter().position(|h| *h == hash) {
-            // Entries before it were never read back (reader lost them).
+        if let Some(pos) = ch.awaiting_read.iter().position(|k| *k == c.key) {
+            // Entries before it were never read back (the reader lost them).
             self.stats.unconfirmed += pos as u64;
             ch.awaiting_read.drain(..=pos);
             self.stats.deduplicated += 1;
             return;
         }
-        ch.held_reads.push_back(Held {
-            hash,
-            deadline: ts_ns + self.window_ns,
-            reader,
-            item,
+        if let Some(pos) = ch
+            .held
+            .iter()
+            .position(|h| h.writer_side && h.copy.key == c.key)
+        {
+            let held = ch.held.remove(pos).expect("present");
+            self.stats.deduplicated += 1;
+            if held.copy.truncated && !c.truncated {
+                return out((c.item, ch.writer));
+            }
+            return out((held.copy.item, Some(reader)));
+        }
+        let deadline = c.ts_ns + window;
+        ch.held.push_back(Held {
+            copy: c,
+            deadline,
+            writer_side: false,
         });
     }
 
-    /// Reader copies whose window passed, with the pipe's writer.
+    /// Held copies whose window passed, with the other end as known.
     pub fn expire(&mut self, now_ns: u64, out: &mut dyn FnMut(Emit<T>)) {
         for ch in self.map.values_mut() {
-            while ch.held_reads.front().is_some_and(|h| h.deadline <= now_ns) {
-                let h = ch.held_reads.pop_front().expect("present");
-                self.stats.reader_only += 1;
-                out((h.item, ch.writer));
+            while ch.held.front().is_some_and(|h| h.deadline <= now_ns) {
+                let h = ch.held.pop_front().expect("present");
+                if h.writer_side {
+                    out((h.copy.item, ch.reader));
+                } else {
+                    self.stats.reader_only += 1;
+                    out((h.copy.item, ch.writer));
+                }
             }
         }
     }
 
-    /// Forgets a pipe once neither end is open; emits held reader copies.
-    pub fn close(&mut self, ino: u64, out: &mut dyn FnMut(Emit<T>)) {
-        if let Some(ch) = self.map.remove(&ino) {
-            for h in ch.held_reads {
-                self.stats.reader_only += 1;
-                out((h.item, ch.writer));
+    /// Forgets pipes whose reader or writer is `pid` (it exited), after
+    /// reporting what they held.
+    pub fn forget_process(&mut self, pid: u32, out: &mut dyn FnMut(Emit<T>)) {
+        let gone: Vec<u64> = self
+            .map
+            .iter()
+            .filter(|(_, c)| c.reader == Some(pid))
+            .map(|(k, _)| *k)
+            .collect();
+        for ino in gone {
+            let ch = self.map.remove(&ino).expect("present");
+            for h in ch.held {
+                if !h.writer_side {
+                    self.stats.reader_only += 1;
+                }
+                let peer = if h.writer_side { ch.reader } else { ch.writer };
+                out((h.copy.item, peer));
             }
         }
     }
@@ -161,51 +220,111 @@ impl<T> Channels<T> {
 mod tests {
     use super::*;
 
+    fn copy(key: u64, truncated: bool, item: &'static str) -> Copy<&'static str> {
+        Copy {
+            key,
+            truncated,
+            ts_ns: 5,
+            item,
+        }
+    }
+
+    fn collect<'a>(v: &'a mut Vec<Emit<&'static str>>) -> impl FnMut(Emit<&'static str>) + 'a {
+        move |e| v.push(e)
+    }
+
     #[test]
-    fn writer_then_reader_emits_once() {
+    fn writer_then_reader_reports_once() {
         let mut c = Channels::new(1000, 8);
-        let (item, peer) = c.on_write(7, 1, 42, "m", || Some(2));
-        assert_eq!((item, peer), ("m", Some(2)));
-        c.on_read(7, 2, 42, 5, "m-read");
         let mut out = vec![];
-        c.expire(u64::MAX, &mut |e| out.push(e));
-        assert!(out.is_empty());
+        c.on_write(
+            7,
+            1,
+            copy(42, false, "w"),
+            || Some(2),
+            &mut collect(&mut out),
+        );
+        c.on_read(7, 2, copy(42, false, "r"), &mut collect(&mut out));
+        c.expire(u64::MAX, &mut collect(&mut out));
+        assert_eq!(out, vec![("w", Some(2))]);
         assert_eq!(c.stats.deduplicated, 1);
     }
 
     #[test]
     fn reader_first_is_held_then_matched() {
         let mut c = Channels::new(1000, 8);
-        c.on_read(7, 2, 42, 5, "m-read");
-        let (_, peer) = c.on_write(7, 1, 42, "m", || None);
-        assert_eq!(peer, Some(2));
         let mut out = vec![];
-        c.expire(u64::MAX, &mut |e| out.push(e));
+        c.on_read(7, 2, copy(42, false, "r"), &mut collect(&mut out));
         assert!(out.is_empty());
+        c.on_write(7, 1, copy(42, false, "w"), || None, &mut collect(&mut out));
+        c.expire(u64::MAX, &mut collect(&mut out));
+        assert_eq!(out, vec![("w", Some(2))]);
     }
 
     #[test]
     fn reader_only_after_window() {
-        let mut c: Channels<&str> = Channels::new(1000, 8);
-        c.on_read(7, 2, 42, 5, "m-read");
+        let mut c = Channels::new(1000, 8);
         let mut out = vec![];
-        c.expire(500, &mut |e| out.push(e));
+        c.on_read(7, 2, copy(42, false, "r"), &mut collect(&mut out));
+        c.expire(500, &mut collect(&mut out));
         assert!(out.is_empty());
-        c.expire(1005, &mut |e| out.push(e));
-        assert_eq!(out, vec![("m-read", None)]);
+        c.expire(1005, &mut collect(&mut out));
+        assert_eq!(out, vec![("r", None)]);
         assert_eq!(c.stats.reader_only, 1);
+    }
+
+    #[test]
+    fn complete_reader_copy_replaces_truncated_writer_copy() {
+        let mut c = Channels::new(1000, 8);
+        let mut out = vec![];
+        c.on_write(
+            7,
+            1,
+            copy(42, true, "w-cut"),
+            || Some(2),
+            &mut collect(&mut out),
+        );
+        assert!(
+            out.is_empty(),
+            "truncated writer copy waits for the reader's"
+        );
+        c.on_read(7, 2, copy(42, false, "r-whole"), &mut collect(&mut out));
+        assert_eq!(out, vec![("r-whole", Some(1))]);
+        // Reader first, then truncated writer copy: same outcome.
+        let mut out = vec![];
+        c.on_read(7, 2, copy(43, false, "r-whole"), &mut collect(&mut out));
+        c.on_write(
+            7,
+            1,
+            copy(43, true, "w-cut"),
+            || Some(2),
+            &mut collect(&mut out),
+        );
+        assert_eq!(out, vec![("r-whole", Some(1))]);
     }
 
     #[test]
     fn identical_messages_match_in_fifo_order() {
         let mut c = Channels::new(1000, 8);
-        c.on_write(7, 1, 42, 1, || Some(2));
-        c.on_write(7, 1, 42, 2, || Some(2));
-        c.on_read(7, 2, 42, 5, 3);
-        c.on_read(7, 2, 42, 6, 4);
         let mut out = vec![];
-        c.expire(u64::MAX, &mut |e| out.push(e));
-        assert!(out.is_empty());
+        c.on_write(
+            7,
+            1,
+            copy(42, false, "a"),
+            || Some(2),
+            &mut collect(&mut out),
+        );
+        c.on_write(
+            7,
+            1,
+            copy(42, false, "b"),
+            || Some(2),
+            &mut collect(&mut out),
+        );
+        c.on_read(7, 2, copy(42, false, "ra"), &mut collect(&mut out));
+        c.on_read(7, 2, copy(42, false, "rb"), &mut collect(&mut out));
+        c.expire(u64::MAX, &mut collect(&mut out));
+        assert_eq!(out.len(), 2);
         assert_eq!(c.stats.deduplicated, 2);
     }
 }

@@ -41,7 +41,18 @@ impl FdKind {
     }
 }
 
-/// Resolves `fd` of process `tgid`.
+/// The kind from what the kernel read of the fd (`mcpscope_common::FILE_*`
+/// and inode), falling back to /proc when the kernel could not tell.
+pub fn from_kernel(tgid: u32, fd: u32, file_kind: u32, ino: u64) -> FdKind {
+    match file_kind {
+        mcpscope_common::FILE_PIPE => FdKind::Pipe(ino),
+        mcpscope_common::FILE_SOCKET => socket_kind(tgid, ino),
+        mcpscope_common::FILE_OTHER => FdKind::NotIpc,
+        _ => resolve(tgid, fd),
+    }
+}
+
+/// Resolves `fd` of process `tgid` through /proc.
 pub fn resolve(tgid: u32, fd: u32) -> FdKind {
     let Ok(link) = fs::read_link(format!("/proc/{tgid}/fd/{fd}")) else {
         return FdKind::Unknown;
@@ -69,8 +80,14 @@ fn bracketed(link: &str, prefix: &str) -> Option<u64> {
     link.strip_prefix(prefix)?.strip_suffix(']')?.parse().ok()
 }
 
-/// Finds the socket's family in the process's network namespace tables.
+/// Finds the socket's family in the process's network namespace tables
+/// (or this agent's, when the process is already gone).
 fn socket_kind(tgid: u32, ino: u64) -> FdKind {
+    let tgid = if std::path::Path::new(&format!("/proc/{tgid}/net")).exists() {
+        tgid.to_string()
+    } else {
+        "self".into()
+    };
     let needle = ino.to_string();
     let has = |table: &str, col: usize| {
         fs::read_to_string(format!("/proc/{tgid}/net/{table}"))

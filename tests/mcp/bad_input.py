@@ -1,0 +1,81 @@
+"""Writes bad input into a real pipe between two real processes, for the
+bad-input end-to-end tests. Standard library only.
+
+usage: bad_input.py CASE   → prints {"writer": pid, "reader": pid, ...} when done
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+READER = [sys.executable, "-c", "import sys\nwhile sys.stdin.buffer.read(65536): pass"]
+
+
+def msg(i, method="tools/call", **params):
+    return (json.dumps({"jsonrpc": "2.0", "id": i, "method": method, "params": params}) + "\n").encode()
+
+
+def valid(ids):
+    return b"".join(msg(i, name="echo") for i in ids)
+
+
+def run(case):
+    reader = subprocess.Popen(READER, stdin=subprocess.PIPE)
+    w = reader.stdin
+    out = {"writer": os.getpid(), "reader": reader.pid}
+    if case == "garbage":
+        junk = bytes(b for b in os.urandom(8192) if b != 0x0A)
+        w.write(b"{" + junk + b"\n")
+        w.write(valid([1, 2, 3]))
+    elif case == "invalid_utf8":
+        w.write(b'{"jsonrpc":"2.0","id":9,"method":"\xff\xfe\xfd"}\n')
+        w.write(valid([1, 2, 3]))
+    elif case == "huge_line":
+        line = msg(1, name="big", arguments={"data": "x" * (10 * 1024 * 1024)})
+        out["huge_len"] = len(line) - 1
+        os.write(w.fileno(), line)  # one write() of 10 MB
+        w.write(valid([2]))
+    elif case == "unterminated":
+        w.write(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"\n')
+        w.write(valid([2, 3]))
+    elif case == "two_threads":
+        w.flush()
+        fd = w.fileno()
+
+        def writer(t):
+            for i in range(200):
+                os.write(fd, msg(f"t{t}-{i}", name="echo"))  # < PIPE_BUF: atomic
+
+        threads = [threading.Thread(target=writer, args=(t,)) for t in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    elif case == "killed_mid_message":
+        # A child shares the reader's stdin, writes half a message, says so
+        # on a separate pipe, and is SIGKILLed before it can finish.
+        r, wr = os.pipe()
+        child = os.fork()
+        if child == 0:
+            os.close(r)
+            os.write(w.fileno(), b'{"jsonrpc":"2.0","id":77,"method":"tools/call","params":{"name":"slow","arguments":{"x":"')
+            os.write(wr, b"!")
+            signal.pause()
+            os._exit(0)
+        os.close(wr)
+        assert os.read(r, 1) == b"!"  # readiness: the half message is written
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        out["writer"] = child
+    else:
+        raise SystemExit(f"unknown case {case}")
+    w.close()
+    reader.wait()
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    run(sys.argv[1])

@@ -1,0 +1,103 @@
+"""Drives a real MCP server with the official Python SDK client (mcp==2.3.0)
+and records ground truth: every raw line the client wrote to the server's
+stdin and read from its stdout, tapped inside the SDK's stdio transport.
+
+usage: driver.py --truth FILE --mode legacy|auto|2026-07-28 --scenario NAME -- COMMAND ARGS...
+Prints `ready` lines? No: it runs the scenario and exits; the truth file is
+JSONL: {"pid": client, "server_pid": N} then {"dir": "sent"|"recv", "line": …}.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+
+import mcp.client.stdio as stdio
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+
+truth = []
+server_pid = []
+
+_orig_parse = stdio._parse_line
+
+
+def _tap_parse(line):
+    truth.append({"dir": "recv", "line": line})
+    return _orig_parse(line)
+
+
+_orig_create = stdio._create_platform_compatible_process
+
+
+async def _tap_create(*args, **kwargs):
+    proc = await _orig_create(*args, **kwargs)
+    server_pid.append(proc.pid)
+    send = proc.stdin.send
+
+    async def tapped(data):
+        truth.append({"dir": "sent", "line": data.decode().rstrip("\n")})
+        await send(data)
+
+    proc.stdin.send = tapped
+    return proc
+
+
+stdio._parse_line = _tap_parse
+stdio._create_platform_compatible_process = _tap_create
+
+
+async def scenario_basic(client, server_kind):
+    tools = await client.list_tools()
+    names = {t.name for t in tools.tools}
+    if server_kind == "everything":
+        await client.call_tool("echo", {"message": "hello mcpscope"})
+        await client.call_tool("get-sum", {"a": 2, "b": 3})
+    else:
+        await client.call_tool("echo", {"message": "hello mcpscope"})
+        await client.call_tool("add", {"a": 2, "b": 3})
+        await client.call_tool("fail", {"reason": "test"})
+        await client.read_resource("test://greeting")
+        await client.get_prompt("review", {"code": "x = 1"})
+    # A tool the server does not have: both SDKs answer with isError: true.
+    await client.call_tool("no_such_tool", {})
+    return sorted(names)
+
+
+async def scenario_repeat(client, server_kind, n):
+    for i in range(n):
+        await client.call_tool("echo", {"message": f"m{i}"})
+
+
+async def scenario_large(client, server_kind, kib):
+    await client.call_tool("blob", {"kib": kib})
+
+
+async def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--truth", required=True)
+    ap.add_argument("--mode", default="legacy")
+    ap.add_argument("--scenario", default="basic")
+    ap.add_argument("--server-kind", default="python")
+    ap.add_argument("--count", type=int, default=10)
+    ap.add_argument("cmd", nargs=argparse.REMAINDER)
+    a = ap.parse_args()
+    cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
+    params = StdioServerParameters(command=cmd[0], args=cmd[1:])
+    info = {}
+    async with Client(params, mode=a.mode) as client:
+        if a.scenario == "basic":
+            info["tools"] = await scenario_basic(client, a.server_kind)
+        elif a.scenario == "repeat":
+            await scenario_repeat(client, a.server_kind, a.count)
+        elif a.scenario == "large":
+            await scenario_large(client, a.server_kind, a.count)
+    with open(a.truth, "w") as f:
+        f.write(json.dumps({"pid": os.getpid(), "server_pid": server_pid[0], **info}) + "\n")
+        for t in truth:
+            f.write(json.dumps(t) + "\n")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,226 @@
+//! End-to-end: the real probes see the official Python SDK client talk to
+//! real stdio servers (the Python SDK's MCPServer and the npm reference
+//! server-everything) and report every message exactly once.
+
+use mcpscope_e2e::{assert_exactly_once, drive, env, pid, Agent};
+
+#[test]
+fn python_sdk_legacy_mode_every_message_once_with_pairing() {
+    let Some(env) = env("python_sdk_legacy_mode_every_message_once_with_pairing") else {
+        return;
+    };
+    let dir = env.tmpdir("py-legacy");
+    let agent = Agent::start(&env, &dir, &[]);
+    let truth = drive(
+        &env,
+        &dir,
+        "legacy",
+        "basic",
+        "python",
+        0,
+        &env.py_server_cmd(),
+    );
+    let stopped = agent.stop();
+    let events = assert_exactly_once(&stopped, &truth);
+    // The initialize handshake names both ends, and later messages carry it.
+    let last = events.last().unwrap();
+    assert_eq!(last["client"]["name"], "mcp", "{last}");
+    assert_eq!(last["server"]["name"], "mcpscope-test-server", "{last}");
+    assert_eq!(last["protocol_version"], "2025-11-25", "{last}");
+    // resources/read and prompts/get name what they touched.
+    assert!(events
+        .iter()
+        .any(|e| e["resource"] == "test://greeting" && e["kind"] == "response"));
+    assert!(events
+        .iter()
+        .any(|e| e["prompt"] == "review" && e["kind"] == "response"));
+    // One session for the pair, both pipes.
+    let sessions: std::collections::HashSet<_> = events
+        .iter()
+        .map(|e| e["session"].as_str().unwrap())
+        .collect();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+}
+
+#[test]
+fn python_sdk_2026_mode_every_message_once_with_meta_identity() {
+    let Some(env) = env("python_sdk_2026_mode_every_message_once_with_meta_identity") else {
+        return;
+    };
+    let dir = env.tmpdir("py-2026");
+    let agent = Agent::start(&env, &dir, &[]);
+    let truth = drive(
+        &env,
+        &dir,
+        "2026-07-28",
+        "basic",
+        "python",
+        0,
+        &env.py_server_cmd(),
+    );
+    let stopped = agent.stop();
+    let events = assert_exactly_once(&stopped, &truth);
+    assert!(
+        !events.iter().any(|e| e["method"] == "initialize"),
+        "2026-07-28 has no handshake"
+    );
+    for e in &events {
+        assert_eq!(e["protocol_version"], "2026-07-28", "{e}");
+        assert_eq!(e["client"]["name"], "mcp", "{e}");
+    }
+    let responses: Vec<_> = events.iter().filter(|e| e["kind"] == "response").collect();
+    assert!(
+        responses.iter().all(|e| e["result_type"] == "complete"),
+        "resultType recorded"
+    );
+    assert!(
+        responses
+            .iter()
+            .any(|e| e["server"]["name"] == "mcpscope-test-server"),
+        "serverInfo from result _meta"
+    );
+}
+
+#[test]
+fn python_sdk_auto_mode_discover_then_calls_every_message_once() {
+    let Some(env) = env("python_sdk_auto_mode_discover_then_calls_every_message_once") else {
+        return;
+    };
+    let dir = env.tmpdir("py-auto");
+    let agent = Agent::start(&env, &dir, &[]);
+    let truth = drive(
+        &env,
+        &dir,
+        "auto",
+        "basic",
+        "python",
+        0,
+        &env.py_server_cmd(),
+    );
+    let stopped = agent.stop();
+    let events = assert_exactly_once(&stopped, &truth);
+    assert_eq!(events[0]["method"], "server/discover");
+}
+
+#[test]
+fn server_everything_legacy_every_message_once_id_last_key_order() {
+    let Some(env) = env("server_everything_legacy_every_message_once_id_last_key_order") else {
+        return;
+    };
+    let dir = env.tmpdir("everything-legacy");
+    let agent = Agent::start(&env, &dir, &[]);
+    let truth = drive(
+        &env,
+        &dir,
+        "legacy",
+        "basic",
+        "everything",
+        0,
+        &env.everything_cmd(),
+    );
+    let stopped = agent.stop();
+    let events = assert_exactly_once(&stopped, &truth);
+    let init = events
+        .iter()
+        .find(|e| e["kind"] == "response" && e["method"] == "initialize")
+        .unwrap();
+    assert_eq!(init["server"]["name"], "mcp-servers/everything", "{init}");
+    // Unknown tool: answered as a tool error (isError), not a JSON-RPC error.
+    let unknown = events
+        .iter()
+        .find(|e| e["kind"] == "response" && e["tool"] == "no_such_tool")
+        .unwrap();
+    assert_eq!(unknown["error_type"], "tool_error");
+}
+
+#[test]
+fn server_everything_auto_mode_probe_falls_back_to_initialize() {
+    let Some(env) = env("server_everything_auto_mode_probe_falls_back_to_initialize") else {
+        return;
+    };
+    let dir = env.tmpdir("everything-auto");
+    let agent = Agent::start(&env, &dir, &[]);
+    let truth = drive(
+        &env,
+        &dir,
+        "auto",
+        "basic",
+        "everything",
+        0,
+        &env.everything_cmd(),
+    );
+    let stopped = agent.stop();
+    let events = assert_exactly_once(&stopped, &truth);
+    assert_eq!(events[0]["method"], "server/discover");
+    let probe_answer = events
+        .iter()
+        .find(|e| e["method"] == "server/discover" && e["kind"] != "request")
+        .unwrap();
+    assert_eq!(
+        probe_answer["kind"], "error",
+        "a 2025-era server rejects server/discover: {probe_answer}"
+    );
+    assert!(probe_answer["error_code"].is_i64());
+    assert!(events.iter().any(|e| e["method"] == "initialize"));
+}
+
+#[test]
+fn a_600k_response_written_in_one_syscall_arrives_whole() {
+    let Some(env) = env("a_600k_response_written_in_one_syscall_arrives_whole") else {
+        return;
+    };
+    let dir = env.tmpdir("large");
+    let agent = Agent::start(&env, &dir, &[]);
+    // The SDK puts the text in `content` and `structuredContent`: 2 × 300 KiB.
+    let truth = drive(
+        &env,
+        &dir,
+        "legacy",
+        "large",
+        "python",
+        300,
+        &env.py_server_cmd(),
+    );
+    let stopped = agent.stop();
+    let events = assert_exactly_once(&stopped, &truth);
+    let big = events
+        .iter()
+        .find(|e| e["kind"] == "response" && e["tool"] == "blob")
+        .unwrap();
+    assert!(big["bytes"].as_u64().unwrap() > 600 * 1024, "{big}");
+    assert_eq!(big["truncated"], false);
+    assert_eq!(stopped.counter("truncated_syscalls"), 0);
+    assert_eq!(stopped.counter("ringbuf_full_records"), 0);
+}
+
+#[test]
+fn agent_never_captures_itself_and_stops_within_5s() {
+    let Some(env) = env("agent_never_captures_itself_and_stops_within_5s") else {
+        return;
+    };
+    let dir = env.tmpdir("self");
+    let agent = Agent::start(&env, &dir, &[]);
+    let agent_pid = agent.pid();
+    // The agent writes JSONL (it starts with `{`) for every message it sees:
+    // if it captured itself this would feed back.
+    let truth = drive(
+        &env,
+        &dir,
+        "legacy",
+        "repeat",
+        "python",
+        20,
+        &env.py_server_cmd(),
+    );
+    let stopped = agent.stop();
+    assert_exactly_once(&stopped, &truth);
+    assert!(stopped
+        .events
+        .iter()
+        .all(|e| pid(&e["from"]) != agent_pid && pid(&e["to"]) != agent_pid));
+    assert!(
+        stopped.shutdown.as_secs_f64() < 5.0,
+        "shutdown took {:?}",
+        stopped.shutdown
+    );
+}
