@@ -1,1 +1,49 @@
-fn main() {}
+//! `cargo xtask`: everything mcpscope needs, from a fresh machine, in two
+//! commands (`run`, `test`). Each step says what it does and is idempotent.
+
+mod build;
+mod setup;
+mod test;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Set-up, build, run and test mcpscope")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the eBPF build needs (rust-src, bpf-linker).
+    Setup,
+    /// Build the kernel programs and `target/release/mcpscope` (object embedded).
+    Build,
+    /// Build, then run `mcpscope run --stdout pretty` on this host (root).
+    Run {
+        /// Extra arguments for `mcpscope run`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, install the pinned MCP software, run unit and end-to-end tests.
+    Test {
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Setup => setup::toolchain(),
+        Cmd::Build => build::all(),
+        Cmd::Run { args } => {
+            build::all()?;
+            build::run_agent(&args)
+        }
+        Cmd::Test { filter } => test::all(filter.as_deref()),
+    }
+}
