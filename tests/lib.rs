@@ -99,6 +99,28 @@ impl Env {
         vec!["node".into(), js.display().to_string(), "stdio".into()]
     }
 
+    /// Command line of the MCP Inspector CLI (a Node client) calling `echo`
+    /// on the Python SDK test server, which it spawns over a socketpair.
+    pub fn inspector_echo_cmd(&self) -> Vec<String> {
+        let cli = self
+            .node_modules
+            .join("@modelcontextprotocol/inspector/cli/build/cli.js");
+        let mut v = vec!["node".into(), cli.display().to_string(), "--cli".into()];
+        v.extend(self.py_server_cmd());
+        v.extend(
+            [
+                "--method",
+                "tools/call",
+                "--tool-name",
+                "echo",
+                "--tool-arg",
+                "message=hi",
+            ]
+            .map(String::from),
+        );
+        v
+    }
+
     /// Command line of the Python SDK test server over stdio.
     pub fn py_server_cmd(&self) -> Vec<String> {
         vec![

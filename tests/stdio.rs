@@ -2,6 +2,8 @@
 //! real stdio servers (the Python SDK's MCPServer and the npm reference
 //! server-everything) and report every message exactly once.
 
+use std::process::{Command, Stdio};
+
 use mcpscope_e2e::{assert_exactly_once, drive, env, pid, Agent};
 
 #[test]
@@ -223,4 +225,69 @@ fn agent_never_captures_itself_and_stops_within_5s() {
         "shutdown took {:?}",
         stopped.shutdown
     );
+}
+
+#[test]
+fn node_inspector_client_over_socketpair_every_message_once() {
+    let Some(env) = env("node_inspector_client_over_socketpair_every_message_once") else {
+        return;
+    };
+    let dir = env.tmpdir("inspector");
+    let agent = Agent::start(&env, &dir, &[]);
+    // Node's child_process gives the server a unix socketpair as stdio, so
+    // both ends of each message are captured on unix sockets.
+    let cmd = env.inspector_echo_cmd();
+    let out = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .current_dir(&env.node_modules)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stopped = agent.stop();
+    let on_unix: Vec<_> = stopped
+        .events
+        .iter()
+        .filter(|e| e["net"] == "unix")
+        .collect();
+    let seq: Vec<(String, String)> = on_unix
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_owned(),
+                e["method"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want = [
+        ("request", "initialize"),
+        ("response", "initialize"),
+        ("notification", "notifications/initialized"),
+        ("request", "tools/list"),
+        ("response", "tools/list"),
+        ("request", "tools/call"),
+        ("response", "tools/call"),
+    ];
+    assert_eq!(
+        seq,
+        want.map(|(k, m)| (k.to_owned(), m.to_owned())),
+        "the Inspector's exchange, each message once"
+    );
+    let client = pid(&on_unix[0]["from"]);
+    let server = pid(&on_unix[0]["to"]);
+    assert!(client != 0 && server != 0 && client != server);
+    for e in &on_unix {
+        let (f, t) = (pid(&e["from"]), pid(&e["to"]));
+        assert!(
+            (f, t) == (client, server) || (f, t) == (server, client),
+            "{e}"
+        );
+    }
+    assert_eq!(on_unix[6]["tool"], "echo");
+    assert!(on_unix[6]["latency_ms"].as_f64().is_some());
+    assert_eq!(on_unix[1]["server"]["name"], "mcpscope-test-server");
 }

@@ -20,9 +20,9 @@ use crate::{
     stream::{
         assemble::{Assembler, Whole},
         channel::{Channels, Copy, Emit},
-        fdinfo::{self, FdKind},
+        fdinfo::{self, FdKind, OtherEnd},
         framer::{Frame, LineFramer},
-        StreamControl, StreamKey,
+        peer, StreamControl, StreamKey,
     },
 };
 
@@ -97,10 +97,45 @@ pub struct PipelineStats {
 
 struct Stream {
     kind: FdKind,
+    join: Join,
     framer: LineFramer,
     good: u64,
     bad: u32,
     ignored: bool,
+}
+
+/// How a stream's messages are joined with the other end's copies.
+#[derive(Debug, Clone, Copy, Default)]
+struct Join {
+    /// Join key shared by both ends' copies of one direction: the pipe
+    /// inode, or the writing socket's inode (tagged by family).
+    channel: Option<u64>,
+    /// Where the other end's process is found.
+    other_end: Option<OtherEnd>,
+}
+
+impl Join {
+    fn of(kind: FdKind, tgid: u32, egress: bool) -> Self {
+        const UNIX: u64 = 1 << 62;
+        const TCP: u64 = 2 << 62;
+        let socket = |ino: u64, peer: Option<u64>, tag: u64| Join {
+            channel: if egress {
+                Some(ino | tag)
+            } else {
+                peer.map(|p| p | tag)
+            },
+            other_end: peer.map(OtherEnd::Socket),
+        };
+        match kind {
+            FdKind::Pipe(ino) => Join {
+                channel: Some(ino),
+                other_end: Some(OtherEnd::PipeReader(ino)),
+            },
+            FdKind::Unix(ino) => socket(ino, peer::unix_peer(ino), UNIX),
+            FdKind::Tcp(ino) => socket(ino, peer::tcp_peer(tgid, ino), TCP),
+            _ => Join::default(),
+        }
+    }
 }
 
 /// A parsed message on its way to emission.
@@ -111,6 +146,7 @@ struct Captured {
     truncated: bool,
     key: StreamKey,
     kind: FdKind,
+    join: Join,
     comm: Comm,
     batch_index: Option<u32>,
     payload: Option<String>,
@@ -273,9 +309,9 @@ impl<C: StreamControl> Pipeline<C> {
     fn end_stream(&mut self, key: StreamKey, comm: Comm, ts_ns: u64) {
         if let Some(mut s) = self.streams.remove(&key) {
             let core = &mut self.core;
-            let kind = s.kind;
+            let meta = (s.kind, s.join);
             s.framer.finish(&mut |f| {
-                core.on_frame(key, kind, comm, ts_ns, f);
+                core.on_frame(key, meta, comm, ts_ns, f);
             });
         }
     }
@@ -333,6 +369,11 @@ fn on_whole<C: StreamControl>(
         }
         Stream {
             kind,
+            join: if ignored {
+                Join::default()
+            } else {
+                Join::of(kind, w.tgid, w.egress)
+            },
             framer: LineFramer::new(core.cfg.max_message_bytes),
             good: 0,
             bad: 0,
@@ -343,12 +384,12 @@ fn on_whole<C: StreamControl>(
         core.stats.ignored_bytes += w.segment.data.len() as u64;
         return;
     }
-    let kind = stream.kind;
+    let meta = (stream.kind, stream.join);
     let seg = &w.segment;
     core.stats.gap_bytes += seg.missing_inner + seg.missing_tail;
     let (mut good, mut bad) = (0u64, 0u32);
     let mut on_frame = |f: Frame<'_>| {
-        if core.on_frame(key, kind, comm, w.ts_ns, f) {
+        if core.on_frame(key, meta, comm, w.ts_ns, f) {
             good += 1;
         } else {
             bad += 1;
@@ -390,7 +431,7 @@ impl Core {
     fn on_frame(
         &mut self,
         key: StreamKey,
-        kind: FdKind,
+        (kind, join): (FdKind, Join),
         comm: Comm,
         ts_ns: u64,
         f: Frame<'_>,
@@ -407,6 +448,7 @@ impl Core {
                             truncated: true,
                             key,
                             kind,
+                            join,
                             comm,
                             batch_index: None,
                             payload: None,
@@ -443,6 +485,7 @@ impl Core {
                         truncated: false,
                         key,
                         kind,
+                        join,
                         comm,
                         batch_index: bi,
                         payload,
@@ -467,9 +510,10 @@ impl Core {
     }
 
     fn route(&mut self, c: Captured, key: u64) {
-        let FdKind::Pipe(ino) = c.kind else {
+        let Some(channel) = c.join.channel else {
             return self.emit(c, None);
         };
+        let other_end = c.join.other_end;
         if !self.cfg.resolve_fds {
             return self.emit(c, None);
         }
@@ -482,12 +526,12 @@ impl Core {
         };
         let mut out: Option<Emit<Captured>> = None;
         if egress {
-            let resolve = || fdinfo::pipe_readers(ino, tgid).first().copied();
+            let resolve = || other_end.and_then(|end| fdinfo::holders(end, tgid).first().copied());
             self.channels
-                .on_write(ino, tgid, copy, resolve, &mut |e| out = Some(e));
+                .on_write(channel, tgid, copy, resolve, &mut |e| out = Some(e));
         } else {
             self.channels
-                .on_read(ino, tgid, copy, &mut |e| out = Some(e));
+                .on_read(channel, tgid, copy, &mut |e| out = Some(e));
         }
         if let Some((c, peer)) = out {
             self.emit(c, peer);

@@ -15,6 +15,7 @@ pub const PY_PACKAGES: &[&str] = &["mcp==2.3.0", "uvicorn==0.54.0"];
 pub const NPM_PACKAGES: &[&str] = &[
     "@modelcontextprotocol/server-everything@2026.8.31",
     "@modelcontextprotocol/server-filesystem@2026.8.31",
+    "@modelcontextprotocol/inspector@0.15.0",
 ];
 
 /// rust-src for nightly and bpf-linker in `target/tools/bin`.

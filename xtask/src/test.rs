@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use crate::{
     build, setup,
-    util::{root, run, step},
+    util::{root, step},
 };
 
 /// Runs everything `cargo xtask test` promises.
@@ -28,7 +28,8 @@ pub fn all(filter: Option<&str>) -> Result<()> {
     if let Some(f) = filter {
         unit.arg(f);
     }
-    run(&mut unit)?;
+    let mut totals = Totals::default();
+    totals.run(&mut unit)?;
     step("end-to-end tests (real eBPF probes, real MCP software)");
     let mut e2e = Command::new("cargo");
     e2e.current_dir(root())
@@ -42,10 +43,75 @@ pub fn all(filter: Option<&str>) -> Result<()> {
         e2e.arg(f);
     }
     e2e.arg("--test-threads=1");
-    run(&mut e2e)?;
+    totals.run(&mut e2e)?;
     step(&format!(
         "all tests passed in {:.0} s",
         t0.elapsed().as_secs_f64()
     ));
+    // One closing line for the whole run (cargo's own last line is a
+    // doc-test binary's "0 passed").
+    println!("xtask: {} passed, {} failed", totals.passed, totals.failed);
     Ok(())
+}
+
+/// Sums cargo's `test result:` lines across test binaries.
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+impl Totals {
+    /// Runs `cargo test`, echoing its stdout and adding up its results.
+    fn run(&mut self, cmd: &mut Command) -> Result<()> {
+        use std::io::{BufRead, BufReader};
+        let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
+        for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                self.passed += count(rest, "passed");
+                self.failed += count(rest, "failed");
+            }
+        }
+        let status = child.wait()?;
+        if !status.success() {
+            println!(
+                "xtask: {} passed, {} failed",
+                self.passed,
+                self.failed.max(1)
+            );
+            anyhow::bail!("{cmd:?} failed ({status})");
+        }
+        Ok(())
+    }
+}
+
+/// The number before `word` in "ok. 29 passed; 0 failed; …".
+fn count(result: &str, word: &str) -> u64 {
+    result
+        .split(';')
+        .find_map(|part| {
+            part.trim()
+                .strip_suffix(word)?
+                .trim()
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_cargo_test_results() {
+        let line =
+            "ok. 29 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.02s";
+        assert_eq!(
+            (super::count(line, "passed"), super::count(line, "failed")),
+            (29, 2)
+        );
+    }
 }

@@ -139,7 +139,7 @@ pub(super) fn read_params(m: &mut Message, params: Option<&RawValue>) {
         Some("resources/read" | "resources/subscribe" | "resources/unsubscribe") => {
             m.resource = p.uri.as_deref().map(name)
         }
-        Some("notifications/cancelled") => m.cancelled_id = p.request_id.and_then(|r| raw_id(r)),
+        Some("notifications/cancelled") => m.cancelled_id = p.request_id.and_then(raw_id),
         _ => {}
     }
     if let Some(v) = p.protocol_version {

@@ -114,22 +114,43 @@ fn access_mode(pid: u32, fd: &str) -> Option<u32> {
     u32::from_str_radix(flags.trim(), 8).ok().map(|f| f & 3)
 }
 
-/// Processes holding the read end of pipe `ino`, searching the likely peers
-/// first (the writer's parent and children: stdio servers are spawned by
-/// their client) and the whole of /proc only if they do not hold it.
-pub fn pipe_readers(ino: u64, writer: u32) -> Vec<u32> {
-    let target = format!("pipe:[{ino}]");
+/// Where the other end of a stream is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtherEnd {
+    /// The read end of this pipe.
+    PipeReader(u64),
+    /// This socket (the peer of ours).
+    Socket(u64),
+}
+
+/// Processes holding `end`, searching the likely peers first (the writer's
+/// parent and children: stdio servers are spawned by their client) and the
+/// whole of /proc only if they do not hold it.
+pub fn holders(end: OtherEnd, writer: u32) -> Vec<u32> {
+    let (target, read_end) = match end {
+        OtherEnd::PipeReader(ino) => (format!("pipe:[{ino}]"), true),
+        OtherEnd::Socket(ino) => (format!("socket:[{ino}]"), false),
+    };
     let mut seen = HashSet::new();
-    let mut candidates = related(writer);
-    let mut found = scan(&target, &candidates, writer, &mut seen);
+    let mut found = scan(&target, read_end, &related(writer), writer, &mut seen);
     if found.is_empty() {
-        candidates = all_pids();
-        found = scan(&target, &candidates, writer, &mut seen);
+        found = scan(&target, read_end, &all_pids(), writer, &mut seen);
     }
     found
 }
 
-fn scan(target: &str, pids: &[u32], writer: u32, seen: &mut HashSet<u32>) -> Vec<u32> {
+/// Processes holding the read end of pipe `ino` (see [`holders`]).
+pub fn pipe_readers(ino: u64, writer: u32) -> Vec<u32> {
+    holders(OtherEnd::PipeReader(ino), writer)
+}
+
+fn scan(
+    target: &str,
+    read_end: bool,
+    pids: &[u32],
+    writer: u32,
+    seen: &mut HashSet<u32>,
+) -> Vec<u32> {
     let mut out = Vec::new();
     for &pid in pids {
         if pid == writer || !seen.insert(pid) {
@@ -144,7 +165,7 @@ fn scan(target: &str, pids: &[u32], writer: u32, seen: &mut HashSet<u32>) -> Vec
             };
             if link.as_os_str() == target {
                 let fd = entry.file_name();
-                if access_mode(pid, &fd.to_string_lossy()) != Some(1) {
+                if !read_end || access_mode(pid, &fd.to_string_lossy()) != Some(1) {
                     out.push(pid);
                     break;
                 }

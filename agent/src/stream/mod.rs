@@ -5,6 +5,7 @@ pub mod assemble;
 pub mod channel;
 pub mod fdinfo;
 pub mod framer;
+pub mod peer;
 
 /// How userspace steers the kernel's per-fd capture decision.
 pub trait StreamControl {
