@@ -19,7 +19,7 @@ use mcpscope_common::{
 
 use crate::files::file_of;
 use crate::maps::{
-    count, CopyState, Scratch, AGENT_TGID, ARGS, CAPTURE_CAP, EVENTS, SCRATCH, STREAMS,
+    count, CopyState, Scratch, AGENT_TGID, ARGS, CAPTURE_CAP, COUNTERS, EVENTS, SCRATCH, STREAMS,
 };
 
 // Offsets in the syscall tracepoint record (see
@@ -367,5 +367,9 @@ fn emit(s: &mut Scratch, size: usize) {
     if EVENTS.output::<[u8]>(bytes, 0).is_err() {
         count(counter::RINGBUF_FULL_RECORDS, 1);
         count(counter::RINGBUF_FULL_BYTES, (size - DATA_HEADER_LEN) as u64);
+    } else if let Some(p) = COUNTERS.get_ptr_mut(counter::RINGBUF_PENDING_BYTES) {
+        // Fill level for the metrics (BPF_RB_AVAIL_DATA = 0).
+        // SAFETY: per-CPU slot.
+        unsafe { *p = EVENTS.query(0) };
     }
 }

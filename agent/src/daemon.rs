@@ -16,6 +16,7 @@ use tokio::{
 
 use crate::{
     capture::loader::{ProbeConfig, Probes},
+    metrics::Metrics,
     pipeline::{monotonic_now_ns, monotonic_to_realtime_offset, Pipeline, PipelineConfig},
     serve::{self, Health},
     sink::{JsonlWriter, Sink, StdoutMode},
@@ -34,6 +35,8 @@ pub struct RunOptions {
     pub stdout: StdoutMode,
     /// Address of /readyz, /healthz and /metrics.
     pub metrics_addr: SocketAddr,
+    /// Cap of distinct label sets per metric family.
+    pub max_label_sets: usize,
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -60,12 +63,17 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     // unchanged for as long as the AsyncFd owns the ring buffer.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?;
-    let mut pipeline = Pipeline::new(
-        opts.pipeline.clone(),
-        control,
-        sinks,
-        monotonic_to_realtime_offset(),
-    );
+    let metrics = Arc::new(Metrics::new(opts.max_label_sets));
+    let offset = monotonic_to_realtime_offset();
+    let mut pipeline =
+        Pipeline::new(opts.pipeline.clone(), control, sinks, offset).with_metrics(metrics.clone());
+    {
+        let m = metrics.clone();
+        *health.metrics.lock().expect("metrics lock") = Some(Box::new(move || m.render()));
+    }
+    metrics.set_gauge("probes_attached", probes.attached as i64);
+    metrics.set_gauge("ringbuf_size_bytes", i64::from(opts.probes.ringbuf_bytes));
+    let mut ticks: u64 = 0;
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -88,7 +96,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 }
                 guard.clear_ready();
             }
-            _ = tick.tick() => pipeline.tick(monotonic_now_ns()),
+            _ = tick.tick() => {
+                pipeline.tick(monotonic_now_ns());
+                ticks += 1;
+                if ticks % 50 == 0 {
+                    export(&pipeline, &probes, &metrics);
+                }
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
@@ -100,10 +114,28 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         pipeline.on_record(&item);
     }
     pipeline.finish();
+    export(&pipeline, &probes, &metrics);
     let k = probes.counters();
     drop(probes); // detach before the summary: nothing more is captured
     log_summary(&pipeline, &k);
     Ok(())
+}
+
+/// Copies kernel and pipeline counters into the metrics (once a second).
+fn export<C: crate::stream::StreamControl>(p: &Pipeline<C>, probes: &Probes, m: &Metrics) {
+    use mcpscope_common::counter as k;
+    let c = probes.counters();
+    let at = |i: u32| c[i as usize];
+    m.set_lost("kernel", "ringbuf_full", at(k::RINGBUF_FULL_RECORDS));
+    m.set_lost("kernel", "read_fault", at(k::READ_FAULTS));
+    m.set_lost("kernel", "args_map_full", at(k::ARGS_MAP_FULL));
+    m.set_lost("kernel", "capture_cap", at(k::TRUNCATED_SYSCALLS));
+    m.set_bytes_lost("kernel", "ringbuf_full", at(k::RINGBUF_FULL_BYTES));
+    m.set_bytes_lost("kernel", "capture_cap", at(k::TRUNCATED_BYTES));
+    m.set_processed("captured_syscalls", at(k::CAPTURED_SYSCALLS));
+    m.set_processed("captured_bytes", at(k::CAPTURED_BYTES));
+    m.set_gauge("ringbuf_pending_bytes", at(k::RINGBUF_PENDING_BYTES) as i64);
+    p.export_metrics(m);
 }
 
 fn log_summary<C: crate::stream::StreamControl>(p: &Pipeline<C>, kernel: &[u64]) {

@@ -8,6 +8,7 @@ pub mod capture;
 #[cfg(target_os = "linux")]
 pub mod daemon;
 pub mod identity;
+pub mod metrics;
 pub mod pipeline;
 pub mod protocol;
 #[cfg(target_os = "linux")]

@@ -56,6 +56,9 @@ struct RunArgs {
     /// Pending requests per session before the oldest is evicted (counted).
     #[arg(long, default_value_t = 4096)]
     max_pending_per_session: usize,
+    /// Distinct label sets per metric family before `_overflow` (counted).
+    #[arg(long, default_value_t = 2000)]
+    max_label_sets: usize,
 }
 
 fn main() -> ExitCode {
@@ -103,6 +106,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         output: a.output,
         stdout: a.stdout,
         metrics_addr: a.metrics_addr,
+        max_label_sets: a.max_label_sets,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -12,6 +12,9 @@ use std::{
     hash::{Hash, Hasher},
 };
 
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
 use crate::{
     capture::{Comm, DataChunk, ProcEvent, ProcKind, RawEvent},
     identity::ProcessCache,
@@ -19,7 +22,7 @@ use crate::{
     sink::{Endpoint, McpEvent, Sink},
     stream::{
         assemble::{Assembler, Whole},
-        channel::{Channels, Copy, Emit},
+        channel::{Channels, Confirm, Emit, Offer},
         fdinfo::{self, FdKind, OtherEnd},
         framer::{Frame, LineFramer},
         peer, StreamControl, StreamKey,
@@ -156,6 +159,9 @@ struct Captured {
 struct Session {
     name: String,
     pids: [u32; 2],
+    start_ns: u64,
+    net: &'static str,
+    client_pid: Option<u32>,
     protocol_version: Option<Box<str>>,
     client: Option<PeerInfo>,
     server: Option<PeerInfo>,
@@ -172,6 +178,80 @@ struct Core {
     seq: u64,
     clock_offset_ns: i128,
     stats: PipelineStats,
+    metrics: Option<Arc<Metrics>>,
+    /// When the receiving end read the message of event `seq`.
+    received: Bounded<u64>,
+    /// Responses whose reader copy is awaited for the requester-side duration.
+    awaiting_client: Bounded<(u64, OpLabels)>,
+}
+
+/// Owned labels of the operation duration histograms.
+struct OpLabels([String; 9]);
+
+impl OpLabels {
+    fn of(ev: &McpEvent) -> Self {
+        let s = |v: Option<&str>| v.unwrap_or("").to_owned();
+        let name = |p: &Option<PeerInfo>| s(p.as_ref().map(|p| p.name.as_str()));
+        OpLabels([
+            s(ev.method.as_deref()),
+            s(ev.tool.as_deref()),
+            s(ev.error_type.as_deref()),
+            ev.net.to_owned(),
+            s(ev.protocol_version.as_deref()),
+            String::new(),
+            String::new(),
+            name(&ev.client),
+            name(&ev.server),
+        ])
+    }
+
+    fn as_refs(&self) -> [&str; 9] {
+        std::array::from_fn(|i| self.0[i].as_str())
+    }
+}
+
+/// A map from event sequence number with a size bound; the oldest entries
+/// go first (counted).
+struct Bounded<V> {
+    map: HashMap<u64, V>,
+    order: std::collections::VecDeque<u64>,
+    cap: usize,
+    evicted: u64,
+}
+
+impl<V> Bounded<V> {
+    fn new(cap: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            cap,
+            evicted: 0,
+        }
+    }
+
+    fn insert(&mut self, k: u64, v: V) {
+        if self.map.len() >= self.cap {
+            while let Some(old) = self.order.pop_front() {
+                if self.map.remove(&old).is_some() {
+                    self.evicted += 1;
+                    break;
+                }
+            }
+        }
+        self.order.push_back(k);
+        self.map.insert(k, v);
+    }
+
+    fn get(&self, k: &u64) -> Option<u64>
+    where
+        V: Copy + Into<u64>,
+    {
+        self.map.get(k).map(|v| (*v).into())
+    }
+
+    fn remove(&mut self, k: &u64) -> Option<V> {
+        self.map.remove(k)
+    }
 }
 
 /// The pipeline.
@@ -200,6 +280,9 @@ impl<C: StreamControl> Pipeline<C> {
             seq: 0,
             clock_offset_ns,
             stats: PipelineStats::default(),
+            metrics: None,
+            received: Bounded::new(65536),
+            awaiting_client: Bounded::new(65536),
             cfg,
         };
         Self {
@@ -208,6 +291,59 @@ impl<C: StreamControl> Pipeline<C> {
             streams: HashMap::new(),
             core,
         }
+    }
+
+    /// Reports messages, durations and sessions to `metrics` from now on.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.core.metrics = Some(metrics);
+        self
+    }
+
+    /// Copies every counter and gauge of the pipeline into `m`.
+    pub fn export_metrics(&self, m: &Metrics) {
+        let s = &self.core.stats;
+        let pair = self.core.pairer.stats;
+        let ch = self.core.channels.stats;
+        for (stage, reason, v) in [
+            ("decode", "undecodable_record", s.decode_errors),
+            ("parse", "invalid_json", s.parse_invalid_json),
+            ("parse", "not_jsonrpc", s.parse_not_jsonrpc),
+            ("parse", "empty_batch", s.parse_empty_batch),
+            ("framing", "truncated_unsalvageable", s.truncated_dropped),
+            ("pairing", "pending_evicted", pair.evicted),
+            ("pairing", "response_unmatched", pair.unmatched),
+            ("pairing", "request_unanswered", pair.unanswered),
+            ("join", "reader_copy_missing", ch.unconfirmed),
+            ("identity", "cache_evicted", self.core.procs.evictions),
+            ("sink", "write_error", s.sink_errors),
+            (
+                "metrics",
+                "duration_state_evicted",
+                self.core.awaiting_client.evicted + self.core.received.evicted,
+            ),
+        ] {
+            m.set_lost(stage, reason, v);
+        }
+        m.set_bytes_lost("userspace", "gap", s.gap_bytes);
+        m.set_bytes_lost("userspace", "stream_ignored_in_flight", s.ignored_bytes);
+        for (what, v) in [
+            ("records", s.records),
+            ("messages", s.messages),
+            ("truncated_messages", s.truncated_messages),
+            ("streams_ignored_not_ipc", s.streams_ignored_not_ipc),
+            ("streams_ignored_not_mcp", s.streams_ignored_not_mcp),
+            ("deduplicated_copies", ch.deduplicated),
+            ("reader_only_messages", ch.reader_only),
+            ("requests_cancelled", pair.cancelled),
+        ] {
+            m.set_processed(what, v);
+        }
+        let (streams, pending, procs, sessions) = self.gauges();
+        m.set_gauge("streams_tracked", streams as i64);
+        m.set_gauge("pending_requests", pending as i64);
+        m.set_gauge("identity_cache_size", procs as i64);
+        m.set_gauge("partial_syscalls", self.assembler.len() as i64);
+        m.sessions_active.set(sessions as i64);
     }
 
     /// Counters.
@@ -297,7 +433,15 @@ impl<C: StreamControl> Pipeline<C> {
                     .map(|(k, _)| *k)
                     .collect();
                 for k in ended {
-                    self.core.sessions.remove(&k);
+                    if let Some(s) = self.core.sessions.remove(&k) {
+                        if let Some(m) = &self.core.metrics {
+                            let name = |p: &Option<PeerInfo>| {
+                                p.as_ref().map_or(String::new(), |p| p.name.clone())
+                            };
+                            let secs = p.ts_ns.saturating_sub(s.start_ns) as f64 / 1e9;
+                            m.session_ended([s.net, &name(&s.client), &name(&s.server)], secs);
+                        }
+                    }
                     self.core.pairer.end_session(k);
                 }
                 self.core.forget_process(p.tgid);
@@ -510,47 +654,63 @@ impl Core {
     }
 
     fn route(&mut self, c: Captured, key: u64) {
-        let Some(channel) = c.join.channel else {
-            return self.emit(c, None);
+        let Some(channel) = c.join.channel.filter(|_| self.cfg.resolve_fds) else {
+            return self.emit(c, None, None);
         };
         let other_end = c.join.other_end;
-        if !self.cfg.resolve_fds {
-            return self.emit(c, None);
-        }
         let (tgid, egress) = (c.key.tgid, c.key.egress);
-        let copy = Copy {
+        // Emission is synchronous when it happens now, so the event's
+        // sequence number is known in advance and tags the copy.
+        let copy = Offer {
+            tag: self.seq + 1,
             key,
             truncated: c.truncated,
             ts_ns: c.ts_ns,
             item: c,
         };
         let mut out: Option<Emit<Captured>> = None;
+        let mut confirmed: Option<Confirm> = None;
         if egress {
             let resolve = || other_end.and_then(|end| fdinfo::holders(end, tgid).first().copied());
             self.channels
                 .on_write(channel, tgid, copy, resolve, &mut |e| out = Some(e));
         } else {
             self.channels
-                .on_read(channel, tgid, copy, &mut |e| out = Some(e));
+                .on_read(channel, tgid, copy, &mut |e| out = Some(e), &mut |x| {
+                    confirmed = Some(x)
+                });
         }
-        if let Some((c, peer)) = out {
-            self.emit(c, peer);
+        if let Some((c, peer, other_ts)) = out {
+            self.emit(c, peer, other_ts);
+        }
+        if let Some((tag, _reader, ts)) = confirmed {
+            self.on_received(tag, ts);
         }
     }
 
     fn expire(&mut self, now_ns: u64) {
         let mut out = Vec::new();
         self.channels.expire(now_ns, &mut |e| out.push(e));
-        for (c, peer) in out {
-            self.emit(c, peer);
+        for (c, peer, other_ts) in out {
+            self.emit(c, peer, other_ts);
         }
     }
 
     fn forget_process(&mut self, pid: u32) {
         let mut out = Vec::new();
         self.channels.forget_process(pid, &mut |e| out.push(e));
-        for (c, peer) in out {
-            self.emit(c, peer);
+        for (c, peer, other_ts) in out {
+            self.emit(c, peer, other_ts);
+        }
+    }
+
+    /// The receiving end read the message reported as event `seq` at `ts`.
+    fn on_received(&mut self, seq: u64, ts: u64) {
+        self.received.insert(seq, ts);
+        if let Some((sent, labels)) = self.awaiting_client.remove(&seq) {
+            if let Some(m) = &self.metrics {
+                m.observe_client(labels.as_refs(), ts.saturating_sub(sent) as f64 / 1e9);
+            }
         }
     }
 
@@ -561,7 +721,9 @@ impl Core {
         }
     }
 
-    fn emit(&mut self, c: Captured, peer: Option<u32>) {
+    /// Reports one message. `other_ts` is the other end's copy's timestamp
+    /// when it was seen before this point.
+    fn emit(&mut self, c: Captured, peer: Option<u32>, other_ts: Option<u64>) {
         let comm = c.comm.as_str().into_owned();
         let me = self.endpoint(c.key.tgid, Some(c.key.fd), &comm);
         let other = peer.map(|p| {
@@ -572,6 +734,12 @@ impl Core {
                 .unwrap_or_default();
             self.endpoint(p, None, &comm)
         });
+        // Written at `sent`, read at `received` (when the reader was seen).
+        let (sent, received) = if c.key.egress {
+            (c.ts_ns, other_ts)
+        } else {
+            (other_ts.unwrap_or(c.ts_ns), Some(c.ts_ns))
+        };
         let (from, to) = if c.key.egress {
             (Some(me), other)
         } else {
@@ -604,6 +772,8 @@ impl Core {
                 if net == "tcp" { "tcp" } else { "stdio" }
             ),
             pids: [from_pid, to_pid],
+            start_ns: sent,
+            net,
             ..Session::default()
         });
         let m = &c.msg;
@@ -613,6 +783,11 @@ impl Core {
         if let Some(si) = &m.server_info {
             session.server = Some(si.clone());
         }
+        if m.kind == Some(Kind::Request)
+            && (session.client_pid.is_none() || m.method.as_deref() == Some("initialize"))
+        {
+            session.client_pid = Some(from_pid);
+        }
         if m.protocol_version.is_some()
             && (m.kind == Some(Kind::Response)
                 || session.protocol_version.is_none()
@@ -620,6 +795,11 @@ impl Core {
         {
             session.protocol_version = m.protocol_version.clone();
         }
+        let direction = match session.client_pid {
+            Some(p) if p == from_pid => "client_to_server",
+            Some(p) if p == to_pid => "server_to_client",
+            _ => "unknown",
+        };
         let protocol_version = m
             .protocol_version
             .clone()
@@ -632,8 +812,11 @@ impl Core {
 
         self.seq += 1;
         let seq = self.seq;
+        if let Some(r) = received {
+            self.received.insert(seq, r);
+        }
         let mut ev = McpEvent {
-            ts: self.format_ts(c.ts_ns),
+            ts: self.format_ts(sent),
             seq,
             kind: m.kind.unwrap_or(Kind::Notification),
             method: m.method.clone(),
@@ -665,17 +848,33 @@ impl Core {
         };
         match ev.kind {
             Kind::Request => {
-                ev.logical_id = self.pairer.request(session_key, from_pid, m, c.ts_ns, seq)
+                ev.logical_id = self.pairer.request(session_key, from_pid, m, sent, seq)
             }
             Kind::Response | Kind::Error => {
                 if let Some(p) = self.pairer.response(session_key, to_pid, m) {
-                    ev.latency_ms = Some(c.ts_ns.saturating_sub(p.ts_ns) as f64 / 1e6);
+                    ev.latency_ms = Some(sent.saturating_sub(p.ts_ns) as f64 / 1e6);
                     ev.request_seq = Some(p.seq);
                     ev.method = p.method;
                     ev.tool = ev.tool.take().or(p.tool);
                     ev.resource = p.resource;
                     ev.prompt = p.prompt;
                     ev.logical_id = p.logical_id;
+                    if self.metrics.is_some() {
+                        let labels = OpLabels::of(&ev);
+                        let request_read = self.received.get(&p.seq).unwrap_or(p.ts_ns);
+                        let m = self.metrics.as_ref().expect("checked");
+                        m.observe_server(
+                            labels.as_refs(),
+                            sent.saturating_sub(request_read) as f64 / 1e9,
+                        );
+                        match received {
+                            Some(r) => m.observe_client(
+                                labels.as_refs(),
+                                r.saturating_sub(p.ts_ns) as f64 / 1e9,
+                            ),
+                            None => self.awaiting_client.insert(seq, (p.ts_ns, labels)),
+                        }
+                    }
                 }
             }
             Kind::Notification => {
@@ -683,6 +882,29 @@ impl Core {
                     self.pairer.cancel(session_key, id);
                 }
             }
+        }
+        if let Some(metrics) = &self.metrics {
+            let kind = match ev.kind {
+                Kind::Request => "request",
+                Kind::Response => "response",
+                Kind::Notification => "notification",
+                Kind::Error => "error",
+            };
+            let name = |p: &Option<PeerInfo>| p.as_ref().map_or("", |p| p.name.as_str()).to_owned();
+            let (cn, sn) = (name(&ev.client), name(&ev.server));
+            metrics.message(
+                [
+                    ev.method.as_deref().unwrap_or(""),
+                    kind,
+                    net,
+                    "",
+                    "",
+                    &cn,
+                    &sn,
+                ],
+                direction,
+                ev.bytes,
+            );
         }
         self.stats.messages += 1;
         self.stats.message_bytes += c.bytes;

@@ -274,8 +274,11 @@ pub mod counter {
     pub const CAPTURED_SYSCALLS: u32 = 6;
     /// Bytes captured.
     pub const CAPTURED_BYTES: u32 = 7;
+    /// Gauge, not a counter: bytes waiting in the ring buffer when this CPU
+    /// last wrote to it (userspace takes the maximum over CPUs).
+    pub const RINGBUF_PENDING_BYTES: u32 = 8;
     /// Number of counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     /// Names, indexed like the constants (used for metrics and logs).
     pub const NAMES: [&str; COUNT as usize] = [
         "ringbuf_full_records",
@@ -286,6 +289,7 @@ pub mod counter {
         "args_map_full",
         "captured_syscalls",
         "captured_bytes",
+        "ringbuf_pending_bytes",
     ];
 }
 

@@ -119,7 +119,11 @@ impl Probes {
         let mut out = [0u64; counter::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
             if let Ok(values) = self.counters.get(&(i as u32), 0) {
-                *slot = values.iter().sum();
+                *slot = if i as u32 == counter::RINGBUF_PENDING_BYTES {
+                    values.iter().copied().max().unwrap_or(0) // a gauge
+                } else {
+                    values.iter().sum()
+                };
             }
         }
         out

@@ -31,7 +31,10 @@ pub struct ChannelStats {
 }
 
 /// A captured copy offered to the join.
-pub struct Copy<T> {
+pub struct Offer<T> {
+    /// Caller's tag for this copy (its event sequence number), handed back
+    /// when the other end's copy later confirms it.
+    pub tag: u64,
     /// Match key: true length and head hash.
     pub key: u64,
     /// Bytes were lost from this copy.
@@ -43,7 +46,7 @@ pub struct Copy<T> {
 }
 
 struct Held<T> {
-    copy: Copy<T>,
+    copy: Offer<T>,
     deadline: u64,
     writer_side: bool,
 }
@@ -51,7 +54,7 @@ struct Held<T> {
 struct Channel<T> {
     writer: Option<u32>,
     reader: Option<u32>,
-    awaiting_read: VecDeque<u64>,
+    awaiting_read: VecDeque<(u64, u64)>,
     held: VecDeque<Held<T>>,
 }
 
@@ -75,8 +78,13 @@ pub struct Channels<T> {
     pub stats: ChannelStats,
 }
 
-/// An item to report with the process at the other end (if known).
-pub type Emit<T> = (T, Option<u32>);
+/// An item to report, with the process at the other end (if known) and the
+/// other end's copy's timestamp (if it was seen).
+pub type Emit<T> = (T, Option<u32>, Option<u64>);
+
+/// A reported writer copy whose reader copy arrived later: (tag, reader
+/// pid, reader timestamp).
+pub type Confirm = (u64, u32, u64);
 
 impl<T> Channels<T> {
     /// A join that holds unmatched copies for `window_ns`.
@@ -105,7 +113,7 @@ impl<T> Channels<T> {
         &mut self,
         ino: u64,
         writer: u32,
-        c: Copy<T>,
+        c: Offer<T>,
         resolve: impl FnOnce() -> Option<u32>,
         out: &mut dyn FnMut(Emit<T>),
     ) {
@@ -121,9 +129,9 @@ impl<T> Channels<T> {
             self.stats.deduplicated += 1;
             // The reader copy wins only if it is whole and ours is not.
             if c.truncated && !held.copy.truncated {
-                return out((held.copy.item, Some(writer)));
+                return out((held.copy.item, Some(writer), Some(c.ts_ns)));
             }
-            return out((c.item, ch.reader));
+            return out((c.item, ch.reader, Some(held.copy.ts_ns)));
         }
         if ch.reader.is_none() {
             ch.reader = resolve();
@@ -142,22 +150,31 @@ impl<T> Channels<T> {
             ch.awaiting_read.pop_front();
             self.stats.unconfirmed += 1;
         }
-        ch.awaiting_read.push_back(c.key);
-        out((c.item, ch.reader));
+        ch.awaiting_read.push_back((c.key, c.tag));
+        out((c.item, ch.reader, None));
     }
 
     /// A reader copy from process `reader`: dropped if its writer copy was
-    /// reported, swapped in for a truncated held writer copy, else held.
-    pub fn on_read(&mut self, ino: u64, reader: u32, c: Copy<T>, out: &mut dyn FnMut(Emit<T>)) {
+    /// reported (then `confirm` gets the writer copy's tag), swapped in for a
+    /// truncated held writer copy, else held.
+    pub fn on_read(
+        &mut self,
+        ino: u64,
+        reader: u32,
+        c: Offer<T>,
+        out: &mut dyn FnMut(Emit<T>),
+        confirm: &mut dyn FnMut(Confirm),
+    ) {
         let window = self.window_ns;
         let ch = self.map.entry(ino).or_default();
         ch.reader = Some(reader);
-        if let Some(pos) = ch.awaiting_read.iter().position(|k| *k == c.key) {
+        if let Some(pos) = ch.awaiting_read.iter().position(|(k, _)| *k == c.key) {
             // Entries before it were never read back (the reader lost them).
             self.stats.unconfirmed += pos as u64;
+            let (_, tag) = ch.awaiting_read[pos];
             ch.awaiting_read.drain(..=pos);
             self.stats.deduplicated += 1;
-            return;
+            return confirm((tag, reader, c.ts_ns));
         }
         if let Some(pos) = ch
             .held
@@ -167,9 +184,9 @@ impl<T> Channels<T> {
             let held = ch.held.remove(pos).expect("present");
             self.stats.deduplicated += 1;
             if held.copy.truncated && !c.truncated {
-                return out((c.item, ch.writer));
+                return out((c.item, ch.writer, Some(held.copy.ts_ns)));
             }
-            return out((held.copy.item, Some(reader)));
+            return out((held.copy.item, Some(reader), Some(c.ts_ns)));
         }
         let deadline = c.ts_ns + window;
         ch.held.push_back(Held {
@@ -185,10 +202,10 @@ impl<T> Channels<T> {
             while ch.held.front().is_some_and(|h| h.deadline <= now_ns) {
                 let h = ch.held.pop_front().expect("present");
                 if h.writer_side {
-                    out((h.copy.item, ch.reader));
+                    out((h.copy.item, ch.reader, None));
                 } else {
                     self.stats.reader_only += 1;
-                    out((h.copy.item, ch.writer));
+                    out((h.copy.item, ch.writer, None));
                 }
             }
         }
@@ -210,7 +227,7 @@ impl<T> Channels<T> {
                     self.stats.reader_only += 1;
                 }
                 let peer = if h.writer_side { ch.reader } else { ch.writer };
-                out((h.copy.item, peer));
+                out((h.copy.item, peer, None));
             }
         }
     }
@@ -220,8 +237,9 @@ impl<T> Channels<T> {
 mod tests {
     use super::*;
 
-    fn copy(key: u64, truncated: bool, item: &'static str) -> Copy<&'static str> {
-        Copy {
+    fn copy(key: u64, truncated: bool, item: &'static str) -> Offer<&'static str> {
+        Offer {
+            tag: 0,
             key,
             truncated,
             ts_ns: 5,
@@ -229,43 +247,56 @@ mod tests {
         }
     }
 
-    fn collect<'a>(v: &'a mut Vec<Emit<&'static str>>) -> impl FnMut(Emit<&'static str>) + 'a {
-        move |e| v.push(e)
+    type Out = Vec<(&'static str, Option<u32>)>;
+
+    fn collect(v: &mut Out) -> impl FnMut(Emit<&'static str>) + '_ {
+        move |(i, p, _)| v.push((i, p))
     }
 
     #[test]
-    fn writer_then_reader_reports_once() {
+    fn writer_then_reader_reports_once_and_confirms() {
         let mut c = Channels::new(1000, 8);
         let mut out = vec![];
-        c.on_write(
-            7,
-            1,
-            copy(42, false, "w"),
-            || Some(2),
-            &mut collect(&mut out),
-        );
-        c.on_read(7, 2, copy(42, false, "r"), &mut collect(&mut out));
+        let mut confirmed = vec![];
+        let mut w = copy(42, false, "w");
+        w.tag = 9;
+        c.on_write(7, 1, w, || Some(2), &mut collect(&mut out));
+        let mut r = copy(42, false, "r");
+        r.ts_ns = 8;
+        c.on_read(7, 2, r, &mut collect(&mut out), &mut |x| confirmed.push(x));
         c.expire(u64::MAX, &mut collect(&mut out));
         assert_eq!(out, vec![("w", Some(2))]);
+        assert_eq!(confirmed, vec![(9, 2, 8)]);
         assert_eq!(c.stats.deduplicated, 1);
     }
 
     #[test]
-    fn reader_first_is_held_then_matched() {
+    fn reader_first_is_held_then_matched_with_its_timestamp() {
         let mut c = Channels::new(1000, 8);
-        let mut out = vec![];
-        c.on_read(7, 2, copy(42, false, "r"), &mut collect(&mut out));
-        assert!(out.is_empty());
-        c.on_write(7, 1, copy(42, false, "w"), || None, &mut collect(&mut out));
-        c.expire(u64::MAX, &mut collect(&mut out));
-        assert_eq!(out, vec![("w", Some(2))]);
+        let mut got = vec![];
+        c.on_read(
+            7,
+            2,
+            copy(42, false, "r"),
+            &mut |e| got.push(e),
+            &mut |_| {},
+        );
+        assert!(got.is_empty());
+        c.on_write(7, 1, copy(42, false, "w"), || None, &mut |e| got.push(e));
+        assert_eq!(got, vec![("w", Some(2), Some(5))]);
     }
 
     #[test]
     fn reader_only_after_window() {
         let mut c = Channels::new(1000, 8);
         let mut out = vec![];
-        c.on_read(7, 2, copy(42, false, "r"), &mut collect(&mut out));
+        c.on_read(
+            7,
+            2,
+            copy(42, false, "r"),
+            &mut collect(&mut out),
+            &mut |_| {},
+        );
         c.expire(500, &mut collect(&mut out));
         assert!(out.is_empty());
         c.expire(1005, &mut collect(&mut out));
@@ -288,11 +319,22 @@ mod tests {
             out.is_empty(),
             "truncated writer copy waits for the reader's"
         );
-        c.on_read(7, 2, copy(42, false, "r-whole"), &mut collect(&mut out));
+        c.on_read(
+            7,
+            2,
+            copy(42, false, "r-whole"),
+            &mut collect(&mut out),
+            &mut |_| {},
+        );
         assert_eq!(out, vec![("r-whole", Some(1))]);
-        // Reader first, then truncated writer copy: same outcome.
         let mut out = vec![];
-        c.on_read(7, 2, copy(43, false, "r-whole"), &mut collect(&mut out));
+        c.on_read(
+            7,
+            2,
+            copy(43, false, "r-whole"),
+            &mut collect(&mut out),
+            &mut |_| {},
+        );
         c.on_write(
             7,
             1,
@@ -307,24 +349,22 @@ mod tests {
     fn identical_messages_match_in_fifo_order() {
         let mut c = Channels::new(1000, 8);
         let mut out = vec![];
-        c.on_write(
-            7,
-            1,
-            copy(42, false, "a"),
-            || Some(2),
-            &mut collect(&mut out),
-        );
-        c.on_write(
-            7,
-            1,
-            copy(42, false, "b"),
-            || Some(2),
-            &mut collect(&mut out),
-        );
-        c.on_read(7, 2, copy(42, false, "ra"), &mut collect(&mut out));
-        c.on_read(7, 2, copy(42, false, "rb"), &mut collect(&mut out));
-        c.expire(u64::MAX, &mut collect(&mut out));
+        let mut confirmed = vec![];
+        for (tag, item) in [(1, "a"), (2, "b")] {
+            let mut w = copy(42, false, item);
+            w.tag = tag;
+            c.on_write(7, 1, w, || Some(2), &mut collect(&mut out));
+        }
+        for item in ["ra", "rb"] {
+            c.on_read(
+                7,
+                2,
+                copy(42, false, item),
+                &mut collect(&mut out),
+                &mut |x| confirmed.push(x.0),
+            );
+        }
         assert_eq!(out.len(), 2);
-        assert_eq!(c.stats.deduplicated, 2);
+        assert_eq!(confirmed, vec![1, 2]);
     }
 }

@@ -1,0 +1,341 @@
+//! Prometheus metrics. MCP metrics follow the OpenTelemetry MCP semantic
+//! conventions in Prometheus form; agent health lives under `mcpscope_`.
+//!
+//! Never a session id, request id, argument or raw path as a label. Every
+//! family caps its distinct label sets (`--max-label-sets`); past the cap an
+//! observation gets the value `_overflow` in every label and is counted in
+//! `mcpscope_label_sets_overflow_total{metric}`.
+
+use std::{
+    collections::HashSet,
+    hash::{Hash, Hasher},
+    sync::Mutex,
+};
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// OpenTelemetry MCP duration buckets, seconds.
+pub const OTEL_BUCKETS: [f64; 14] = [
+    0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Labels of the operation duration histograms, in order.
+pub const OPERATION_LABELS: [&str; 9] = [
+    "mcp_method_name",
+    "gen_ai_tool_name",
+    "error_type",
+    "network_transport",
+    "mcp_protocol_version",
+    "k8s_namespace_name",
+    "k8s_workload_name",
+    "mcp_client_name",
+    "mcp_server_name",
+];
+
+/// Labels of `mcp_messages_total`, in order.
+pub const MESSAGE_LABELS: [&str; 7] = [
+    "mcp_method_name",
+    "kind",
+    "network_transport",
+    "k8s_namespace_name",
+    "k8s_workload_name",
+    "mcp_client_name",
+    "mcp_server_name",
+];
+
+const OVERFLOW: &str = "_overflow";
+
+/// Caps the distinct label sets of one metric family.
+struct LabelCap {
+    name: &'static str,
+    seen: Mutex<HashSet<u64>>,
+    max: usize,
+}
+
+impl LabelCap {
+    fn new(name: &'static str, max: usize) -> Self {
+        Self {
+            name,
+            seen: Mutex::new(HashSet::new()),
+            max,
+        }
+    }
+
+    /// True when `labels` may be used; false when they would exceed the cap.
+    fn admit(&self, labels: &[&str]) -> bool {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        labels.hash(&mut h);
+        let key = h.finish();
+        let mut seen = self.seen.lock().expect("label cap lock");
+        if seen.contains(&key) {
+            return true;
+        }
+        if seen.len() >= self.max {
+            return false;
+        }
+        seen.insert(key);
+        true
+    }
+}
+
+/// Every metric the agent exports.
+pub struct Metrics {
+    registry: Registry,
+    client_duration: HistogramVec,
+    server_duration: HistogramVec,
+    messages: IntCounterVec,
+    bytes: IntCounterVec,
+    /// `mcp_sessions_active`.
+    pub sessions_active: IntGauge,
+    session_duration: HistogramVec,
+    /// `mcpscope_events_lost_total{stage,reason}`.
+    health: IntCounterVec,
+    /// `mcpscope_bytes_lost_total{stage,reason}`.
+    bytes_lost: IntCounterVec,
+    /// `mcpscope_processed_total{what}`.
+    processed: IntCounterVec,
+    /// `mcpscope_state{what}`: gauges of agent state.
+    gauges: IntGaugeVec,
+    overflow: IntCounterVec,
+    caps: [LabelCap; 4],
+}
+
+impl Metrics {
+    /// Registers every family; `max_label_sets` caps each one.
+    pub fn new(max_label_sets: usize) -> Self {
+        let registry = Registry::new();
+        let hist = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(OTEL_BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("valid histogram");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let client_duration = hist(
+            "mcp_client_operation_duration_seconds",
+            "MCP request duration seen by the requester: response read minus request written (kernel timestamps).",
+            &OPERATION_LABELS,
+        );
+        let server_duration = hist(
+            "mcp_server_operation_duration_seconds",
+            "MCP request duration seen by the responder: response written minus request read (kernel timestamps).",
+            &OPERATION_LABELS,
+        );
+        let messages = counter(
+            "mcp_messages_total",
+            "MCP messages observed, each counted once.",
+            &MESSAGE_LABELS,
+        );
+        let bytes = counter(
+            "mcp_bytes_total",
+            "Bytes of MCP messages, by direction.",
+            &["direction", "network_transport"],
+        );
+        let sessions_active = IntGauge::new("mcp_sessions_active", "MCP sessions currently open.")
+            .expect("valid gauge");
+        registry
+            .register(Box::new(sessions_active.clone()))
+            .expect("unique metric");
+        let session_duration = hist(
+            "mcp_session_duration_seconds",
+            "Duration of ended MCP sessions.",
+            &["network_transport", "mcp_client_name", "mcp_server_name"],
+        );
+        let health = counter(
+            "mcpscope_events_lost_total",
+            "Everything the agent dropped, cut or could not parse, by where and why.",
+            &["stage", "reason"],
+        );
+        let bytes_lost = counter(
+            "mcpscope_bytes_lost_total",
+            "Bytes the agent could not capture or had to cut, by where and why.",
+            &["stage", "reason"],
+        );
+        let processed = counter(
+            "mcpscope_processed_total",
+            "Volume the agent handled, by what.",
+            &["what"],
+        );
+        let gauges = IntGaugeVec::new(
+            Opts::new("mcpscope_state", "Agent state gauges, by what is measured."),
+            &["what"],
+        )
+        .expect("valid gauge");
+        registry
+            .register(Box::new(gauges.clone()))
+            .expect("unique metric");
+        let overflow = counter(
+            "mcpscope_label_sets_overflow_total",
+            "Observations whose labels exceeded the label-set cap.",
+            &["metric"],
+        );
+        let build = IntGaugeVec::new(
+            Opts::new("mcpscope_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("valid gauge");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(build)).expect("unique metric");
+        let caps = [
+            LabelCap::new("mcp_client_operation_duration_seconds", max_label_sets),
+            LabelCap::new("mcp_server_operation_duration_seconds", max_label_sets),
+            LabelCap::new("mcp_messages_total", max_label_sets),
+            LabelCap::new("mcp_session_duration_seconds", max_label_sets),
+        ];
+        Self {
+            registry,
+            client_duration,
+            server_duration,
+            messages,
+            bytes,
+            sessions_active,
+            session_duration,
+            health,
+            bytes_lost,
+            processed,
+            gauges,
+            overflow,
+            caps,
+        }
+    }
+
+    fn capped<'a, const N: usize>(&self, cap: usize, labels: [&'a str; N]) -> [&'a str; N] {
+        if self.caps[cap].admit(&labels) {
+            labels
+        } else {
+            self.overflow
+                .with_label_values(&[self.caps[cap].name])
+                .inc();
+            [OVERFLOW; N]
+        }
+    }
+
+    /// A requester-side duration.
+    pub fn observe_client(&self, labels: [&str; 9], seconds: f64) {
+        self.client_duration
+            .with_label_values(&self.capped(0, labels))
+            .observe(seconds);
+    }
+
+    /// A responder-side duration.
+    pub fn observe_server(&self, labels: [&str; 9], seconds: f64) {
+        self.server_duration
+            .with_label_values(&self.capped(1, labels))
+            .observe(seconds);
+    }
+
+    /// One message and its bytes.
+    pub fn message(&self, labels: [&str; 7], direction: &str, bytes: u64) {
+        let transport = labels[2];
+        self.messages
+            .with_label_values(&self.capped(2, labels))
+            .inc();
+        self.bytes
+            .with_label_values(&[direction, transport])
+            .inc_by(bytes);
+    }
+
+    /// An ended session.
+    pub fn session_ended(&self, labels: [&str; 3], seconds: f64) {
+        self.session_duration
+            .with_label_values(&self.capped(3, labels))
+            .observe(seconds);
+    }
+
+    /// Raises `mcpscope_events_lost_total{stage,reason}` to `total` (the
+    /// source keeps the running total; counters only go up).
+    pub fn set_lost(&self, stage: &str, reason: &str, total: u64) {
+        raise(&self.health.with_label_values(&[stage, reason]), total);
+    }
+
+    /// Raises `mcpscope_bytes_lost_total{stage,reason}` to `total`.
+    pub fn set_bytes_lost(&self, stage: &str, reason: &str, total: u64) {
+        raise(&self.bytes_lost.with_label_values(&[stage, reason]), total);
+    }
+
+    /// Raises `mcpscope_processed_total{what}` to `total`.
+    pub fn set_processed(&self, what: &str, total: u64) {
+        raise(&self.processed.with_label_values(&[what]), total);
+    }
+
+    /// Sets `mcpscope_state{what}`.
+    pub fn set_gauge(&self, what: &str, value: i64) {
+        self.gauges.with_label_values(&[what]).set(value);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+fn raise(c: &prometheus::IntCounter, total: u64) {
+    let now = c.get();
+    if total > now {
+        c.inc_by(total - now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_sets_are_capped_and_overflow_counted() {
+        let m = Metrics::new(2);
+        for tool in ["a", "b", "c", "d"] {
+            m.message(
+                ["tools/call", "request", "pipe", "", "", "cli", tool],
+                "to_server",
+                10,
+            );
+        }
+        let text = m.render();
+        assert!(text.contains(r#"mcp_server_name="_overflow""#), "{text}");
+        assert!(
+            text.contains(r#"mcpscope_label_sets_overflow_total{metric="mcp_messages_total"} 2"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn histograms_use_the_otel_buckets() {
+        let m = Metrics::new(10);
+        m.observe_server(
+            [
+                "tools/call",
+                "echo",
+                "",
+                "pipe",
+                "2025-11-25",
+                "",
+                "",
+                "c",
+                "s",
+            ],
+            0.015,
+        );
+        let text = m.render();
+        assert!(
+            text.contains(r#"le="0.02""#) && text.contains(r#"le="300""#),
+            "{text}"
+        );
+        assert!(text.contains("mcpscope_build_info"));
+    }
+}
