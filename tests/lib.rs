@@ -276,6 +276,66 @@ impl Agent {
     }
 }
 
+/// A tool the deployment tests need (from `cargo xtask test`'s set-up):
+/// its path, or `None` after a loud SKIPPED (a failure under
+/// `MCPSCOPE_E2E_REQUIRED=1`).
+pub fn tool(test: &str, var: &str, fallback: &str) -> Option<PathBuf> {
+    let p = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(fallback));
+    let found = if p.is_absolute() {
+        p.exists()
+    } else {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {}", p.display())])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if found {
+        return Some(p);
+    }
+    let required = std::env::var("MCPSCOPE_E2E_REQUIRED").as_deref() == Ok("1");
+    assert!(
+        !required,
+        "{test}: {} is missing; `cargo xtask test` installs it",
+        p.display()
+    );
+    eprintln!(
+        "\n*** SKIPPED {test}: {} missing (run `cargo xtask test`) ***\n",
+        p.display()
+    );
+    None
+}
+
+/// Percent-encodes a URL query value.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Polls `check` until it returns `Some`, backing off, at most `secs`.
+pub fn wait_for<T>(what: &str, secs: u64, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut delay = Duration::from_millis(50);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+}
+
 /// A minimal HTTP GET (status, body); `None` when nothing listens.
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;

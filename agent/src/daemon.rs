@@ -71,8 +71,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         let m = metrics.clone();
         *health.metrics.lock().expect("metrics lock") = Some(Box::new(move || m.render()));
     }
-    metrics.set_gauge("probes_attached", probes.attached as i64);
-    metrics.set_gauge("ringbuf_size_bytes", i64::from(opts.probes.ringbuf_bytes));
+    metrics.set_gauge("mcpscope_probes_attached", probes.attached as i64);
+    metrics.set_gauge(
+        "mcpscope_ringbuf_size_bytes",
+        i64::from(opts.probes.ringbuf_bytes),
+    );
     let mut ticks: u64 = 0;
 
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -99,7 +102,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             _ = tick.tick() => {
                 pipeline.tick(monotonic_now_ns());
                 ticks += 1;
-                if ticks % 50 == 0 {
+                if ticks.is_multiple_of(50) {
                     export(&pipeline, &probes, &metrics);
                 }
             }
@@ -132,9 +135,12 @@ fn export<C: crate::stream::StreamControl>(p: &Pipeline<C>, probes: &Probes, m: 
     m.set_lost("kernel", "capture_cap", at(k::TRUNCATED_SYSCALLS));
     m.set_bytes_lost("kernel", "ringbuf_full", at(k::RINGBUF_FULL_BYTES));
     m.set_bytes_lost("kernel", "capture_cap", at(k::TRUNCATED_BYTES));
-    m.set_processed("captured_syscalls", at(k::CAPTURED_SYSCALLS));
-    m.set_processed("captured_bytes", at(k::CAPTURED_BYTES));
-    m.set_gauge("ringbuf_pending_bytes", at(k::RINGBUF_PENDING_BYTES) as i64);
+    m.set_total("mcpscope_captured_syscalls_total", at(k::CAPTURED_SYSCALLS));
+    m.set_total("mcpscope_captured_bytes_total", at(k::CAPTURED_BYTES));
+    m.set_gauge(
+        "mcpscope_ringbuf_pending_bytes",
+        at(k::RINGBUF_PENDING_BYTES) as i64,
+    );
     p.export_metrics(m);
 }
 

@@ -27,37 +27,37 @@ enum Command {
 #[derive(clap::Args)]
 struct RunArgs {
     /// Append JSONL events to this file (created 0600).
-    #[arg(long, short = 'o')]
+    #[arg(long, short = 'o', env = "MCPSCOPE_OUTPUT")]
     output: Option<PathBuf>,
     /// Events on stdout: JSONL, a readable live view, or nothing.
-    #[arg(long, value_enum, default_value = "json")]
+    #[arg(long, value_enum, default_value = "json", env = "MCPSCOPE_STDOUT")]
     stdout: StdoutMode,
     /// Address serving /readyz, /healthz and /metrics.
     #[arg(long, default_value = "127.0.0.1:9464", env = "MCPSCOPE_METRICS_ADDR")]
     metrics_addr: SocketAddr,
     /// Put each raw message into its event (`payload`), capped.
-    #[arg(long)]
+    #[arg(long, env = "MCPSCOPE_CAPTURE_PAYLOADS")]
     capture_payloads: bool,
     /// Cap of `payload` in bytes.
-    #[arg(long, default_value_t = 65536)]
+    #[arg(long, default_value_t = 65536, env = "MCPSCOPE_PAYLOAD_MAX_BYTES")]
     payload_max_bytes: usize,
     /// Bytes captured per syscall; beyond it a truncation marker records the gap (max 2 MiB).
-    #[arg(long, default_value_t = mcpscope_common::DEFAULT_CAPTURE_CAP)]
+    #[arg(long, default_value_t = mcpscope_common::DEFAULT_CAPTURE_CAP, env = "MCPSCOPE_CAPTURE_CAP")]
     capture_cap: u32,
     /// Kernel ring buffer size in bytes (a power of two).
-    #[arg(long, default_value_t = 16 << 20)]
+    #[arg(long, default_value_t = 16 << 20, env = "MCPSCOPE_RINGBUF_SIZE")]
     ringbuf_size: u32,
     /// Longest message kept whole, bytes; longer ones are cut and salvaged.
-    #[arg(long, default_value_t = 8 << 20)]
+    #[arg(long, default_value_t = 8 << 20, env = "MCPSCOPE_MAX_MESSAGE_BYTES")]
     max_message_bytes: usize,
     /// How long a pipe reader's copy waits for the writer's copy, ms.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, env = "MCPSCOPE_PAIR_WINDOW_MS")]
     pair_window_ms: u64,
     /// Pending requests per session before the oldest is evicted (counted).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, env = "MCPSCOPE_MAX_PENDING_PER_SESSION")]
     max_pending_per_session: usize,
     /// Distinct label sets per metric family before `_overflow` (counted).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, env = "MCPSCOPE_MAX_LABEL_SETS")]
     max_label_sets: usize,
 }
 

@@ -48,6 +48,71 @@ pub const MESSAGE_LABELS: [&str; 7] = [
 
 const OVERFLOW: &str = "_overflow";
 
+/// Agent volume counters: (name, help).
+pub const COUNTERS: &[(&str, &str)] = &[
+    (
+        "mcpscope_ringbuf_records_total",
+        "Ring-buffer records received from the kernel.",
+    ),
+    (
+        "mcpscope_captured_syscalls_total",
+        "Syscalls whose bytes the kernel captured.",
+    ),
+    (
+        "mcpscope_captured_bytes_total",
+        "Bytes the kernel captured.",
+    ),
+    (
+        "mcpscope_truncated_messages_total",
+        "Messages reported with lost bytes (fields salvaged).",
+    ),
+    (
+        "mcpscope_streams_ignored_total",
+        "Streams switched off (not a pipe or socket, or not JSON-RPC).",
+    ),
+    (
+        "mcpscope_duplicate_copies_total",
+        "Second copies of a message (the other end of a pipe or socket), dropped.",
+    ),
+    (
+        "mcpscope_one_sided_messages_total",
+        "Messages reported from the reading end alone.",
+    ),
+    (
+        "mcpscope_requests_cancelled_total",
+        "Requests cancelled by notifications/cancelled.",
+    ),
+];
+
+/// Agent state gauges: (name, help).
+pub const GAUGES: &[(&str, &str)] = &[
+    (
+        "mcpscope_streams_tracked",
+        "Byte streams (process, fd, direction) being framed.",
+    ),
+    (
+        "mcpscope_pending_requests",
+        "Requests waiting for their response.",
+    ),
+    (
+        "mcpscope_identity_cache_entries",
+        "Processes in the identity cache.",
+    ),
+    (
+        "mcpscope_partial_syscalls",
+        "Syscalls whose chunks are still arriving.",
+    ),
+    (
+        "mcpscope_ringbuf_pending_bytes",
+        "Bytes waiting in the kernel ring buffer at the last write.",
+    ),
+    (
+        "mcpscope_ringbuf_size_bytes",
+        "Size of the kernel ring buffer.",
+    ),
+    ("mcpscope_probes_attached", "Kernel programs attached."),
+];
+
 /// Caps the distinct label sets of one metric family.
 struct LabelCap {
     name: &'static str,
@@ -95,10 +160,12 @@ pub struct Metrics {
     health: IntCounterVec,
     /// `mcpscope_bytes_lost_total{stage,reason}`.
     bytes_lost: IntCounterVec,
-    /// `mcpscope_processed_total{what}`.
-    processed: IntCounterVec,
-    /// `mcpscope_state{what}`: gauges of agent state.
-    gauges: IntGaugeVec,
+    /// `mcpscope_parse_errors_total{protocol,reason}`.
+    parse_errors: IntCounterVec,
+    /// Plain counters by name ([`COUNTERS`]).
+    totals: std::collections::HashMap<&'static str, prometheus::IntCounter>,
+    /// Gauges by name ([`GAUGES`]).
+    gauges: std::collections::HashMap<&'static str, IntGauge>,
     overflow: IntCounterVec,
     caps: [LabelCap; 4],
 }
@@ -165,19 +232,31 @@ impl Metrics {
             "Bytes the agent could not capture or had to cut, by where and why.",
             &["stage", "reason"],
         );
-        let processed = counter(
-            "mcpscope_processed_total",
-            "Volume the agent handled, by what.",
-            &["what"],
+        let parse_errors = counter(
+            "mcpscope_parse_errors_total",
+            "Framed data that did not parse, by protocol and reason.",
+            &["protocol", "reason"],
         );
-        let gauges = IntGaugeVec::new(
-            Opts::new("mcpscope_state", "Agent state gauges, by what is measured."),
-            &["what"],
-        )
-        .expect("valid gauge");
-        registry
-            .register(Box::new(gauges.clone()))
-            .expect("unique metric");
+        let totals = COUNTERS
+            .iter()
+            .map(|(name, help)| {
+                let c = prometheus::IntCounter::new(*name, *help).expect("valid counter");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                (*name, c)
+            })
+            .collect();
+        let gauges = GAUGES
+            .iter()
+            .map(|(name, help)| {
+                let g = IntGauge::new(*name, *help).expect("valid gauge");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                (*name, g)
+            })
+            .collect();
         let overflow = counter(
             "mcpscope_label_sets_overflow_total",
             "Observations whose labels exceeded the label-set cap.",
@@ -206,7 +285,8 @@ impl Metrics {
             session_duration,
             health,
             bytes_lost,
-            processed,
+            parse_errors,
+            totals,
             gauges,
             overflow,
             caps,
@@ -267,14 +347,26 @@ impl Metrics {
         raise(&self.bytes_lost.with_label_values(&[stage, reason]), total);
     }
 
-    /// Raises `mcpscope_processed_total{what}` to `total`.
-    pub fn set_processed(&self, what: &str, total: u64) {
-        raise(&self.processed.with_label_values(&[what]), total);
+    /// Raises `mcpscope_parse_errors_total{protocol,reason}` to `total`.
+    pub fn set_parse_errors(&self, protocol: &str, reason: &str, total: u64) {
+        raise(
+            &self.parse_errors.with_label_values(&[protocol, reason]),
+            total,
+        );
     }
 
-    /// Sets `mcpscope_state{what}`.
-    pub fn set_gauge(&self, what: &str, value: i64) {
-        self.gauges.with_label_values(&[what]).set(value);
+    /// Raises the counter `name` (one of [`COUNTERS`]) to `total`.
+    pub fn set_total(&self, name: &str, total: u64) {
+        if let Some(c) = self.totals.get(name) {
+            raise(c, total);
+        }
+    }
+
+    /// Sets the gauge `name` (one of [`GAUGES`]).
+    pub fn set_gauge(&self, name: &str, value: i64) {
+        if let Some(g) = self.gauges.get(name) {
+            g.set(value);
+        }
     }
 
     /// The Prometheus text exposition.

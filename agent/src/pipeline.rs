@@ -306,9 +306,6 @@ impl<C: StreamControl> Pipeline<C> {
         let ch = self.core.channels.stats;
         for (stage, reason, v) in [
             ("decode", "undecodable_record", s.decode_errors),
-            ("parse", "invalid_json", s.parse_invalid_json),
-            ("parse", "not_jsonrpc", s.parse_not_jsonrpc),
-            ("parse", "empty_batch", s.parse_empty_batch),
             ("framing", "truncated_unsalvageable", s.truncated_dropped),
             ("pairing", "pending_evicted", pair.evicted),
             ("pairing", "response_unmatched", pair.unmatched),
@@ -326,23 +323,23 @@ impl<C: StreamControl> Pipeline<C> {
         }
         m.set_bytes_lost("userspace", "gap", s.gap_bytes);
         m.set_bytes_lost("userspace", "stream_ignored_in_flight", s.ignored_bytes);
-        for (what, v) in [
-            ("records", s.records),
-            ("messages", s.messages),
-            ("truncated_messages", s.truncated_messages),
-            ("streams_ignored_not_ipc", s.streams_ignored_not_ipc),
-            ("streams_ignored_not_mcp", s.streams_ignored_not_mcp),
-            ("deduplicated_copies", ch.deduplicated),
-            ("reader_only_messages", ch.reader_only),
-            ("requests_cancelled", pair.cancelled),
-        ] {
-            m.set_processed(what, v);
-        }
+        m.set_parse_errors("jsonrpc", "invalid_json", s.parse_invalid_json);
+        m.set_parse_errors("jsonrpc", "not_jsonrpc", s.parse_not_jsonrpc);
+        m.set_parse_errors("jsonrpc", "empty_batch", s.parse_empty_batch);
+        m.set_total("mcpscope_ringbuf_records_total", s.records);
+        m.set_total("mcpscope_truncated_messages_total", s.truncated_messages);
+        m.set_total(
+            "mcpscope_streams_ignored_total",
+            s.streams_ignored_not_ipc + s.streams_ignored_not_mcp,
+        );
+        m.set_total("mcpscope_duplicate_copies_total", ch.deduplicated);
+        m.set_total("mcpscope_one_sided_messages_total", ch.reader_only);
+        m.set_total("mcpscope_requests_cancelled_total", pair.cancelled);
         let (streams, pending, procs, sessions) = self.gauges();
-        m.set_gauge("streams_tracked", streams as i64);
-        m.set_gauge("pending_requests", pending as i64);
-        m.set_gauge("identity_cache_size", procs as i64);
-        m.set_gauge("partial_syscalls", self.assembler.len() as i64);
+        m.set_gauge("mcpscope_streams_tracked", streams as i64);
+        m.set_gauge("mcpscope_pending_requests", pending as i64);
+        m.set_gauge("mcpscope_identity_cache_entries", procs as i64);
+        m.set_gauge("mcpscope_partial_syscalls", self.assembler.len() as i64);
         m.sessions_active.set(sessions as i64);
     }
 
@@ -859,10 +856,9 @@ impl Core {
                     ev.resource = p.resource;
                     ev.prompt = p.prompt;
                     ev.logical_id = p.logical_id;
-                    if self.metrics.is_some() {
+                    if let Some(m) = self.metrics.clone() {
                         let labels = OpLabels::of(&ev);
                         let request_read = self.received.get(&p.seq).unwrap_or(p.ts_ns);
-                        let m = self.metrics.as_ref().expect("checked");
                         m.observe_server(
                             labels.as_refs(),
                             sent.saturating_sub(request_read) as f64 / 1e9,

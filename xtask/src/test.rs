@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::Result;
 
 use crate::{
-    build, setup,
+    build, image, setup,
     util::{root, step},
 };
 
@@ -16,6 +16,9 @@ pub fn all(filter: Option<&str>) -> Result<()> {
     let t0 = std::time::Instant::now();
     build::all()?;
     setup::test_software()?;
+    setup::deploy_tools()?;
+    // The podman test runs the image built from this very tree.
+    image::image_only()?;
     step("unit tests");
     let mut unit = Command::new("cargo");
     unit.current_dir(root()).args([
@@ -34,7 +37,10 @@ pub fn all(filter: Option<&str>) -> Result<()> {
     let mut e2e = Command::new("cargo");
     e2e.current_dir(root())
         .args(["test", "--release", "-p", "mcpscope-e2e"])
-        .env("MCPSCOPE_BIN", build::agent_binary());
+        .env("MCPSCOPE_BIN", build::agent_binary())
+        .env("MCPSCOPE_IMAGE", image::IMAGE)
+        .env("MCPSCOPE_HELM", setup::helm())
+        .env("CONTAINERS_CONF", setup::containers_conf());
     if std::env::var("CI").as_deref() == Ok("true") {
         e2e.env("MCPSCOPE_E2E_REQUIRED", "1");
     }

@@ -178,30 +178,42 @@ fn effective_caps() -> u64 {
 }
 
 fn check_capabilities() -> Result<()> {
+    const CAP_DAC_READ_SEARCH: u32 = 2;
+    const CAP_SYS_PTRACE: u32 = 19;
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
     let caps = effective_caps();
     let has = |c: u32| caps & (1u64 << c) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
-        return Ok(());
-    }
     let mut missing = Vec::new();
-    if !has(CAP_BPF) {
-        missing.push("CAP_BPF");
+    // Loading and attaching: CAP_BPF + CAP_PERFMON, or CAP_SYS_ADMIN.
+    if !has(CAP_SYS_ADMIN) {
+        if !has(CAP_BPF) {
+            missing.push("CAP_BPF");
+        }
+        if !has(CAP_PERFMON) {
+            missing.push("CAP_PERFMON");
+        }
     }
-    if !has(CAP_PERFMON) {
-        missing.push("CAP_PERFMON");
+    // Identities and fd resolution read other processes' /proc/<pid>/{fd,exe,environ}.
+    if !has(CAP_SYS_PTRACE) {
+        missing.push("CAP_SYS_PTRACE");
+    }
+    if !has(CAP_DAC_READ_SEARCH) {
+        missing.push("CAP_DAC_READ_SEARCH");
+    }
+    if missing.is_empty() {
+        return Ok(());
     }
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     if euid != 0 {
         bail!(
-            "mcpscope must run as root or with {} (running as uid {euid}); try `sudo mcpscope run`",
-            missing.join(" and ")
+            "mcpscope must run as root with {} (running as uid {euid}); try `sudo mcpscope run`",
+            missing.join(", ")
         );
     }
-    bail!("missing capabilities {}: grant them (e.g. securityContext.capabilities.add) or run privileged", missing.join(" and "))
+    bail!("missing capabilities {}: grant them (Kubernetes: securityContext.capabilities.add; podman/docker: --cap-add) or run as full root", missing.join(", "))
 }
 
 fn ensure_tracefs() -> Result<()> {

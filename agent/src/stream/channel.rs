@@ -137,7 +137,9 @@ impl<T> Channels<T> {
             ch.reader = resolve();
         }
         // Truncated, or nobody known to read it yet: wait for the reader's copy.
-        if c.truncated || ch.reader.is_none() {
+        // Behind an already held writer copy: wait too, so messages leave in
+        // the order they were written.
+        if c.truncated || ch.reader.is_none() || ch.held.iter().any(|h| h.writer_side) {
             let deadline = c.ts_ns + window;
             ch.held.push_back(Held {
                 copy: c,
@@ -181,6 +183,20 @@ impl<T> Channels<T> {
             .iter()
             .position(|h| h.writer_side && h.copy.key == c.key)
         {
+            // Writer copies held before this one were read earlier (pipes and
+            // streams are FIFO), so their reader copies are lost: release
+            // them first, in order.
+            let mut pos = pos;
+            let mut i = 0;
+            while i < pos {
+                if ch.held[i].writer_side {
+                    let h = ch.held.remove(i).expect("present");
+                    out((h.copy.item, ch.reader, None));
+                    pos -= 1;
+                } else {
+                    i += 1;
+                }
+            }
             let held = ch.held.remove(pos).expect("present");
             self.stats.deduplicated += 1;
             if held.copy.truncated && !c.truncated {
@@ -198,10 +214,18 @@ impl<T> Channels<T> {
 
     /// Held copies whose window passed, with the other end as known.
     pub fn expire(&mut self, now_ns: u64, out: &mut dyn FnMut(Emit<T>)) {
+        let max_awaiting = self.max_awaiting;
         for ch in self.map.values_mut() {
             while ch.held.front().is_some_and(|h| h.deadline <= now_ns) {
                 let h = ch.held.pop_front().expect("present");
                 if h.writer_side {
+                    // Reported now; its reader copy may still come (a slow
+                    // reader): remember it so that copy is dropped.
+                    if ch.awaiting_read.len() >= max_awaiting {
+                        ch.awaiting_read.pop_front();
+                        self.stats.unconfirmed += 1;
+                    }
+                    ch.awaiting_read.push_back((h.copy.key, h.copy.tag));
                     out((h.copy.item, ch.reader, None));
                 } else {
                     self.stats.reader_only += 1;
@@ -343,6 +367,30 @@ mod tests {
             &mut collect(&mut out),
         );
         assert_eq!(out, vec![("r-whole", Some(1))]);
+    }
+
+    #[test]
+    fn messages_behind_a_held_writer_copy_keep_their_order() {
+        let mut c = Channels::new(1000, 8);
+        let mut out = vec![];
+        c.on_write(7, 1, copy(1, true, "big-cut"), || Some(2), &mut collect(&mut out));
+        c.on_write(7, 1, copy(2, false, "next"), || Some(2), &mut collect(&mut out));
+        assert!(out.is_empty(), "the second waits behind the first");
+        c.on_read(7, 2, copy(1, true, "big-cut-read"), &mut collect(&mut out), &mut |_| {});
+        c.on_read(7, 2, copy(2, false, "next-read"), &mut collect(&mut out), &mut |_| {});
+        assert_eq!(out, vec![("big-cut", Some(2)), ("next", Some(2))]);
+    }
+
+    #[test]
+    fn late_reader_copy_of_an_expired_writer_copy_is_still_dropped() {
+        let mut c = Channels::new(1000, 8);
+        let mut out = vec![];
+        c.on_write(7, 1, copy(1, true, "cut"), || Some(2), &mut collect(&mut out));
+        c.expire(u64::MAX, &mut collect(&mut out));
+        assert_eq!(out, vec![("cut", Some(2))]);
+        c.on_read(7, 2, copy(1, true, "cut-read"), &mut collect(&mut out), &mut |_| {});
+        c.expire(u64::MAX, &mut collect(&mut out));
+        assert_eq!(out.len(), 1, "the slow reader's copy is a duplicate");
     }
 
     #[test]
