@@ -4,7 +4,7 @@
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    sync::{atomic::Ordering, Arc},
+    sync::{atomic::Ordering, Arc, Mutex},
     time::Duration,
 };
 
@@ -15,11 +15,14 @@ use tokio::{
 };
 
 use crate::{
+    audit::{AuditConfig, AuditLog, AuditSink},
     capture::loader::{ProbeConfig, Probes},
+    capture::record::Recorder,
     metrics::Metrics,
     pipeline::{monotonic_now_ns, monotonic_to_realtime_offset, Pipeline, PipelineConfig},
     serve::{self, Health},
     sink::{JsonlWriter, Sink, StdoutMode},
+    world::LiveWorld,
 };
 
 /// Everything `mcpscope run` is told.
@@ -37,6 +40,10 @@ pub struct RunOptions {
     pub metrics_addr: SocketAddr,
     /// Cap of distinct label sets per metric family.
     pub max_label_sets: usize,
+    /// The audit trail, if kept.
+    pub audit: Option<AuditConfig>,
+    /// Capture file for `mcpscope replay`.
+    pub record: Option<PathBuf>,
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -58,6 +65,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         StdoutMode::None => {}
     }
 
+    if let Some(cfg) = &opts.audit {
+        let log = AuditLog::open(cfg.clone())
+            .with_context(|| format!("opening the audit trail in {}", cfg.dir.display()))?;
+        sinks.push(Box::new(AuditSink::new(log)));
+    }
     let (probes, ring, control) = Probes::load(&opts.probes)?;
     // SAFETY: the ring buffer owns its map fd, which stays open and
     // unchanged for as long as the AsyncFd owns the ring buffer.
@@ -65,8 +77,21 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("registering the ring buffer with tokio: {e}"))?;
     let metrics = Arc::new(Metrics::new(opts.max_label_sets));
     let offset = monotonic_to_realtime_offset();
+    let recorder = match &opts.record {
+        Some(path) => Some(Arc::new(Mutex::new(
+            Recorder::create(path, offset)
+                .with_context(|| format!("creating --record {}", path.display()))?,
+        ))),
+        None => None,
+    };
     let mut pipeline =
         Pipeline::new(opts.pipeline.clone(), control, sinks, offset).with_metrics(metrics.clone());
+    if let Some(r) = &recorder {
+        r.lock().expect("recorder").fact("config", &opts.pipeline);
+        pipeline = pipeline.with_world(Box::new(LiveWorld::recording(r.clone())));
+    }
+    pipeline.record("agent_start", &agent_config(&opts, probes.attached));
+    let mut losses = LossTracker::default();
     {
         let m = metrics.clone();
         *health.metrics.lock().expect("metrics lock") = Some(Box::new(move || m.render()));
@@ -94,16 +119,24 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
+                                while let Some(item) = rb.next() {
+                    if let Some(r) = &recorder {
+                        r.lock().expect("recorder").record(&item);
+                    }
                     pipeline.on_record(&item);
                 }
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                pipeline.tick(monotonic_now_ns());
+                                let now = monotonic_now_ns();
+                if let Some(r) = &recorder {
+                    r.lock().expect("recorder").tick(now);
+                }
+                pipeline.tick(now);
                 ticks += 1;
                 if ticks.is_multiple_of(50) {
-                    export(&pipeline, &probes, &metrics);
+                                        export(&pipeline, &probes, &metrics);
+                    losses.report(&mut pipeline, &probes);
                 }
             }
             _ = sigint.recv() => break,
@@ -114,14 +147,94 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     // Drain what the kernel already queued, then flush everything.
     let rb = ring.get_mut();
     while let Some(item) = rb.next() {
+        if let Some(r) = &recorder {
+            r.lock().expect("recorder").record(&item);
+        }
         pipeline.on_record(&item);
     }
+    losses.report(&mut pipeline, &probes);
+    let stop = serde_json::json!({ "messages": pipeline.stats().messages, "records": pipeline.stats().records });
+    pipeline.record("agent_stop", &stop);
     pipeline.finish();
+    if let Some(r) = &recorder {
+        let mut r = r.lock().expect("recorder");
+        r.tick(u64::MAX / 4);
+        r.flush().context("flushing --record")?;
+    }
     export(&pipeline, &probes, &metrics);
     let k = probes.counters();
     drop(probes); // detach before the summary: nothing more is captured
     log_summary(&pipeline, &k);
     Ok(())
+}
+
+/// The configuration, as the `agent_start` audit record states it.
+fn agent_config(o: &RunOptions, attached: usize) -> serde_json::Value {
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "programs_attached": attached,
+        "capture_cap": o.probes.capture_cap,
+        "ringbuf_bytes": o.probes.ringbuf_bytes,
+        "max_message_bytes": o.pipeline.max_message_bytes,
+        "pair_window_ms": o.pipeline.pair_window_ms,
+        "max_pending_per_session": o.pipeline.max_pending_per_session,
+        "capture_payloads": o.pipeline.capture_payloads,
+        "metrics_addr": o.metrics_addr.to_string(),
+        "output": o.output.as_ref().map(|p| p.display().to_string()),
+        "audit_dir": o.audit.as_ref().map(|a| a.dir.display().to_string()),
+        "audit_keyed": o.audit.as_ref().is_some_and(|a| a.hmac_key.is_some()),
+        "record": o.record.as_ref().map(|p| p.display().to_string()),
+    })
+}
+
+/// Puts every increase of a loss counter on the record: a gap in capture is
+/// itself audited.
+#[derive(Default)]
+struct LossTracker {
+    last: std::collections::BTreeMap<String, u64>,
+}
+
+impl LossTracker {
+    fn report<C: crate::stream::StreamControl>(&mut self, p: &mut Pipeline<C>, probes: &Probes) {
+        use mcpscope_common::counter as k;
+        let c = probes.counters();
+        let s = p.stats().clone();
+        let pair = p.pair_stats();
+        let now: [(&str, u64); 12] = [
+            (
+                "kernel.ringbuf_full_records",
+                c[k::RINGBUF_FULL_RECORDS as usize],
+            ),
+            (
+                "kernel.ringbuf_full_bytes",
+                c[k::RINGBUF_FULL_BYTES as usize],
+            ),
+            (
+                "kernel.truncated_syscalls",
+                c[k::TRUNCATED_SYSCALLS as usize],
+            ),
+            ("kernel.truncated_bytes", c[k::TRUNCATED_BYTES as usize]),
+            ("kernel.read_faults", c[k::READ_FAULTS as usize]),
+            ("kernel.args_map_full", c[k::ARGS_MAP_FULL as usize]),
+            ("userspace.decode_errors", s.decode_errors),
+            ("userspace.gap_bytes", s.gap_bytes),
+            ("userspace.truncated_unsalvageable", s.truncated_dropped),
+            ("userspace.invalid_json", s.parse_invalid_json),
+            ("pairing.pending_evicted", pair.evicted),
+            ("userspace.sink_errors", s.sink_errors),
+        ];
+        let mut delta = serde_json::Map::new();
+        for (name, v) in now {
+            let before = self.last.insert(name.to_owned(), v).unwrap_or(0);
+            if v > before {
+                delta.insert(name.to_owned(), (v - before).into());
+            }
+        }
+        if !delta.is_empty() {
+            p.record("loss", &serde_json::Value::Object(delta));
+        }
+    }
 }
 
 /// Copies kernel and pipeline counters into the metrics (once a second).

@@ -4,10 +4,12 @@
 //! The modules follow the data: [`capture`] → [`stream`] → [`protocol`] →
 //! [`identity`] → [`sink`], glued by [`pipeline`]; [`daemon`] runs it live.
 
+pub mod audit;
 pub mod capture;
 #[cfg(target_os = "linux")]
 pub mod daemon;
 pub mod identity;
+pub mod investigate;
 pub mod metrics;
 pub mod pipeline;
 pub mod protocol;
@@ -15,3 +17,4 @@ pub mod protocol;
 pub mod serve;
 pub mod sink;
 pub mod stream;
+pub mod world;

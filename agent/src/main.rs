@@ -4,8 +4,14 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use mcpscope::{
+    audit::{
+        query::{self, parse_time, Filter},
+        verify::Verdict,
+        AuditConfig,
+    },
     capture::loader::ProbeConfig,
     daemon::{self, RunOptions},
+    investigate::{self, Format},
     pipeline::PipelineConfig,
     sink::StdoutMode,
 };
@@ -22,6 +28,118 @@ struct Cli {
 enum Command {
     /// Attach the probes and report MCP messages until SIGINT/SIGTERM (root).
     Run(RunArgs),
+    /// Verify an audit trail: prints OK, or the first broken record and what broke.
+    Verify {
+        /// The audit directory.
+        dir: PathBuf,
+        /// HMAC key file of a keyed chain.
+        #[arg(long)]
+        hmac_key: Option<PathBuf>,
+    },
+    /// One row per session in an audit trail.
+    Sessions {
+        #[command(flatten)]
+        q: QueryArgs,
+        /// Only sessions with flags.
+        #[arg(long)]
+        flagged: bool,
+    },
+    /// The ordered exchange of a session (or of every session of a pid).
+    Timeline {
+        /// Session key (see `mcpscope sessions`).
+        session: Option<String>,
+        #[command(flatten)]
+        q: QueryArgs,
+        /// Show captured payloads (recorded with --capture-payloads).
+        #[arg(long)]
+        payloads: bool,
+    },
+    /// Completed tool calls.
+    Calls {
+        #[command(flatten)]
+        q: QueryArgs,
+        /// Tool name.
+        #[arg(long)]
+        tool: Option<String>,
+        /// `ok` or `error`.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Flags raised (loops, duplicates, anomalies).
+    Flags {
+        #[command(flatten)]
+        q: QueryArgs,
+        /// Flag name.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Severity.
+        #[arg(long)]
+        severity: Option<String>,
+    },
+    /// Feed a capture (`run --record`) through the pipeline offline.
+    Replay {
+        /// The capture file.
+        file: PathBuf,
+        /// Events on stdout.
+        #[arg(long, value_enum, default_value = "json")]
+        stdout: StdoutMode,
+        /// Also write JSONL events to this file.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
+}
+
+/// Where and what to query.
+#[derive(clap::Args)]
+struct QueryArgs {
+    /// The audit directory.
+    #[arg(
+        long,
+        default_value = "/var/lib/mcpscope/audit",
+        env = "MCPSCOPE_AUDIT_DIR"
+    )]
+    dir: PathBuf,
+    /// From this time: RFC 3339 or relative (`-1h`, `30m`).
+    #[arg(long)]
+    since: Option<String>,
+    /// Until this time.
+    #[arg(long)]
+    until: Option<String>,
+    /// clientInfo name.
+    #[arg(long)]
+    client: Option<String>,
+    /// serverInfo name.
+    #[arg(long)]
+    server: Option<String>,
+    /// Executable path (substring).
+    #[arg(long)]
+    exe: Option<String>,
+    /// Process id (`--identity` matches it too).
+    #[arg(long, alias = "identity")]
+    pid: Option<u32>,
+    /// Table or JSON.
+    #[arg(long, value_enum, default_value = "table")]
+    output: Format,
+}
+
+impl QueryArgs {
+    fn filter(&self) -> anyhow::Result<Filter> {
+        let t = |v: &Option<String>| {
+            v.as_deref()
+                .map(parse_time)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!(e))
+        };
+        Ok(Filter {
+            since: t(&self.since)?,
+            until: t(&self.until)?,
+            client: self.client.clone(),
+            server: self.server.clone(),
+            exe: self.exe.clone(),
+            pid: self.pid,
+            flagged: false,
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -56,6 +174,36 @@ struct RunArgs {
     /// Pending requests per session before the oldest is evicted (counted).
     #[arg(long, default_value_t = 4096, env = "MCPSCOPE_MAX_PENDING_PER_SESSION")]
     max_pending_per_session: usize,
+    /// Keep a tamper-evident audit trail in this directory (0700, files 0600).
+    #[arg(long, env = "MCPSCOPE_AUDIT_DIR")]
+    audit_dir: Option<PathBuf>,
+    /// Rotate audit segments at this size, bytes.
+    #[arg(long, default_value_t = 64 << 20, env = "MCPSCOPE_AUDIT_SEGMENT_BYTES")]
+    audit_segment_bytes: u64,
+    /// Rotate audit segments at this age (e.g. `1h`).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, env = "MCPSCOPE_AUDIT_SEGMENT_AGE")]
+    audit_segment_age: std::time::Duration,
+    /// Keep at most this many audit segments (0 = no limit).
+    #[arg(long, default_value_t = 0, env = "MCPSCOPE_AUDIT_KEEP_SEGMENTS")]
+    audit_keep_segments: usize,
+    /// Delete audit segments older than this (e.g. `30d`; `0s` = no limit).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, env = "MCPSCOPE_AUDIT_KEEP_AGE")]
+    audit_keep_age: std::time::Duration,
+    /// Keep at most this many bytes of audit segments (0 = no limit).
+    #[arg(long, default_value_t = 1 << 30, env = "MCPSCOPE_AUDIT_KEEP_BYTES")]
+    audit_keep_bytes: u64,
+    /// fsync the audit trail after this many records (0 = not by count).
+    #[arg(long, default_value_t = 1000, env = "MCPSCOPE_AUDIT_FSYNC_EVERY")]
+    audit_fsync_every: u64,
+    /// fsync the audit trail at least this often, ms (0 = not by time).
+    #[arg(long, default_value_t = 1000, env = "MCPSCOPE_AUDIT_FSYNC_MS")]
+    audit_fsync_ms: u64,
+    /// Key the chain with HMAC-SHA256 using this key file.
+    #[arg(long, env = "MCPSCOPE_AUDIT_HMAC_KEY")]
+    audit_hmac_key: Option<PathBuf>,
+    /// Write the raw kernel records (and what was learned from /proc) here, for `mcpscope replay`.
+    #[arg(long, env = "MCPSCOPE_RECORD")]
+    record: Option<PathBuf>,
     /// Distinct label sets per metric family before `_overflow` (counted).
     #[arg(long, default_value_t = 2000, env = "MCPSCOPE_MAX_LABEL_SETS")]
     max_label_sets: usize,
@@ -66,6 +214,48 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => run(a),
+        Command::Verify { dir, hmac_key } => return verify(&dir, hmac_key.as_deref()),
+        Command::Sessions { q, flagged } => q.filter().and_then(|mut f| {
+            f.flagged = flagged;
+            let rows = query::sessions(&q.dir, &f)?;
+            print!("{}", investigate::sessions(&rows, q.output));
+            Ok(())
+        }),
+        Command::Timeline {
+            session,
+            q,
+            payloads,
+        } => (|| {
+            anyhow::ensure!(
+                session.is_some() || q.pid.is_some(),
+                "name a SESSION or --pid"
+            );
+            let recs = query::timeline(&q.dir, session.as_deref(), q.pid)?;
+            print!("{}", investigate::timeline(&recs, payloads, q.output));
+            Ok(())
+        })(),
+        Command::Calls { q, tool, status } => q.filter().and_then(|common| {
+            let recs = query::calls(
+                &q.dir,
+                &query::CallFilter {
+                    common,
+                    tool,
+                    status,
+                },
+            )?;
+            print!("{}", investigate::calls(&recs, q.output));
+            Ok(())
+        }),
+        Command::Flags { q, kind, severity } => q.filter().and_then(|f| {
+            let recs = query::flags(&q.dir, kind.as_deref(), severity.as_deref(), &f)?;
+            print!("{}", investigate::flags(&recs, q.output));
+            Ok(())
+        }),
+        Command::Replay {
+            file,
+            stdout,
+            output,
+        } => replay(&file, stdout, output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -107,9 +297,106 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         stdout: a.stdout,
         metrics_addr: a.metrics_addr,
         max_label_sets: a.max_label_sets,
+        audit: match a.audit_dir {
+            Some(dir) => Some(AuditConfig {
+                max_segment_bytes: a.audit_segment_bytes,
+                max_segment_age: a.audit_segment_age,
+                keep_segments: a.audit_keep_segments,
+                keep_age: a.audit_keep_age,
+                keep_bytes: a.audit_keep_bytes,
+                fsync_every: a.audit_fsync_every,
+                fsync_interval: std::time::Duration::from_millis(a.audit_fsync_ms),
+                hmac_key: a.audit_hmac_key.as_deref().map(read_key).transpose()?,
+                ..AuditConfig::new(dir)
+            }),
+            None => None,
+        },
+        record: a.record,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(daemon::run(opts))
+}
+
+fn read_key(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let key = std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("reading the HMAC key {}: {e}", path.display()))?;
+    anyhow::ensure!(
+        key.len() >= 16,
+        "the HMAC key {} is shorter than 16 bytes",
+        path.display()
+    );
+    Ok(key)
+}
+
+/// Exit 0 OK, 1 broken, 2 torn by a crash (not yet resumed), 3 usage error.
+fn verify(dir: &std::path::Path, key: Option<&std::path::Path>) -> ExitCode {
+    let key = match key.map(read_key).transpose() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("mcpscope: error: {e:#}");
+            return ExitCode::from(3);
+        }
+    };
+    match mcpscope::audit::verify::verify(dir, key.as_deref()) {
+        Ok(v) => {
+            println!("{v}");
+            match v {
+                Verdict::Ok { .. } => ExitCode::SUCCESS,
+                Verdict::Broken { .. } => ExitCode::from(1),
+                Verdict::Torn { .. } => ExitCode::from(2),
+            }
+        }
+        Err(e) => {
+            eprintln!("mcpscope: error: reading {}: {e}", dir.display());
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn replay(
+    file: &std::path::Path,
+    stdout: StdoutMode,
+    output: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use mcpscope::{
+        capture::record::{self, Frame},
+        pipeline::Pipeline,
+        sink::{JsonlWriter, Sink},
+        stream::NoControl,
+        world::ReplayWorld,
+    };
+    let (offset, frames) =
+        record::read(file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+    let mut world = ReplayWorld::default();
+    let mut cfg = PipelineConfig::default();
+    for f in &frames {
+        if let Frame::Fact(k, v) = f {
+            if k == "config" {
+                cfg = serde_json::from_value(v.clone())?;
+            } else {
+                world.add(k.clone(), v.clone());
+            }
+        }
+    }
+    let mut sinks: Vec<Box<dyn Sink + Send>> = Vec::new();
+    if let Some(p) = &output {
+        sinks.push(Box::new(JsonlWriter::create(p)?));
+    }
+    match stdout {
+        StdoutMode::Json => sinks.push(Box::new(JsonlWriter::new(std::io::stdout(), false))),
+        StdoutMode::Pretty => sinks.push(Box::new(JsonlWriter::new(std::io::stdout(), true))),
+        StdoutMode::None => {}
+    }
+    let mut p = Pipeline::new(cfg, NoControl, sinks, offset).with_world(Box::new(world));
+    for f in &frames {
+        match f {
+            Frame::Record(bytes) => p.on_record(bytes),
+            Frame::Tick(now) => p.tick(*now),
+            Frame::Fact(..) => {}
+        }
+    }
+    p.finish();
+    Ok(())
 }

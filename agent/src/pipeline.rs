@@ -15,6 +15,7 @@ use std::{
 use std::sync::Arc;
 
 use crate::metrics::Metrics;
+use crate::world::{LiveWorld, World};
 use crate::{
     capture::{Comm, DataChunk, ProcEvent, ProcKind, RawEvent},
     identity::ProcessCache,
@@ -23,14 +24,14 @@ use crate::{
     stream::{
         assemble::{Assembler, Whole},
         channel::{Channels, Confirm, Emit, Offer},
-        fdinfo::{self, FdKind, OtherEnd},
+        fdinfo::{FdKind, OtherEnd},
         framer::{Frame, LineFramer},
-        peer, StreamControl, StreamKey,
+        StreamControl, StreamKey,
     },
 };
 
 /// Tunables of the pipeline.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PipelineConfig {
     /// Longest message kept whole; longer ones are cut and salvaged.
     pub max_message_bytes: usize,
@@ -118,7 +119,7 @@ struct Join {
 }
 
 impl Join {
-    fn of(kind: FdKind, tgid: u32, egress: bool) -> Self {
+    fn of(kind: FdKind, tgid: u32, egress: bool, world: &mut dyn World) -> Self {
         const UNIX: u64 = 1 << 62;
         const TCP: u64 = 2 << 62;
         let socket = |ino: u64, peer: Option<u64>, tag: u64| Join {
@@ -134,8 +135,8 @@ impl Join {
                 channel: Some(ino),
                 other_end: Some(OtherEnd::PipeReader(ino)),
             },
-            FdKind::Unix(ino) => socket(ino, peer::unix_peer(ino), UNIX),
-            FdKind::Tcp(ino) => socket(ino, peer::tcp_peer(tgid, ino), TCP),
+            FdKind::Unix(ino) => socket(ino, world.unix_peer(ino), UNIX),
+            FdKind::Tcp(ino) => socket(ino, world.tcp_peer(tgid, ino), TCP),
             _ => Join::default(),
         }
     }
@@ -162,6 +163,8 @@ struct Session {
     start_ns: u64,
     net: &'static str,
     client_pid: Option<u32>,
+    messages: u64,
+    errors: u64,
     protocol_version: Option<Box<str>>,
     client: Option<PeerInfo>,
     server: Option<PeerInfo>,
@@ -179,6 +182,7 @@ struct Core {
     clock_offset_ns: i128,
     stats: PipelineStats,
     metrics: Option<Arc<Metrics>>,
+    world: Box<dyn World>,
     /// When the receiving end read the message of event `seq`.
     received: Bounded<u64>,
     /// Responses whose reader copy is awaited for the requester-side duration.
@@ -281,6 +285,7 @@ impl<C: StreamControl> Pipeline<C> {
             clock_offset_ns,
             stats: PipelineStats::default(),
             metrics: None,
+            world: Box::new(LiveWorld::default()),
             received: Bounded::new(65536),
             awaiting_client: Bounded::new(65536),
             cfg,
@@ -291,6 +296,20 @@ impl<C: StreamControl> Pipeline<C> {
             streams: HashMap::new(),
             core,
         }
+    }
+
+    /// Sends a record of `kind` (e.g. `loss`, `agent_start`) to the sinks,
+    /// timestamped now.
+    pub fn record(&mut self, kind: &str, data: &serde_json::Value) {
+        let now = monotonic_now_ns();
+        self.core.record(kind, now, data);
+    }
+
+    /// Learns about the host through `world` (a recording live world, or a
+    /// replay's facts) instead of plain /proc.
+    pub fn with_world(mut self, world: Box<dyn World>) -> Self {
+        self.core.world = world;
+        self
     }
 
     /// Reports messages, durations and sessions to `metrics` from now on.
@@ -411,7 +430,13 @@ impl<C: StreamControl> Pipeline<C> {
                     );
                 }
             }
-            ProcKind::Exec => self.core.procs.invalidate(p.tgid),
+            ProcKind::Exec => {
+                if self.core.participant(p.tgid) {
+                    let data = serde_json::json!({ "pid": p.tgid, "comm": p.comm.as_str() });
+                    self.core.record("process_exec", p.ts_ns, &data);
+                }
+                self.core.procs.invalidate(p.tgid)
+            }
             ProcKind::Exit => {
                 let keys: Vec<StreamKey> = self
                     .streams
@@ -429,8 +454,19 @@ impl<C: StreamControl> Pipeline<C> {
                     .filter(|(_, s)| s.pids.contains(&p.tgid))
                     .map(|(k, _)| *k)
                     .collect();
+                if self.core.participant(p.tgid) {
+                    let data = serde_json::json!({ "pid": p.tgid, "comm": p.comm.as_str() });
+                    self.core.record("process_exit", p.ts_ns, &data);
+                }
                 for k in ended {
                     if let Some(s) = self.core.sessions.remove(&k) {
+                        let name = |p: &Option<PeerInfo>| p.as_ref().map(|p| p.name.clone());
+                        let data = serde_json::json!({
+                            "session": s.name, "pids": s.pids, "messages": s.messages, "errors": s.errors,
+                            "client": name(&s.client), "server": name(&s.server),
+                            "duration_s": p.ts_ns.saturating_sub(s.start_ns) as f64 / 1e9,
+                        });
+                        self.core.record("session_end", p.ts_ns, &data);
                         if let Some(m) = &self.core.metrics {
                             let name = |p: &Option<PeerInfo>| {
                                 p.as_ref().map_or(String::new(), |p| p.name.clone())
@@ -481,7 +517,11 @@ impl<C: StreamControl> Pipeline<C> {
             self.end_stream(k, Comm::default(), u64::MAX / 2);
         }
         self.core.expire(u64::MAX);
-        self.core.flush();
+        for s in &mut self.core.sinks {
+            if s.close().is_err() {
+                self.core.stats.sink_errors += 1;
+            }
+        }
     }
 }
 
@@ -499,7 +539,7 @@ fn on_whole<C: StreamControl>(
     };
     let stream = streams.entry(key).or_insert_with(|| {
         let kind = if core.cfg.resolve_fds {
-            fdinfo::from_kernel(w.tgid, w.fd, w.file_kind, w.ino)
+            core.world.fd_kind(w.tgid, w.fd, w.file_kind, w.ino)
         } else {
             FdKind::Pipe(u64::from(w.fd))
         };
@@ -513,7 +553,7 @@ fn on_whole<C: StreamControl>(
             join: if ignored {
                 Join::default()
             } else {
-                Join::of(kind, w.tgid, w.egress)
+                Join::of(kind, w.tgid, w.egress, core.world.as_mut())
             },
             framer: LineFramer::new(core.cfg.max_message_bytes),
             good: 0,
@@ -668,7 +708,8 @@ impl Core {
         let mut out: Option<Emit<Captured>> = None;
         let mut confirmed: Option<Confirm> = None;
         if egress {
-            let resolve = || other_end.and_then(|end| fdinfo::holders(end, tgid).first().copied());
+            let world = &mut self.world;
+            let resolve = || other_end.and_then(|end| world.holder(end, tgid));
             self.channels
                 .on_write(channel, tgid, copy, resolve, &mut |e| out = Some(e));
         } else {
@@ -712,8 +753,9 @@ impl Core {
     }
 
     fn endpoint(&mut self, pid: u32, fd: Option<u32>, comm: &str) -> Endpoint {
+        let world = &mut self.world;
         Endpoint {
-            process: self.procs.get(pid, comm),
+            process: self.procs.get(pid, comm, |p| world.process(p)),
             fd,
         }
     }
@@ -763,16 +805,27 @@ impl Core {
             h.finish()
         };
         let net = c.kind.net();
-        let session = self.sessions.entry(session_key).or_insert_with(|| Session {
-            name: format!(
+        if !self.sessions.contains_key(&session_key) {
+            let name = format!(
                 "{}:{session_key:016x}",
                 if net == "tcp" { "tcp" } else { "stdio" }
-            ),
-            pids: [from_pid, to_pid],
-            start_ns: sent,
-            net,
-            ..Session::default()
-        });
+            );
+            let start = serde_json::json!({ "session": name, "net": net, "from": from, "to": to });
+            self.record("session_start", sent, &start);
+            let s = Session {
+                name,
+                pids: [from_pid, to_pid],
+                start_ns: sent,
+                net,
+                ..Session::default()
+            };
+            self.sessions.insert(session_key, s);
+        }
+        let session = self.sessions.get_mut(&session_key).expect("inserted above");
+        session.messages += 1;
+        if m_is_error(&c.msg) {
+            session.errors += 1;
+        }
         let m = &c.msg;
         if let Some(ci) = &m.client_info {
             session.client = Some(ci.clone());
@@ -911,6 +964,21 @@ impl Core {
         }
     }
 
+    /// True when `pid` is an end of a live session.
+    fn participant(&self, pid: u32) -> bool {
+        self.sessions.values().any(|s| s.pids.contains(&pid))
+    }
+
+    /// Sends a non-message record to the sinks (the audit trail keeps it).
+    fn record(&mut self, kind: &str, ts_ns: u64, data: &serde_json::Value) {
+        let ts = self.format_ts(ts_ns);
+        for s in &mut self.sinks {
+            if s.record(kind, &ts, data).is_err() {
+                self.stats.sink_errors += 1;
+            }
+        }
+    }
+
     fn format_ts(&self, mono_ns: u64) -> String {
         let real = (mono_ns as i128 + self.clock_offset_ns).max(0) as u128;
         let t = std::time::UNIX_EPOCH
@@ -951,4 +1019,8 @@ pub fn monotonic_now_ns() -> u64 {
     // SAFETY: valid clock id and out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn m_is_error(m: &Message) -> bool {
+    m.is_error && m.kind != Some(Kind::Request)
 }

@@ -5,6 +5,7 @@ pub mod btf;
 mod decode;
 #[cfg(target_os = "linux")]
 pub mod loader;
+pub mod record;
 
 pub use decode::{decode, DecodeError};
 

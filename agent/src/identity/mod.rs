@@ -8,7 +8,7 @@ use std::{collections::HashMap, fs, sync::Arc};
 use serde::Serialize;
 
 /// A process as seen in /proc (or, after it exited, in the kernel event).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct ProcessInfo {
     /// Process id.
     pub pid: u32,
@@ -24,7 +24,7 @@ pub struct ProcessInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
     /// Start time in clock ticks since boot (with pid, unique across reuse).
-    #[serde(skip)]
+    #[serde(skip, default)]
     pub start_ticks: u64,
 }
 
@@ -90,12 +90,18 @@ impl ProcessCache {
         self.map.is_empty()
     }
 
-    /// The process, from cache or /proc; falls back to the kernel's comm.
-    pub fn get(&mut self, pid: u32, kernel_comm: &str) -> Arc<ProcessInfo> {
+    /// The process, from cache or `load` (/proc, or a replay's facts);
+    /// falls back to the kernel's comm.
+    pub fn get(
+        &mut self,
+        pid: u32,
+        kernel_comm: &str,
+        load: impl FnOnce(u32) -> Option<ProcessInfo>,
+    ) -> Arc<ProcessInfo> {
         if let Some(p) = self.map.get(&pid) {
             return p.clone();
         }
-        let info = match ProcessInfo::read(pid) {
+        let info = match load(pid) {
             Some(i) => i,
             None => {
                 self.gone += 1;

@@ -11,10 +11,20 @@ use super::McpEvent;
 
 /// A consumer of events.
 pub trait Sink {
-    /// Takes one event.
+    /// Takes one message event.
     fn emit(&mut self, ev: &McpEvent) -> io::Result<()>;
-    /// Pushes buffered output down.
+    /// Takes a non-message record (`session_start`, `session_end`,
+    /// `process_exit`, `loss`, `agent_start`, …). Only the audit trail keeps
+    /// them; the JSONL outputs carry messages (and flags) only.
+    fn record(&mut self, _kind: &str, _ts: &str, _data: &serde_json::Value) -> io::Result<()> {
+        Ok(())
+    }
+    /// Pushes buffered output down (called every tick).
     fn flush(&mut self) -> io::Result<()>;
+    /// Final flush at shutdown.
+    fn close(&mut self) -> io::Result<()> {
+        self.flush()
+    }
 }
 
 /// Format of events on stdout.

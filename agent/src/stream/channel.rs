@@ -373,11 +373,35 @@ mod tests {
     fn messages_behind_a_held_writer_copy_keep_their_order() {
         let mut c = Channels::new(1000, 8);
         let mut out = vec![];
-        c.on_write(7, 1, copy(1, true, "big-cut"), || Some(2), &mut collect(&mut out));
-        c.on_write(7, 1, copy(2, false, "next"), || Some(2), &mut collect(&mut out));
+        c.on_write(
+            7,
+            1,
+            copy(1, true, "big-cut"),
+            || Some(2),
+            &mut collect(&mut out),
+        );
+        c.on_write(
+            7,
+            1,
+            copy(2, false, "next"),
+            || Some(2),
+            &mut collect(&mut out),
+        );
         assert!(out.is_empty(), "the second waits behind the first");
-        c.on_read(7, 2, copy(1, true, "big-cut-read"), &mut collect(&mut out), &mut |_| {});
-        c.on_read(7, 2, copy(2, false, "next-read"), &mut collect(&mut out), &mut |_| {});
+        c.on_read(
+            7,
+            2,
+            copy(1, true, "big-cut-read"),
+            &mut collect(&mut out),
+            &mut |_| {},
+        );
+        c.on_read(
+            7,
+            2,
+            copy(2, false, "next-read"),
+            &mut collect(&mut out),
+            &mut |_| {},
+        );
         assert_eq!(out, vec![("big-cut", Some(2)), ("next", Some(2))]);
     }
 
@@ -385,10 +409,22 @@ mod tests {
     fn late_reader_copy_of_an_expired_writer_copy_is_still_dropped() {
         let mut c = Channels::new(1000, 8);
         let mut out = vec![];
-        c.on_write(7, 1, copy(1, true, "cut"), || Some(2), &mut collect(&mut out));
+        c.on_write(
+            7,
+            1,
+            copy(1, true, "cut"),
+            || Some(2),
+            &mut collect(&mut out),
+        );
         c.expire(u64::MAX, &mut collect(&mut out));
         assert_eq!(out, vec![("cut", Some(2))]);
-        c.on_read(7, 2, copy(1, true, "cut-read"), &mut collect(&mut out), &mut |_| {});
+        c.on_read(
+            7,
+            2,
+            copy(1, true, "cut-read"),
+            &mut collect(&mut out),
+            &mut |_| {},
+        );
         c.expire(u64::MAX, &mut collect(&mut out));
         assert_eq!(out.len(), 1, "the slow reader's copy is a duplicate");
     }

@@ -12,7 +12,7 @@
 use std::{collections::HashSet, fs};
 
 /// Kind of an fd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum FdKind {
     /// An anonymous or named pipe; the inode is shared by both ends.
     Pipe(u64),
@@ -115,7 +115,7 @@ fn access_mode(pid: u32, fd: &str) -> Option<u32> {
 }
 
 /// Where the other end of a stream is held.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum OtherEnd {
     /// The read end of this pipe.
     PipeReader(u64),

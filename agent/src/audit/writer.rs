@@ -1,0 +1,418 @@
+//! Appending to the audit trail: segments, rotation, retention, fsync
+//! policy, resume after a crash.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, BufRead, BufReader, BufWriter, Write},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use serde::Serialize;
+
+use super::{
+    chain::{self, Hasher, GENESIS},
+    index::SegmentIndex,
+    index_name, segment_name, segments,
+};
+use crate::sink::{McpEvent, Sink};
+
+/// Audit trail settings.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Directory (created 0700).
+    pub dir: PathBuf,
+    /// Rotate when a segment reaches this many bytes.
+    pub max_segment_bytes: u64,
+    /// Rotate when a segment is this old.
+    pub max_segment_age: Duration,
+    /// Keep at most this many segments (0 = no limit).
+    pub keep_segments: usize,
+    /// Delete segments older than this (zero = no limit).
+    pub keep_age: Duration,
+    /// Keep at most this many bytes of segments (0 = no limit).
+    pub keep_bytes: u64,
+    /// fsync after this many records (0 = never by count).
+    pub fsync_every: u64,
+    /// fsync at least this often when records are pending (zero = never by time).
+    pub fsync_interval: Duration,
+    /// HMAC key: a keyed chain.
+    pub hmac_key: Option<Vec<u8>>,
+}
+
+impl AuditConfig {
+    /// Defaults for `dir`: 64 MiB / 1 h segments, keep 1 GiB, fsync every
+    /// 1000 records or 1 s.
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            max_segment_bytes: 64 << 20,
+            max_segment_age: Duration::from_secs(3600),
+            keep_segments: 0,
+            keep_age: Duration::ZERO,
+            keep_bytes: 1 << 30,
+            fsync_every: 1000,
+            fsync_interval: Duration::from_secs(1),
+            hmac_key: None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Record<'a, T: Serialize> {
+    seq: u64,
+    ts: &'a str,
+    kind: &'a str,
+    prev: &'a str,
+    data: &'a T,
+}
+
+/// An open audit trail.
+pub struct AuditLog {
+    cfg: AuditConfig,
+    hasher: Hasher,
+    segment: u64,
+    out: BufWriter<File>,
+    segment_bytes: u64,
+    segment_opened: Instant,
+    seq: u64,
+    last_hash: String,
+    unsynced: u64,
+    last_sync: Instant,
+    index: SegmentIndex,
+    line: Vec<u8>,
+}
+
+/// What was found at the end of the previous run's last segment.
+#[derive(Serialize)]
+struct Resume {
+    segment: u64,
+    last_seq: u64,
+    /// Byte offset where a torn (incomplete) last line starts, if any.
+    torn_at: Option<u64>,
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_micros(SystemTime::now()).to_string()
+}
+
+fn create_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// (seq, hash) of a record.
+type Link = (u64, String);
+
+/// Last good (seq, hash) of a segment and where a torn last line starts.
+fn scan_tail(path: &Path) -> io::Result<(Option<Link>, Option<u64>)> {
+    let mut r = BufReader::new(File::open(path)?);
+    let mut line = Vec::new();
+    let mut offset = 0u64;
+    let mut last = None;
+    loop {
+        line.clear();
+        let n = r.read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Ok((last, None));
+        }
+        let complete = line.last() == Some(&b'\n');
+        let parsed = complete
+            .then(|| chain::unseal(&line[..line.len() - 1]))
+            .flatten()
+            .and_then(|(body, hash)| {
+                let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+                Some((v["seq"].as_u64()?, hash.to_owned()))
+            });
+        match parsed {
+            Some(p) => last = Some(p),
+            None => return Ok((last, Some(offset))),
+        }
+        offset += n as u64;
+    }
+}
+
+impl AuditLog {
+    /// Opens (creating or resuming) the trail and writes the new segment's
+    /// header. A previous run is continued in a new segment linked to its
+    /// last good record; a torn last line is left in place and acknowledged.
+    pub fn open(cfg: AuditConfig) -> io::Result<Self> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&cfg.dir)?;
+        let hasher = match &cfg.hmac_key {
+            Some(k) => Hasher::Hmac(k.clone()),
+            None => Hasher::Sha256,
+        };
+        let existing = segments(&cfg.dir)?;
+        let (segment, seq, last_hash, resume) = match existing.last() {
+            None => (1, 0, GENESIS.to_owned(), None),
+            Some(&last) => {
+                let (good, torn_at) = scan_tail(&cfg.dir.join(segment_name(last)))?;
+                let (seq, hash) = good.unwrap_or((0, GENESIS.to_owned()));
+                (
+                    last + 1,
+                    seq,
+                    hash,
+                    Some(Resume {
+                        segment: last,
+                        last_seq: seq,
+                        torn_at,
+                    }),
+                )
+            }
+        };
+        let out = BufWriter::with_capacity(
+            256 << 10,
+            create_file(&cfg.dir.join(segment_name(segment)))?,
+        );
+        let mut log = Self {
+            hasher,
+            segment,
+            out,
+            segment_bytes: 0,
+            segment_opened: Instant::now(),
+            seq,
+            last_hash,
+            unsynced: 0,
+            last_sync: Instant::now(),
+            index: SegmentIndex {
+                segment,
+                ..SegmentIndex::default()
+            },
+            line: Vec::with_capacity(4096),
+            cfg,
+        };
+        if let Some(r) = &resume {
+            // Index the previous run's last segment if it never got one.
+            if !log.cfg.dir.join(index_name(r.segment)).exists() {
+                let _ = super::query::build_index(&log.cfg.dir, r.segment)
+                    .and_then(|ix| write_index(&log.cfg.dir, &ix));
+            }
+        }
+        log.header(resume)?;
+        Ok(log)
+    }
+
+    fn header(&mut self, resumed: Option<Resume>) -> io::Result<()> {
+        #[derive(Serialize)]
+        struct Header {
+            version: u32,
+            segment: u64,
+            keyed: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            resumed: Option<Resume>,
+        }
+        let h = Header {
+            version: 1,
+            segment: self.segment,
+            keyed: self.hasher.keyed(),
+            resumed,
+        };
+        self.append("segment", &now_rfc3339(), &h)
+    }
+
+    /// Appends one record of `kind` with `data`.
+    pub fn append<T: Serialize>(&mut self, kind: &str, ts: &str, data: &T) -> io::Result<()> {
+        self.seq += 1;
+        self.line.clear();
+        let rec = Record {
+            seq: self.seq,
+            ts,
+            kind,
+            prev: &self.last_hash,
+            data,
+        };
+        serde_json::to_writer(&mut self.line, &rec)?;
+        self.last_hash = chain::seal(&mut self.line, &self.hasher);
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)?;
+        self.segment_bytes += self.line.len() as u64;
+        self.index.note(self.seq, ts, kind);
+        self.unsynced += 1;
+        if self.cfg.fsync_every > 0 && self.unsynced >= self.cfg.fsync_every {
+            self.sync()?;
+        }
+        if self.segment_bytes >= self.cfg.max_segment_bytes {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    /// Appends a message event (and indexes its session and tool).
+    pub fn append_message(&mut self, ev: &McpEvent) -> io::Result<()> {
+        let v = serde_json::to_value(ev)?;
+        self.append_json("message", &ev.ts, &v)
+    }
+
+    /// Appends a JSON record, indexing messages and flags.
+    pub fn append_json(
+        &mut self,
+        kind: &str,
+        ts: &str,
+        data: &serde_json::Value,
+    ) -> io::Result<()> {
+        match kind {
+            "message" => self.index.note_message(data),
+            "flag" => self.index.note_flag(data),
+            _ => {}
+        }
+        self.append(kind, ts, data)
+    }
+
+    /// Writes buffered records and fsyncs the segment.
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        self.out.get_ref().sync_data()?;
+        self.unsynced = 0;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Time-based duties: fsync interval and segment age.
+    pub fn tick(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        if self.unsynced > 0
+            && !self.cfg.fsync_interval.is_zero()
+            && self.last_sync.elapsed() >= self.cfg.fsync_interval
+        {
+            self.sync()?;
+        }
+        if !self.cfg.max_segment_age.is_zero()
+            && self.segment_opened.elapsed() >= self.cfg.max_segment_age
+            && self.index.records > 1
+        {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    fn close_segment(&mut self) -> io::Result<()> {
+        self.sync()?;
+        self.index.last_hash = self.last_hash.clone();
+        write_index(&self.cfg.dir, &self.index)
+    }
+
+    /// Closes the current segment (with its index) and starts the next.
+    pub fn rotate(&mut self) -> io::Result<()> {
+        self.close_segment()?;
+        self.segment += 1;
+        self.out = BufWriter::with_capacity(
+            256 << 10,
+            create_file(&self.cfg.dir.join(segment_name(self.segment)))?,
+        );
+        self.segment_bytes = 0;
+        self.segment_opened = Instant::now();
+        self.index = SegmentIndex {
+            segment: self.segment,
+            ..SegmentIndex::default()
+        };
+        self.header(None)?;
+        self.retain()
+    }
+
+    /// Deletes the oldest closed segments beyond the retention limits and
+    /// records, in the chain, what was removed and the hash it ended with.
+    fn retain(&mut self) -> io::Result<()> {
+        let all = segments(&self.cfg.dir)?;
+        let closed: Vec<u64> = all.iter().copied().filter(|s| *s < self.segment).collect();
+        let size = |s: u64| {
+            fs::metadata(self.cfg.dir.join(segment_name(s)))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        };
+        let mut total: u64 = all.iter().map(|s| size(*s)).sum();
+        let mut count = all.len();
+        let mut removed = Vec::new();
+        let mut last_removed_hash = None;
+        for s in closed {
+            let too_many = self.cfg.keep_segments > 0 && count > self.cfg.keep_segments;
+            let too_big = self.cfg.keep_bytes > 0 && total > self.cfg.keep_bytes;
+            let too_old = !self.cfg.keep_age.is_zero()
+                && fs::metadata(self.cfg.dir.join(segment_name(s)))
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().unwrap_or_default() > self.cfg.keep_age);
+            if !(too_many || too_big || too_old) {
+                break;
+            }
+            let ix = super::query::read_index(&self.cfg.dir, s)
+                .or_else(|_| super::query::build_index(&self.cfg.dir, s))?;
+            total -= size(s);
+            count -= 1;
+            fs::remove_file(self.cfg.dir.join(segment_name(s)))?;
+            let _ = fs::remove_file(self.cfg.dir.join(index_name(s)));
+            last_removed_hash = Some(ix.last_hash);
+            removed.push(s);
+        }
+        if let Some(hash) = last_removed_hash {
+            #[derive(Serialize)]
+            struct Retention {
+                removed_segments: Vec<u64>,
+                last_removed_hash: String,
+            }
+            let r = Retention {
+                removed_segments: removed,
+                last_removed_hash: hash,
+            };
+            self.append("retention", &now_rfc3339(), &r)?;
+        }
+        Ok(())
+    }
+
+    /// Flushes, fsyncs and indexes the current segment.
+    pub fn close(&mut self) -> io::Result<()> {
+        self.close_segment()
+    }
+
+    /// Current segment number.
+    pub fn segment(&self) -> u64 {
+        self.segment
+    }
+}
+
+fn write_index(dir: &Path, ix: &SegmentIndex) -> io::Result<()> {
+    let tmp = dir.join(format!("{}.tmp", index_name(ix.segment)));
+    let _ = fs::remove_file(&tmp);
+    let mut f = create_file(&tmp)?;
+    serde_json::to_writer(&mut f, ix)?;
+    f.sync_data()?;
+    fs::rename(tmp, dir.join(index_name(ix.segment)))
+}
+
+/// A [`Sink`] writing message events to the audit trail; the pipeline also
+/// sends it flags, sessions, process and loss records.
+pub struct AuditSink {
+    log: AuditLog,
+    /// Write errors.
+    pub errors: u64,
+}
+
+impl AuditSink {
+    /// Wraps an open log.
+    pub fn new(log: AuditLog) -> Self {
+        Self { log, errors: 0 }
+    }
+}
+
+impl Sink for AuditSink {
+    fn emit(&mut self, ev: &McpEvent) -> io::Result<()> {
+        self.log.append_message(ev)
+    }
+
+    fn record(&mut self, kind: &str, ts: &str, data: &serde_json::Value) -> io::Result<()> {
+        self.log.append_json(kind, ts, data)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.log.tick()
+    }
+
+    fn close(&mut self) -> io::Result<()> {
+        self.log.close()
+    }
+}

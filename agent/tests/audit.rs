@@ -1,0 +1,314 @@
+//! The audit trail through its public API: tamper evidence, crash and
+//! resume, keyed chains, rotation and retention, and queries at scale.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
+
+use mcpscope::audit::{
+    query::{self, CallFilter, Filter},
+    segment_name, segments,
+    verify::{verify, Verdict},
+    AuditConfig, AuditLog,
+};
+use serde_json::json;
+
+fn dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("audit-{name}"));
+    let _ = fs::remove_dir_all(&d);
+    d
+}
+
+fn message(i: u64, session: &str, tool: &str, kind: &str) -> serde_json::Value {
+    json!({
+        "ts": format!("2026-11-26T06:{:02}:{:02}.{:06}Z", (i / 60_000_000) % 60, (i / 1_000_000) % 60, i % 1_000_000),
+        "seq": i, "kind": kind, "method": "tools/call", "id": i, "tool": tool, "is_error": i.is_multiple_of(10) && kind == "response",
+        "transport": "stdio", "net": "pipe", "tls": false,
+        "from": {"pid": 100, "comm": "agent", "exe": "/usr/bin/agent"}, "to": {"pid": 200, "comm": "server", "exe": "/usr/bin/server"},
+        "session": session, "client": {"name": "client-a"}, "server": {"name": "server-b"}, "bytes": 120, "truncated": false,
+        "latency_ms": 1.5
+    })
+}
+
+/// Writes `n` message records (plus headers) with small segments.
+fn write_trail(d: &Path, n: u64, segment_bytes: u64, key: Option<&[u8]>) {
+    let mut cfg = AuditConfig::new(d.to_path_buf());
+    cfg.max_segment_bytes = segment_bytes;
+    cfg.hmac_key = key.map(|k| k.to_vec());
+    let mut log = AuditLog::open(cfg).unwrap();
+    for i in 0..n {
+        let m = message(
+            i,
+            &format!("stdio:{:04}", i % 7),
+            if i % 3 == 0 { "echo" } else { "add" },
+            if i % 2 == 0 { "request" } else { "response" },
+        );
+        log.append_json("message", m["ts"].as_str().unwrap(), &m)
+            .unwrap();
+    }
+    log.close().unwrap();
+}
+
+fn lines(p: &Path) -> Vec<String> {
+    fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn write_lines(p: &Path, l: &[String]) {
+    fs::write(p, l.join("\n") + "\n").unwrap();
+}
+
+fn broken(d: &Path) -> (String, String) {
+    match verify(d, None).unwrap() {
+        Verdict::Broken { at, what } => (at, what),
+        v => panic!("expected a break, got {v}"),
+    }
+}
+
+#[test]
+fn a_clean_trail_verifies_and_files_are_private() {
+    let d = dir("clean");
+    write_trail(&d, 500, 8 << 10, None);
+    let v = verify(&d, None).unwrap();
+    assert!(
+        matches!(v, Verdict::Ok { records, .. } if records > 500),
+        "{v}"
+    );
+    assert!(segments(&d).unwrap().len() > 3, "rotated by size");
+    assert_eq!(
+        fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    for s in segments(&d).unwrap() {
+        assert_eq!(
+            fs::metadata(d.join(segment_name(s)))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+    }
+}
+
+#[test]
+fn an_edited_record_is_named() {
+    let d = dir("edited");
+    write_trail(&d, 100, 1 << 20, None);
+    let p = d.join(segment_name(1));
+    let mut l = lines(&p);
+    assert!(l[10].contains("\"bytes\":120"));
+    l[10] = l[10].replace("\"bytes\":120", "\"bytes\":121");
+    write_lines(&p, &l);
+    let (at, what) = broken(&d);
+    assert_eq!(at, "audit-000001.jsonl line 11");
+    assert!(what.starts_with("edited"), "{what}");
+}
+
+#[test]
+fn a_deleted_record_is_named() {
+    let d = dir("deleted");
+    write_trail(&d, 100, 1 << 20, None);
+    let p = d.join(segment_name(1));
+    let mut l = lines(&p);
+    l.remove(20);
+    write_lines(&p, &l);
+    let (at, what) = broken(&d);
+    assert_eq!(at, "audit-000001.jsonl line 21 (seq 22)");
+    assert!(what.contains("seq 21..21 deleted"), "{what}");
+}
+
+#[test]
+fn reordered_records_are_named() {
+    let d = dir("reordered");
+    write_trail(&d, 100, 1 << 20, None);
+    let p = d.join(segment_name(1));
+    let mut l = lines(&p);
+    l.swap(30, 31);
+    write_lines(&p, &l);
+    let (at, what) = broken(&d);
+    assert!(at.starts_with("audit-000001.jsonl line 31"), "{at}");
+    assert!(
+        what.contains("deleted") || what.contains("reordered"),
+        "{what}"
+    );
+}
+
+#[test]
+fn a_truncated_segment_is_named() {
+    let d = dir("truncated");
+    write_trail(&d, 300, 8 << 10, None);
+    let p = d.join(segment_name(2));
+    let mut l = lines(&p);
+    l.truncate(l.len() - 3);
+    write_lines(&p, &l);
+    let (at, what) = broken(&d);
+    assert!(at.starts_with("audit-000003.jsonl line 1"), "{at}");
+    assert!(what.contains("segment 2 is truncated"), "{what}");
+}
+
+#[test]
+fn a_missing_segment_is_named() {
+    let d = dir("missing");
+    write_trail(&d, 300, 8 << 10, None);
+    fs::remove_file(d.join(segment_name(3))).unwrap();
+    let (at, what) = broken(&d);
+    assert_eq!(at, "audit-000003.jsonl");
+    assert!(what.contains("missing segment(s) 3..3"), "{what}");
+    // Removing the first segment is caught too (no retention record vouches).
+    let d = dir("missing-first");
+    write_trail(&d, 300, 8 << 10, None);
+    fs::remove_file(d.join(segment_name(1))).unwrap();
+    let (_, what) = broken(&d);
+    assert!(
+        what.contains("missing segment(s) 1..1 (not removed by retention)"),
+        "{what}"
+    );
+}
+
+#[test]
+fn a_torn_last_line_is_reported_then_acknowledged_on_resume() {
+    let d = dir("torn");
+    write_trail(&d, 50, 1 << 20, None);
+    let p = d.join(segment_name(1));
+    let mut bytes = fs::read(&p).unwrap();
+    bytes.extend_from_slice(br#"{"seq":52,"ts":"2026-11-26T07:00:00Z","kind":"mess"#); // killed mid-write
+    fs::write(&p, bytes).unwrap();
+    let v = verify(&d, None).unwrap();
+    assert!(
+        matches!(&v, Verdict::Torn { at, .. } if at.starts_with("audit-000001.jsonl line 52")),
+        "{v}"
+    );
+    // The agent restarts: a new segment, linked to the last good record.
+    let mut log = AuditLog::open(AuditConfig::new(d.clone())).unwrap();
+    let m = message(999, "stdio:x", "echo", "request");
+    log.append_json("message", "2026-11-26T07:00:01Z", &m)
+        .unwrap();
+    log.close().unwrap();
+    match verify(&d, None).unwrap() {
+        Verdict::Ok { notes, .. } => {
+            assert!(notes.iter().any(|n| n.contains("torn line")), "{notes:?}")
+        }
+        v => panic!("{v}"),
+    }
+}
+
+#[test]
+fn a_keyed_chain_needs_its_key() {
+    let d = dir("keyed");
+    let key = b"0123456789abcdef0123456789abcdef";
+    write_trail(&d, 50, 1 << 20, Some(key));
+    let (_, what) = broken(&d);
+    assert!(what.contains("pass --hmac-key"), "{what}");
+    assert!(matches!(
+        verify(&d, Some(b"wrong-key-wrong-key")).unwrap(),
+        Verdict::Broken { .. }
+    ));
+    assert!(matches!(verify(&d, Some(key)).unwrap(), Verdict::Ok { .. }));
+}
+
+#[test]
+fn retention_by_count_is_vouched_for_in_the_chain() {
+    let d = dir("retention");
+    let mut cfg = AuditConfig::new(d.clone());
+    cfg.max_segment_bytes = 4 << 10;
+    cfg.keep_segments = 3;
+    let mut log = AuditLog::open(cfg).unwrap();
+    for i in 0..400 {
+        let m = message(i, "stdio:r", "echo", "request");
+        log.append_json("message", m["ts"].as_str().unwrap(), &m)
+            .unwrap();
+    }
+    log.close().unwrap();
+    let segs = segments(&d).unwrap();
+    assert_eq!(segs.len(), 3, "{segs:?}");
+    assert!(segs[0] > 1);
+    match verify(&d, None).unwrap() {
+        Verdict::Ok { notes, .. } => assert!(
+            notes.iter().any(|n| n.contains("removed by retention")),
+            "{notes:?}"
+        ),
+        v => panic!("{v}"),
+    }
+}
+
+#[test]
+fn retention_by_bytes_keeps_the_total_bounded() {
+    let d = dir("retention-bytes");
+    let mut cfg = AuditConfig::new(d.clone());
+    cfg.max_segment_bytes = 4 << 10;
+    cfg.keep_bytes = 20 << 10;
+    let mut log = AuditLog::open(cfg).unwrap();
+    for i in 0..1000 {
+        let m = message(i, "stdio:b", "echo", "request");
+        log.append_json("message", m["ts"].as_str().unwrap(), &m)
+            .unwrap();
+    }
+    log.close().unwrap();
+    let total: u64 = segments(&d)
+        .unwrap()
+        .iter()
+        .map(|s| fs::metadata(d.join(segment_name(*s))).unwrap().len())
+        .sum();
+    // At most the limit plus the segment being written.
+    assert!(total <= (20 << 10) + (8 << 10), "total {total}");
+    assert!(matches!(verify(&d, None).unwrap(), Verdict::Ok { .. }));
+}
+
+#[test]
+fn queries_over_a_million_records_are_correct() {
+    let d = dir("million");
+    let n = 1_000_000u64;
+    write_trail(&d, n, 32 << 20, None);
+    let rows = query::sessions(&d, &Filter::default()).unwrap();
+    assert_eq!(rows.len(), 7);
+    assert_eq!(rows.iter().map(|r| r.summary.messages).sum::<u64>(), n);
+    let s0 = rows.iter().find(|r| r.session == "stdio:0000").unwrap();
+    assert_eq!(
+        s0.summary.messages,
+        (0..n).filter(|i| i % 7 == 0).count() as u64
+    );
+    assert_eq!(s0.summary.client.as_deref(), Some("client-a"));
+    // Completed echo calls: responses (odd i) with i % 3 == 0.
+    let echo = query::calls(
+        &d,
+        &CallFilter {
+            tool: Some("echo".into()),
+            ..CallFilter::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        echo.len() as u64,
+        (0..n).filter(|i| i % 2 == 1 && i % 3 == 0).count() as u64
+    );
+    let errors = query::calls(
+        &d,
+        &CallFilter {
+            tool: Some("echo".into()),
+            status: Some("error".into()),
+            ..CallFilter::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        errors.is_empty(),
+        "errors are on even (request-numbered) i only"
+    );
+    let tl = query::timeline(&d, Some("stdio:0003"), None).unwrap();
+    assert_eq!(
+        tl.len() as u64,
+        (0..n).filter(|i| i % 7 == 3).count() as u64
+    );
+    assert!(
+        tl.windows(2)
+            .all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64()),
+        "ordered"
+    );
+    assert!(matches!(verify(&d, None).unwrap(), Verdict::Ok { records, .. } if records > n));
+}
