@@ -243,6 +243,12 @@ impl Agent {
         }
     }
 
+    /// SIGKILL: no flush, no clean shutdown (a crash).
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The agent's pid.
     pub fn pid(&self) -> u64 {
         u64::from(self.child.id())
@@ -365,6 +371,19 @@ pub struct Truth {
     pub lines: Vec<(String, Value)>,
     /// The first record's extra fields (e.g. `tools`).
     pub info: Value,
+}
+
+/// Runs `mcpscope` with `args`; returns (exit code, stdout, stderr).
+pub fn mcpscope(env: &Env, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(&env.bin)
+        .args(args)
+        .output()
+        .expect("running mcpscope");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Runs the official Python SDK client against `server` and returns truth.

@@ -100,10 +100,10 @@ struct QueryArgs {
     )]
     dir: PathBuf,
     /// From this time: RFC 3339 or relative (`-1h`, `30m`).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     since: Option<String>,
     /// Until this time.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     until: Option<String>,
     /// clientInfo name.
     #[arg(long)]
@@ -117,6 +117,12 @@ struct QueryArgs {
     /// Process id (`--identity` matches it too).
     #[arg(long, alias = "identity")]
     pid: Option<u32>,
+    /// Kubernetes namespace of either end.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Kubernetes pod of either end.
+    #[arg(long)]
+    pod: Option<String>,
     /// Table or JSON.
     #[arg(long, value_enum, default_value = "table")]
     output: Format,
@@ -137,6 +143,8 @@ impl QueryArgs {
             server: self.server.clone(),
             exe: self.exe.clone(),
             pid: self.pid,
+            namespace: self.namespace.clone(),
+            pod: self.pod.clone(),
             flagged: false,
         })
     }
@@ -227,10 +235,10 @@ fn main() -> ExitCode {
             payloads,
         } => (|| {
             anyhow::ensure!(
-                session.is_some() || q.pid.is_some(),
-                "name a SESSION or --pid"
+                session.is_some() || q.pid.is_some() || q.pod.is_some(),
+                "name a SESSION, --pid or --pod"
             );
-            let recs = query::timeline(&q.dir, session.as_deref(), q.pid)?;
+            let recs = query::timeline_of(&q.dir, session.as_deref(), q.pid, q.pod.as_deref())?;
             print!("{}", investigate::timeline(&recs, payloads, q.output));
             Ok(())
         })(),

@@ -312,3 +312,36 @@ fn queries_over_a_million_records_are_correct() {
     );
     assert!(matches!(verify(&d, None).unwrap(), Verdict::Ok { records, .. } if records > n));
 }
+
+#[test]
+fn sessions_and_timeline_filter_by_kubernetes_namespace_and_pod() {
+    let d = dir("k8s");
+    let mut log = AuditLog::open(AuditConfig::new(d.clone())).unwrap();
+    for (i, (ns, pod)) in [("team-a", "agent-7d9f"), ("team-b", "agent-55c1")]
+        .iter()
+        .enumerate()
+    {
+        let mut m = message(i as u64, &format!("stdio:k{i}"), "echo", "request");
+        m["from"]["k8s"] = json!({"namespace": ns, "pod": pod});
+        log.append_json("message", m["ts"].as_str().unwrap(), &m)
+            .unwrap();
+    }
+    log.close().unwrap();
+    let f = Filter {
+        namespace: Some("team-b".into()),
+        ..Filter::default()
+    };
+    let rows = query::sessions(&d, &f).unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.session.as_str()).collect::<Vec<_>>(),
+        ["stdio:k1"]
+    );
+    let f = Filter {
+        pod: Some("agent-7d9f".into()),
+        ..Filter::default()
+    };
+    assert_eq!(query::sessions(&d, &f).unwrap()[0].session, "stdio:k0");
+    let tl = query::timeline_of(&d, None, None, Some("agent-55c1")).unwrap();
+    assert_eq!(tl.len(), 1);
+    assert_eq!(tl[0]["data"]["session"], "stdio:k1");
+}

@@ -32,6 +32,12 @@ pub struct SessionSummary {
     pub pids: BTreeSet<u32>,
     /// Executables involved.
     pub exes: BTreeSet<String>,
+    /// Kubernetes namespaces of the ends (`from.k8s.namespace`, `to.k8s.namespace`).
+    #[serde(default)]
+    pub namespaces: BTreeSet<String>,
+    /// Kubernetes pods of the ends (`from.k8s.pod`, `to.k8s.pod`).
+    #[serde(default)]
+    pub pods: BTreeSet<String>,
 }
 
 impl SessionSummary {
@@ -55,6 +61,8 @@ impl SessionSummary {
         }
         self.pids.extend(&o.pids);
         self.exes.extend(o.exes.iter().cloned());
+        self.namespaces.extend(o.namespaces.iter().cloned());
+        self.pods.extend(o.pods.iter().cloned());
     }
 }
 
@@ -133,6 +141,12 @@ impl SegmentIndex {
             }
             if let Some(e) = ev[end]["exe"].as_str() {
                 s.exes.insert(e.to_owned());
+            }
+            if let Some(n) = ev[end]["k8s"]["namespace"].as_str() {
+                s.namespaces.insert(n.to_owned());
+            }
+            if let Some(p) = ev[end]["k8s"]["pod"].as_str() {
+                s.pods.insert(p.to_owned());
             }
         }
         if let Some(t) = ev["tool"].as_str() {

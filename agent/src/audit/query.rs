@@ -54,17 +54,27 @@ pub fn for_each_record(
     needle: Option<&[u8]>,
     visit: &mut dyn FnMut(Value, &str),
 ) -> io::Result<()> {
+    for_each_matching(dir, seg, needle.as_slice(), visit)
+}
+
+/// Like [`for_each_record`], for lines containing every one of `needles`;
+/// lines that lack one are never parsed.
+pub fn for_each_matching(
+    dir: &Path,
+    seg: u64,
+    needles: &[&[u8]],
+    visit: &mut dyn FnMut(Value, &str),
+) -> io::Result<()> {
     let mut data = Vec::new();
     File::open(dir.join(segment_name(seg)))?.read_to_end(&mut data)?;
-    let finder = needle.map(memchr::memmem::Finder::new);
+    let finders: Vec<memchr::memmem::Finder<'_>> =
+        needles.iter().map(memchr::memmem::Finder::new).collect();
     let mut start = 0;
     for nl in memchr::memchr_iter(b'\n', &data) {
         let line = &data[start..nl];
         start = nl + 1;
-        if let Some(f) = &finder {
-            if f.find(line).is_none() {
-                continue;
-            }
+        if !finders.iter().all(|f| f.find(line).is_some()) {
+            continue;
         }
         let Some((body, hash)) = chain::unseal(line) else {
             continue;
@@ -113,6 +123,10 @@ pub struct Filter {
     pub exe: Option<String>,
     /// Process id.
     pub pid: Option<u32>,
+    /// Kubernetes namespace of either end.
+    pub namespace: Option<String>,
+    /// Kubernetes pod of either end.
+    pub pod: Option<String>,
     /// Only sessions with flags.
     pub flagged: bool,
 }
@@ -180,6 +194,12 @@ pub fn sessions(dir: &Path, f: &Filter) -> io::Result<Vec<SessionRow>> {
                 .is_none_or(|e| s.exes.iter().any(|x| x.contains(e)))
         })
         .filter(|(_, s)| f.pid.is_none_or(|p| s.pids.contains(&p)))
+        .filter(|(_, s)| {
+            f.namespace
+                .as_ref()
+                .is_none_or(|n| s.namespaces.contains(n))
+        })
+        .filter(|(_, s)| f.pod.as_ref().is_none_or(|p| s.pods.contains(p)))
         .filter(|(_, s)| !f.flagged || s.flags > 0)
         .map(|(session, summary)| SessionRow {
             duration_s: seconds_between(&summary.start, &summary.end),
@@ -194,6 +214,16 @@ pub fn sessions(dir: &Path, f: &Filter) -> io::Result<Vec<SessionRow>> {
 /// `mcpscope timeline`: the ordered messages and flags of one session (or
 /// of every session a pid took part in).
 pub fn timeline(dir: &Path, session: Option<&str>, pid: Option<u32>) -> io::Result<Vec<Value>> {
+    timeline_of(dir, session, pid, None)
+}
+
+/// [`timeline`], also selecting sessions by Kubernetes pod.
+pub fn timeline_of(
+    dir: &Path,
+    session: Option<&str>,
+    pid: Option<u32>,
+    pod: Option<&str>,
+) -> io::Result<Vec<Value>> {
     let mut out = Vec::new();
     for ix in indexes(dir)? {
         let wanted: Vec<&String> = ix
@@ -202,6 +232,7 @@ pub fn timeline(dir: &Path, session: Option<&str>, pid: Option<u32>) -> io::Resu
             .filter(|(k, s)| {
                 session.is_none_or(|want| k.as_str() == want)
                     && pid.is_none_or(|p| s.pids.contains(&p))
+                    && pod.is_none_or(|p| s.pods.contains(p))
             })
             .map(|(k, _)| k)
             .collect();
@@ -235,17 +266,26 @@ pub struct CallFilter {
 /// latency and outcome).
 pub fn calls(dir: &Path, f: &CallFilter) -> io::Result<Vec<Value>> {
     let mut out = Vec::new();
-    let needle = match &f.tool {
-        Some(t) => format!("\"tool\":{}", serde_json::to_string(t).unwrap_or_default()),
-        None => "\"method\":\"tools/call\"".to_owned(),
-    };
+    // Byte needles for every filter the JSON writer renders verbatim.
+    let mut owned: Vec<Vec<u8>> = vec![b"\"method\":\"tools/call\"".to_vec()];
+    if let Some(t) = &f.tool {
+        owned.push(
+            format!("\"tool\":{}", serde_json::to_string(t).unwrap_or_default()).into_bytes(),
+        );
+    }
+    match f.status.as_deref() {
+        Some("error") => owned.push(b"\"is_error\":true".to_vec()),
+        Some("ok") => owned.push(b"\"is_error\":false".to_vec()),
+        _ => {}
+    }
+    let needles: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
     for ix in indexes(dir)? {
         if !f.common.time_overlaps(&ix.min_ts, &ix.max_ts)
             || f.tool.as_ref().is_some_and(|t| !ix.tools.contains(t))
         {
             continue;
         }
-        for_each_record(dir, ix.segment, Some(needle.as_bytes()), &mut |v, _| {
+        for_each_matching(dir, ix.segment, &needles, &mut |v, _| {
             let e = &v["data"];
             if v["kind"] != "message"
                 || e["method"] != "tools/call"

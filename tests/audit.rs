@@ -1,0 +1,243 @@
+//! End-to-end audit trail: the real agent records a real session; the
+//! investigation commands answer from the directory alone; a crash (kill -9)
+//! leaves a trail that verifies and is resumed; a recorded capture replays
+//! to the same events as the live run.
+
+use std::process::{Command, Stdio};
+
+use mcpscope_e2e::{drive, env, mcpscope, pid, Agent};
+use serde_json::Value;
+
+#[test]
+fn a_real_sessions_trail_verifies_and_answers_sessions_timeline_and_calls() {
+    let Some(env) = env("audit_real_session") else {
+        return;
+    };
+    let dir = env.tmpdir("audit-real");
+    let audit = dir.join("audit");
+    let a = audit.to_str().unwrap();
+    let agent = Agent::start(&env, &dir, &["--audit-dir", a]);
+    let truth = drive(
+        &env,
+        &dir,
+        "legacy",
+        "basic",
+        "python",
+        0,
+        &env.py_server_cmd(),
+    );
+    agent.stop();
+
+    let (code, out, _) = mcpscope(&env, &["verify", a]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("OK: "), "{out}");
+
+    let (code, out, err) = mcpscope(
+        &env,
+        &[
+            "sessions",
+            "--dir",
+            a,
+            "--pid",
+            &truth.server.to_string(),
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.len(), 1, "{out}");
+    let row = &rows[0];
+    assert_eq!(
+        (row["client"].as_str(), row["server"].as_str()),
+        (Some("mcp"), Some("mcpscope-test-server"))
+    );
+    assert_eq!(row["messages"].as_u64(), Some(truth.lines.len() as u64));
+    assert_eq!(row["calls"], 4, "echo, add, fail, no_such_tool");
+    assert_eq!(row["errors"], 2, "fail and no_such_tool");
+    let session = row["session"].as_str().unwrap().to_owned();
+
+    let (code, out, err) = mcpscope(
+        &env,
+        &["timeline", &session, "--dir", a, "--output", "json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let tl: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(tl.len(), truth.lines.len(), "the whole exchange, in order");
+    for (rec, (dir, m)) in tl.iter().zip(&truth.lines) {
+        let sent = dir == "sent";
+        assert_eq!(
+            pid(&rec["data"]["from"]),
+            if sent { truth.client } else { truth.server }
+        );
+        assert_eq!(rec["data"]["id"], m["id"].clone(), "{rec}");
+    }
+    let (_, table, _) = mcpscope(&env, &["timeline", &session, "--dir", a]);
+    assert!(
+        table.starts_with("TIME") && table.contains("tools/call echo"),
+        "{table}"
+    );
+
+    let (_, out, _) = mcpscope(
+        &env,
+        &["calls", "--dir", a, "--tool", "echo", "--output", "json"],
+    );
+    let calls: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(calls.len(), 1);
+    assert!(calls[0]["data"]["latency_ms"].as_f64().is_some());
+    let (_, out, _) = mcpscope(
+        &env,
+        &[
+            "calls", "--dir", a, "--status", "error", "--since", "-1h", "--output", "json",
+        ],
+    );
+    let errs: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let tools: Vec<&str> = errs
+        .iter()
+        .filter(|c| c["data"]["session"] == session.as_str())
+        .map(|c| c["data"]["tool"].as_str().unwrap())
+        .collect();
+    assert_eq!(tools, ["fail", "no_such_tool"]);
+
+    // The other record kinds are on the record too.
+    let all = std::fs::read_to_string(audit.join("audit-000001.jsonl")).unwrap();
+    for kind in [
+        "segment",
+        "agent_start",
+        "session_start",
+        "message",
+        "agent_stop",
+    ] {
+        assert!(
+            all.contains(&format!("\"kind\":\"{kind}\"")),
+            "{kind} record missing"
+        );
+    }
+    assert!(
+        all.contains("\"kind\":\"session_end\"") && all.contains("\"kind\":\"process_exit\""),
+        "session end and participant exit"
+    );
+}
+
+#[test]
+fn kill_9_mid_write_leaves_a_verifiable_trail_that_resumes() {
+    let Some(env) = env("audit_kill9") else {
+        return;
+    };
+    let dir = env.tmpdir("audit-kill9");
+    let audit = dir.join("audit");
+    let a = audit.to_str().unwrap();
+    let args = [
+        "--audit-dir",
+        a,
+        "--audit-fsync-every",
+        "1",
+        "--audit-segment-bytes",
+        "16384",
+        "--audit-keep-segments",
+        "50",
+    ];
+    let agent = Agent::start(&env, &dir, &args);
+    // Real traffic in flight while the agent is killed.
+    let mut client = Command::new(&env.python)
+        .arg(env.test_file("mcp/driver.py"))
+        .args([
+            "--truth",
+            dir.join("t.jsonl").to_str().unwrap(),
+            "--mode",
+            "legacy",
+            "--scenario",
+            "repeat",
+            "--count",
+            "400",
+            "--",
+        ])
+        .args(env.py_server_cmd())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    mcpscope_e2e::wait_for("audit records being written", 60, || {
+        let n = std::fs::read_dir(&audit).ok()?.count();
+        (n >= 3).then_some(())
+    });
+    agent.kill9();
+    let _ = client.wait();
+    let (code, out, _) = mcpscope(&env, &["verify", a]);
+    assert!(
+        code == 0 || code == 2,
+        "after kill -9 the trail is OK or ends in a torn line, never broken: {out}"
+    );
+    // Restart: a new segment linked to the last good record.
+    let agent = Agent::start(&env, &dir, &args);
+    drive(
+        &env,
+        &dir,
+        "legacy",
+        "basic",
+        "python",
+        0,
+        &env.py_server_cmd(),
+    );
+    agent.stop();
+    let (code, out, _) = mcpscope(&env, &["verify", a]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("records in") && out.contains("segments verified"),
+        "{out}"
+    );
+}
+
+#[test]
+fn replay_of_a_recorded_capture_gives_the_same_events_as_the_live_run() {
+    let Some(env) = env("replay") else { return };
+    let dir = env.tmpdir("replay");
+    let cap = dir.join("capture.bin");
+    let agent = Agent::start(&env, &dir, &["--record", cap.to_str().unwrap()]);
+    drive(
+        &env,
+        &dir,
+        "2026-07-28",
+        "basic",
+        "python",
+        0,
+        &env.py_server_cmd(),
+    );
+    drive(
+        &env,
+        &dir,
+        "legacy",
+        "basic",
+        "everything",
+        0,
+        &env.everything_cmd(),
+    );
+    let live = agent.stop();
+    let replayed = dir.join("replay.jsonl");
+    let (code, _, err) = mcpscope(
+        &env,
+        &[
+            "replay",
+            cap.to_str().unwrap(),
+            "--stdout",
+            "none",
+            "--output",
+            replayed.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let replay: Vec<Value> = std::fs::read_to_string(&replayed)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        live.events.len() >= 25,
+        "both sessions captured: {}",
+        live.events.len()
+    );
+    assert_eq!(replay.len(), live.events.len());
+    for (r, l) in replay.iter().zip(&live.events) {
+        assert_eq!(r, l, "replayed event differs from the live one");
+    }
+}
