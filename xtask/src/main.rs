@@ -31,6 +31,11 @@ enum Cmd {
     },
     /// Build the static binary and the container image with podman.
     Image,
+    /// Run the criterion benchmarks (`agent/benches`).
+    Bench {
+        /// Only benchmarks whose name contains this.
+        filter: Option<String>,
+    },
     /// Set up, build, install the pinned MCP software, run unit and end-to-end tests.
     Test {
         /// Only tests whose name contains this.
@@ -48,6 +53,16 @@ fn main() -> Result<()> {
             build::run_agent(&args)
         }
         Cmd::Image => image::build_image(),
+        Cmd::Bench { filter } => {
+            util::step("criterion benchmarks (reports in target/criterion)");
+            let mut c = std::process::Command::new("cargo");
+            c.current_dir(util::root())
+                .args(["bench", "-p", "mcpscope"]);
+            if let Some(f) = filter {
+                c.args(["--", &f]);
+            }
+            util::run(&mut c)
+        }
         Cmd::Test { filter } => test::all(filter.as_deref()),
     }
 }
