@@ -163,12 +163,21 @@ impl Stopped {
             .unwrap_or_else(|| panic!("counter {key} missing from: {line}"))
     }
 
-    /// Events whose sender and receiver are both in `pids`.
+    /// Message events whose sender and receiver are both in `pids`.
     pub fn between(&self, pids: &[u64]) -> Vec<&Value> {
         self.events
             .iter()
-            .filter(|e| pids.contains(&pid(&e["from"])) && pids.contains(&pid(&e["to"])))
+            .filter(|e| {
+                e["kind"] != "flag"
+                    && pids.contains(&pid(&e["from"]))
+                    && pids.contains(&pid(&e["to"]))
+            })
             .collect()
+    }
+
+    /// Flag events.
+    pub fn flags(&self) -> Vec<&Value> {
+        self.events.iter().filter(|e| e["kind"] == "flag").collect()
     }
 
     /// Events sent by `pid`.
@@ -196,16 +205,20 @@ impl Agent {
             .port();
         let addr = format!("127.0.0.1:{port}");
         let events = dir.join("events.jsonl");
-        let child = Command::new(&env.bin)
-            .args([
-                "run",
-                "--stdout",
-                "none",
-                "--metrics-addr",
-                &addr,
-                "--output",
-            ])
-            .arg(&events)
+        let mut cmd = Command::new(&env.bin);
+        cmd.args([
+            "run",
+            "--stdout",
+            "none",
+            "--metrics-addr",
+            &addr,
+            "--output",
+        ])
+        .arg(&events);
+        if !extra.contains(&"--state-dir") {
+            cmd.arg("--state-dir").arg(dir.join("state")); // detector baselines, per test
+        }
+        let child = cmd
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -396,7 +409,22 @@ pub fn drive(
     count: u32,
     server: &[String],
 ) -> Truth {
-    let truth = dir.join(format!("truth-{mode}-{scenario}.jsonl"));
+    drive_with_env(env, dir, mode, scenario, server_kind, count, server, &[])
+}
+
+/// [`drive`], with `KEY=VALUE` environment for the server.
+#[allow(clippy::too_many_arguments)]
+pub fn drive_with_env(
+    env: &Env,
+    dir: &Path,
+    mode: &str,
+    scenario: &str,
+    server_kind: &str,
+    count: u32,
+    server: &[String],
+    server_env: &[&str],
+) -> Truth {
+    let truth = dir.join(format!("truth-{mode}-{}.jsonl", scenario.replace(':', "-")));
     let out = Command::new(&env.python)
         .arg(env.test_file("mcp/driver.py"))
         .args(["--truth"])
@@ -410,8 +438,9 @@ pub fn drive(
             server_kind,
             "--count",
             &count.to_string(),
-            "--",
         ])
+        .args(server_env.iter().flat_map(|kv| ["--server-env", kv]))
+        .arg("--")
         .args(server)
         .stdin(Stdio::null())
         .output()

@@ -18,6 +18,7 @@ use crate::{
     audit::{AuditConfig, AuditLog, AuditSink},
     capture::loader::{ProbeConfig, Probes},
     capture::record::Recorder,
+    detect::{policy::Policy, DetectConfig, Detectors},
     metrics::Metrics,
     pipeline::{monotonic_now_ns, monotonic_to_realtime_offset, Pipeline, PipelineConfig},
     serve::{self, Health},
@@ -44,6 +45,8 @@ pub struct RunOptions {
     pub audit: Option<AuditConfig>,
     /// Capture file for `mcpscope replay`.
     pub record: Option<PathBuf>,
+    /// Detectors: configuration, policy, state directory (`None` = off).
+    pub detect: Option<(DetectConfig, Option<Policy>, Option<PathBuf>)>,
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -86,6 +89,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     };
     let mut pipeline =
         Pipeline::new(opts.pipeline.clone(), control, sinks, offset).with_metrics(metrics.clone());
+    if let Some((cfg, policy, state)) = &opts.detect {
+        let d = Detectors::new(cfg.clone(), policy.clone(), state.clone());
+        if let Some(r) = &recorder {
+            let mut r = r.lock().expect("recorder");
+            r.fact("detect_config", &cfg.raw);
+            r.fact("detect_policy", &policy.as_ref().map(|p| p.raw.clone()));
+            r.fact("detect_baselines", d.baselines());
+        }
+        pipeline = pipeline.with_detectors(d);
+    }
     if let Some(r) = &recorder {
         r.lock().expect("recorder").fact("config", &opts.pipeline);
         pipeline = pipeline.with_world(Box::new(LiveWorld::recording(r.clone())));
@@ -184,7 +197,10 @@ fn agent_config(o: &RunOptions, attached: usize) -> serde_json::Value {
         "output": o.output.as_ref().map(|p| p.display().to_string()),
         "audit_dir": o.audit.as_ref().map(|a| a.dir.display().to_string()),
         "audit_keyed": o.audit.as_ref().is_some_and(|a| a.hmac_key.is_some()),
-        "record": o.record.as_ref().map(|p| p.display().to_string()),
+                "record": o.record.as_ref().map(|p| p.display().to_string()),
+        "detect": o.detect.as_ref().map(|(c, p, s)| serde_json::json!({
+            "config": c.raw, "policy": p.as_ref().map(|p| p.raw.clone()), "state_dir": s.as_ref().map(|s| s.display().to_string()),
+        })),
     })
 }
 

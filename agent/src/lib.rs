@@ -8,6 +8,7 @@ pub mod audit;
 pub mod capture;
 #[cfg(target_os = "linux")]
 pub mod daemon;
+pub mod detect;
 pub mod identity;
 pub mod investigate;
 pub mod metrics;

@@ -11,6 +11,7 @@ use mcpscope::{
     },
     capture::loader::ProbeConfig,
     daemon::{self, RunOptions},
+    detect::{policy::Policy, DetectConfig, Detectors},
     investigate::{self, Format},
     pipeline::PipelineConfig,
     sink::StdoutMode,
@@ -212,6 +213,22 @@ struct RunArgs {
     /// Write the raw kernel records (and what was learned from /proc) here, for `mcpscope replay`.
     #[arg(long, env = "MCPSCOPE_RECORD")]
     record: Option<PathBuf>,
+    /// Detector thresholds (TOML; defaults in the README).
+    #[arg(long, env = "MCPSCOPE_DETECT_CONFIG")]
+    detect_config: Option<PathBuf>,
+    /// Policy for `policy_violation` (TOML).
+    #[arg(long, env = "MCPSCOPE_POLICY")]
+    policy: Option<PathBuf>,
+    /// Where detector baselines persist across restarts.
+    #[arg(
+        long,
+        default_value = "/var/lib/mcpscope/state",
+        env = "MCPSCOPE_STATE_DIR"
+    )]
+    state_dir: PathBuf,
+    /// Do not run the detectors.
+    #[arg(long, env = "MCPSCOPE_NO_DETECT")]
+    no_detect: bool,
     /// Distinct label sets per metric family before `_overflow` (counted).
     #[arg(long, default_value_t = 2000, env = "MCPSCOPE_MAX_LABEL_SETS")]
     max_label_sets: usize,
@@ -320,6 +337,32 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             None => None,
         },
         record: a.record,
+        detect: if a.no_detect {
+            None
+        } else {
+            let cfg = match &a.detect_config {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p).map_err(|e| {
+                        anyhow::anyhow!("reading --detect-config {}: {e}", p.display())
+                    })?;
+                    DetectConfig::from_toml(&text)
+                        .map_err(|e| anyhow::anyhow!("--detect-config {}: {e}", p.display()))?
+                }
+                None => DetectConfig::default(),
+            };
+            let policy = match &a.policy {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p)
+                        .map_err(|e| anyhow::anyhow!("reading --policy {}: {e}", p.display()))?;
+                    Some(
+                        Policy::from_toml(&text)
+                            .map_err(|e| anyhow::anyhow!("--policy {}: {e}", p.display()))?,
+                    )
+                }
+                None => None,
+            };
+            Some((cfg, policy, Some(a.state_dir)))
+        },
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -379,10 +422,21 @@ fn replay(
         record::read(file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
     let mut world = ReplayWorld::default();
     let mut cfg = PipelineConfig::default();
+    let (mut dcfg, mut dpolicy, mut dbase) = (None, None, None);
     for f in &frames {
         if let Frame::Fact(k, v) = f {
             if k == "config" {
                 cfg = serde_json::from_value(v.clone())?;
+            } else if k == "detect_config" {
+                dcfg = Some(DetectConfig::from_toml(v.as_str().unwrap_or_default())?);
+            } else if k == "detect_policy" {
+                dpolicy = v
+                    .as_str()
+                    .map(Policy::from_toml)
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!(e))?;
+            } else if k == "detect_baselines" {
+                dbase = Some(serde_json::from_value(v.clone())?);
             } else {
                 world.add(k.clone(), v.clone());
             }
@@ -398,6 +452,12 @@ fn replay(
         StdoutMode::None => {}
     }
     let mut p = Pipeline::new(cfg, NoControl, sinks, offset).with_world(Box::new(world));
+    if let Some(dc) = dcfg {
+        // The live run's detectors, from its starting baselines; nothing persisted.
+        p = p.with_detectors(
+            Detectors::new(dc, dpolicy, None).with_baselines(dbase.unwrap_or_default()),
+        );
+    }
     for f in &frames {
         match f {
             Frame::Record(bytes) => p.on_record(bytes),

@@ -167,6 +167,7 @@ pub struct Metrics {
     /// Gauges by name ([`GAUGES`]).
     gauges: std::collections::HashMap<&'static str, IntGauge>,
     overflow: IntCounterVec,
+    flags: IntCounterVec,
     caps: [LabelCap; 4],
 }
 
@@ -257,6 +258,11 @@ impl Metrics {
                 (*name, g)
             })
             .collect();
+        let flags = counter(
+            "mcp_flags_total",
+            "Flags raised (loops, duplicate calls, anomalies), by flag and severity.",
+            &["flag", "severity"],
+        );
         let overflow = counter(
             "mcpscope_label_sets_overflow_total",
             "Observations whose labels exceeded the label-set cap.",
@@ -288,6 +294,7 @@ impl Metrics {
             parse_errors,
             totals,
             gauges,
+            flags,
             overflow,
             caps,
         }
@@ -327,6 +334,11 @@ impl Metrics {
         self.bytes
             .with_label_values(&[direction, transport])
             .inc_by(bytes);
+    }
+
+    /// A raised flag.
+    pub fn flag(&self, flag: &str, severity: &str) {
+        self.flags.with_label_values(&[flag, severity]).inc();
     }
 
     /// An ended session.

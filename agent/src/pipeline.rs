@@ -14,6 +14,7 @@ use std::{
 
 use std::sync::Arc;
 
+use crate::detect::{facts::MessageFacts, Detectors, Flag};
 use crate::metrics::Metrics;
 use crate::world::{LiveWorld, World};
 use crate::{
@@ -154,6 +155,7 @@ struct Captured {
     comm: Comm,
     batch_index: Option<u32>,
     payload: Option<String>,
+    facts: Option<Box<MessageFacts>>,
 }
 
 #[derive(Default)]
@@ -182,6 +184,7 @@ struct Core {
     clock_offset_ns: i128,
     stats: PipelineStats,
     metrics: Option<Arc<Metrics>>,
+    detectors: Option<Detectors>,
     world: Box<dyn World>,
     /// When the receiving end read the message of event `seq`.
     received: Bounded<u64>,
@@ -285,6 +288,7 @@ impl<C: StreamControl> Pipeline<C> {
             clock_offset_ns,
             stats: PipelineStats::default(),
             metrics: None,
+            detectors: None,
             world: Box::new(LiveWorld::default()),
             received: Bounded::new(65536),
             awaiting_client: Bounded::new(65536),
@@ -303,6 +307,18 @@ impl<C: StreamControl> Pipeline<C> {
     pub fn record(&mut self, kind: &str, data: &serde_json::Value) {
         let now = monotonic_now_ns();
         self.core.record(kind, now, data);
+    }
+
+    /// Runs `detectors` on every reported message; their flags go to the
+    /// sinks and metrics.
+    pub fn with_detectors(mut self, detectors: Detectors) -> Self {
+        self.core.detectors = Some(detectors);
+        self
+    }
+
+    /// Detector counters, when detectors run.
+    pub fn detect_stats(&self) -> Option<crate::detect::DetectStats> {
+        self.core.detectors.as_ref().map(|d| d.stats)
     }
 
     /// Learns about the host through `world` (a recording live world, or a
@@ -339,6 +355,9 @@ impl<C: StreamControl> Pipeline<C> {
             ),
         ] {
             m.set_lost(stage, reason, v);
+        }
+        if let Some(d) = &self.core.detectors {
+            m.set_lost("detect", "state_evicted", d.stats.evicted);
         }
         m.set_bytes_lost("userspace", "gap", s.gap_bytes);
         m.set_bytes_lost("userspace", "stream_ignored_in_flight", s.ignored_bytes);
@@ -633,6 +652,7 @@ impl Core {
                             comm,
                             batch_index: None,
                             payload: None,
+                            facts: None,
                         },
                         join_key(f.bytes, f.len, None),
                     );
@@ -649,6 +669,7 @@ impl Core {
             .cfg
             .capture_payloads
             .then_some(self.cfg.payload_max_bytes);
+        let detecting = self.detectors.is_some();
         let mut index = 0u32;
         let mut ok = false;
         let res = parse_batch(f.bytes, &mut |r| {
@@ -657,6 +678,15 @@ impl Core {
             match r {
                 Ok(msg) => {
                     ok = true;
+                    let facts = detecting.then(|| {
+                        let response = matches!(msg.kind, Some(Kind::Response | Kind::Error));
+                        Box::new(crate::detect::facts::extract(
+                            f.bytes,
+                            msg.method.as_deref(),
+                            response,
+                            None,
+                        ))
+                    });
                     let payload =
                         payload_cap.map(|cap| crate::protocol::bounded_utf8(f.bytes, cap));
                     let c = Captured {
@@ -670,6 +700,7 @@ impl Core {
                         comm,
                         batch_index: bi,
                         payload,
+                        facts,
                     };
                     self.route(c, join_key(f.bytes, f.len, bi));
                 }
@@ -959,6 +990,49 @@ impl Core {
         self.stats.message_bytes += c.bytes;
         for s in &mut self.sinks {
             if s.emit(&ev).is_err() {
+                self.stats.sink_errors += 1;
+            }
+        }
+        if let Some(d) = &mut self.detectors {
+            let none = MessageFacts::default();
+            let flags = d.observe(&ev, sent, c.facts.as_deref().unwrap_or(&none));
+            for f in flags {
+                self.emit_flag(f, &ev, sent);
+            }
+        }
+    }
+
+    /// Reports a flag: a `kind: "flag"` event to every sink, counted.
+    fn emit_flag(&mut self, f: Flag, ev: &McpEvent, ts_ns: u64) {
+        self.seq += 1;
+        let evidence: Vec<serde_json::Value> = f
+            .evidence
+            .iter()
+            .map(|e| serde_json::json!({ "seq": e.seq, "id": e.id, "ts": self.format_ts(e.ts_ns) }))
+            .collect();
+        let v = serde_json::json!({
+            "ts": self.format_ts(ts_ns),
+            "seq": self.seq,
+            "kind": "flag",
+            "flag": f.flag,
+            "severity": f.severity,
+            "message": f.message,
+            "session": ev.session,
+            "caller": f.caller,
+            "server": f.server,
+            "tool": f.tool,
+            "from": ev.from,
+            "to": ev.to,
+            "client": ev.client,
+            "mcp_server": ev.server,
+            "evidence": evidence,
+            "details": f.details,
+        });
+        if let Some(m) = &self.metrics {
+            m.flag(f.flag, f.severity.as_str());
+        }
+        for s in &mut self.sinks {
+            if s.flag(&v).is_err() {
                 self.stats.sink_errors += 1;
             }
         }

@@ -74,6 +74,65 @@ async def scenario_large(client, server_kind, kib):
     await client.call_tool("blob", {"kib": kib})
 
 
+async def call(client, tool, args):
+    return await client.call_tool(tool, args)
+
+
+async def scenario_flags(client, name, count):
+    """One workload per flag; pacing sleeps are part of the workload."""
+    if name == "dup":
+        await call(client, "echo", {"message": "same"})
+        await call(client, "echo", {"message": "same"})
+    elif name == "retry_storm":
+        for _ in range(count or 5):
+            await call(client, "fail", {"reason": "disk full"})
+    elif name == "loop":
+        for _ in range(3):
+            await call(client, "echo", {"message": "step"})
+            await call(client, "add", {"a": 1, "b": 2})
+    elif name == "rate":
+        for _ in range(8):
+            await call(client, "echo", {"message": "tick"})
+            await asyncio.sleep(0.25)
+        for i in range(40):
+            await call(client, "add", {"a": i, "b": 1})
+    elif name == "first_seen":
+        await call(client, "echo", {"message": "early"})
+        await asyncio.sleep(1.2)
+        await call(client, "add", {"a": 1, "b": 1})
+    elif name == "not_listed":
+        await client.list_tools()
+        await call(client, "no_such_tool", {})
+    elif name == "drift":
+        await client.list_tools()
+    elif name == "error_burst":
+        for i in range(6):
+            await call(client, "fail", {"reason": f"r{i}"})
+    elif name == "large":
+        for _ in range(5):
+            await call(client, "blob", {"kib": 1})
+        await call(client, "blob", {"kib": 100})
+    elif name == "secret":
+        await call(client, "leak", {})
+    elif name == "injection":
+        await call(client, "poisoned", {})
+    elif name == "policy":
+        await call(client, "echo", {"message": "read-only is fine"})
+        await call(client, "write_note", {"text": "not allowed"})
+    elif name == "benign":
+        await client.list_tools()
+        for i in range(30):
+            await call(client, "add", {"a": i, "b": i})
+            await call(client, "echo", {"message": f"note {i}"})
+        # Legitimate repeats: the same read again later, between other work.
+        for i in range(3):
+            await asyncio.sleep(1.1)
+            await call(client, "echo", {"message": "spaced repeat"})
+            await call(client, "add", {"a": 100 + i, "b": 1})
+    else:
+        raise SystemExit(f"unknown flag scenario {name}")
+
+
 async def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--truth", required=True)
@@ -81,10 +140,12 @@ async def main():
     ap.add_argument("--scenario", default="basic")
     ap.add_argument("--server-kind", default="python")
     ap.add_argument("--count", type=int, default=10)
+    ap.add_argument("--server-env", action="append", default=[], help="KEY=VALUE for the server")
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     a = ap.parse_args()
     cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
-    params = StdioServerParameters(command=cmd[0], args=cmd[1:])
+    env = dict(kv.split("=", 1) for kv in a.server_env) or None
+    params = StdioServerParameters(command=cmd[0], args=cmd[1:], env=env)
     info = {}
     async with Client(params, mode=a.mode) as client:
         if a.scenario == "basic":
@@ -93,6 +154,8 @@ async def main():
             await scenario_repeat(client, a.server_kind, a.count)
         elif a.scenario == "large":
             await scenario_large(client, a.server_kind, a.count)
+        elif a.scenario.startswith("flag:"):
+            await scenario_flags(client, a.scenario[5:], a.count)
     with open(a.truth, "w") as f:
         f.write(json.dumps({"pid": os.getpid(), "server_pid": server_pid[0], **info}) + "\n")
         for t in truth:

@@ -404,6 +404,11 @@ impl Sink for AuditSink {
         self.log.append_message(ev)
     }
 
+    fn flag(&mut self, flag: &serde_json::Value) -> io::Result<()> {
+        let ts = flag["ts"].as_str().unwrap_or_default().to_owned();
+        self.log.append_json("flag", &ts, flag)
+    }
+
     fn record(&mut self, kind: &str, ts: &str, data: &serde_json::Value) -> io::Result<()> {
         self.log.append_json(kind, ts, data)
     }

@@ -19,6 +19,10 @@ pub trait Sink {
     fn record(&mut self, _kind: &str, _ts: &str, _data: &serde_json::Value) -> io::Result<()> {
         Ok(())
     }
+    /// Takes a flag (`kind: "flag"` event).
+    fn flag(&mut self, _flag: &serde_json::Value) -> io::Result<()> {
+        Ok(())
+    }
     /// Pushes buffered output down (called every tick).
     fn flush(&mut self) -> io::Result<()>;
     /// Final flush at shutdown.
@@ -70,6 +74,27 @@ impl<W: Write> JsonlWriter<W> {
 }
 
 impl<W: Write> Sink for JsonlWriter<W> {
+    fn flag(&mut self, flag: &serde_json::Value) -> io::Result<()> {
+        self.line.clear();
+        if self.pretty {
+            let time = flag["ts"]
+                .as_str()
+                .and_then(|t| t.get(11..23))
+                .unwrap_or("");
+            let text = format!(
+                "{time} FLAG {} ({}): {}",
+                flag["flag"].as_str().unwrap_or(""),
+                flag["severity"].as_str().unwrap_or(""),
+                flag["message"].as_str().unwrap_or("")
+            );
+            self.line.extend_from_slice(text.as_bytes());
+        } else {
+            serde_json::to_writer(&mut self.line, flag)?;
+        }
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)
+    }
+
     fn emit(&mut self, ev: &McpEvent) -> io::Result<()> {
         self.line.clear();
         if self.pretty {
@@ -86,11 +111,16 @@ impl<W: Write> Sink for JsonlWriter<W> {
     }
 }
 
-/// Collects events (tests, replay comparisons).
+/// Collects events and flags (tests, replay comparisons).
 #[derive(Default)]
-pub struct VecSink(pub Vec<McpEvent>);
+pub struct VecSink(pub Vec<McpEvent>, pub Vec<serde_json::Value>);
 
 impl Sink for VecSink {
+    fn flag(&mut self, flag: &serde_json::Value) -> io::Result<()> {
+        self.1.push(flag.clone());
+        Ok(())
+    }
+
     fn emit(&mut self, ev: &McpEvent) -> io::Result<()> {
         self.0.push(ev.clone());
         Ok(())

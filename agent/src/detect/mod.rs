@@ -1,0 +1,827 @@
+//! Stage 5 — detect: loops, duplicate calls and anomalies, decided in real
+//! time and deterministically (kernel timestamps only), each with the
+//! evidence that proves it.
+
+pub mod config;
+pub mod facts;
+pub mod policy;
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    hash::Hash,
+    path::PathBuf,
+};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+pub use config::DetectConfig;
+use facts::{MessageFacts, ToolDef};
+use policy::Policy;
+
+use crate::{
+    protocol::{Kind, RpcId},
+    sink::McpEvent,
+};
+
+/// How bad a flag is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Worth a look.
+    Low,
+    /// Likely a problem.
+    Medium,
+    /// Act on it.
+    High,
+}
+
+impl Severity {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+        }
+    }
+}
+
+/// A message that proves a flag.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Evidence {
+    /// Event sequence number.
+    pub seq: u64,
+    /// JSON-RPC id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<RpcId>,
+    /// Kernel timestamp, ns (the pipeline renders it).
+    #[serde(skip)]
+    pub ts_ns: u64,
+}
+
+/// A raised flag.
+#[derive(Debug, Clone)]
+pub struct Flag {
+    /// Flag name.
+    pub flag: &'static str,
+    /// Severity.
+    pub severity: Severity,
+    /// One human sentence.
+    pub message: String,
+    /// Caller identity.
+    pub caller: String,
+    /// Server identity.
+    pub server: String,
+    /// Tool, when one is involved.
+    pub tool: Option<String>,
+    /// The messages that prove it.
+    pub evidence: Vec<Evidence>,
+    /// Flag-specific facts.
+    pub details: Value,
+}
+
+/// Counters of the detectors.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DetectStats {
+    /// State entries evicted by `limits.max_keys`.
+    pub evicted: u64,
+    /// Flags raised.
+    pub flags: u64,
+}
+
+/// A bounded map: past `cap` keys, the least recently touched goes.
+struct Lru<K, V> {
+    map: HashMap<K, (V, u64)>,
+    cap: usize,
+    clock: u64,
+}
+
+impl<K: Hash + Eq + Clone, V> Lru<K, V> {
+    fn new(cap: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            cap,
+            clock: 0,
+        }
+    }
+
+    fn get_or(&mut self, k: &K, make: impl FnOnce() -> V, evicted: &mut u64) -> &mut V {
+        self.clock += 1;
+        let clock = self.clock;
+        if !self.map.contains_key(k) && self.map.len() >= self.cap {
+            if let Some(old) = self
+                .map
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| k.clone())
+            {
+                self.map.remove(&old);
+                *evicted += 1;
+            }
+        }
+        let e = self.map.entry(k.clone()).or_insert_with(|| (make(), clock));
+        e.1 = clock;
+        &mut e.0
+    }
+
+    fn remove(&mut self, k: &K) -> Option<V> {
+        self.map.remove(k).map(|(v, _)| v)
+    }
+}
+
+type CallKey = (String, String, String, u64);
+
+#[derive(Default)]
+struct DupState {
+    calls: VecDeque<Evidence>,
+    last_error: Option<bool>,
+    fired: Option<Severity>,
+}
+
+#[derive(Default)]
+struct StormState {
+    failures: VecDeque<Evidence>,
+    fired: bool,
+}
+
+#[derive(Default)]
+struct LoopState {
+    sigs: VecDeque<((String, u64, u64), Evidence)>,
+    fired: bool,
+}
+
+#[derive(Default)]
+struct RateState {
+    bucket: u64,
+    count: u32,
+    evidence: Vec<Evidence>,
+    mean: f64,
+    var: f64,
+    buckets_seen: u32,
+    /// A spike is one episode: fired, and not yet back to normal.
+    in_spike: bool,
+}
+
+#[derive(Default)]
+struct ErrState {
+    outcomes: VecDeque<(u64, bool, Evidence)>,
+    fired: bool,
+}
+
+#[derive(Default)]
+struct SizeState {
+    mean: f64,
+    samples: u32,
+}
+
+/// A tools/call request waiting for its response.
+struct Pending {
+    key: CallKey,
+    evidence: Evidence,
+}
+
+/// All detectors.
+pub struct Detectors {
+    cfg: DetectConfig,
+    policy: Option<Policy>,
+    state_dir: Option<PathBuf>,
+    pending: Lru<(String, u64), Pending>,
+    dup: Lru<CallKey, DupState>,
+    storms: Lru<CallKey, StormState>,
+    loops: Lru<String, LoopState>,
+    rates: Lru<(String, String), RateState>,
+    errors: Lru<(String, String), ErrState>,
+    sizes: Lru<(String, String), SizeState>,
+    seen: HashSet<(String, String, String)>,
+    unlisted_fired: HashSet<(String, String)>,
+    first_ts: Option<u64>,
+    baselines: HashMap<String, Vec<ToolDef>>,
+    /// Counters.
+    pub stats: DetectStats,
+}
+
+const S: u64 = 1_000_000_000;
+
+fn endpoint_name(ev: &Value, info: &Option<crate::protocol::PeerInfo>) -> String {
+    let exe = ev["exe"].as_str().or(ev["comm"].as_str()).unwrap_or("?");
+    match info {
+        Some(i) => format!("{}@{exe}", i.name),
+        None => exe.to_owned(),
+    }
+}
+
+impl Detectors {
+    /// Detectors with `cfg`, an optional policy, and a directory where
+    /// tool-definition baselines persist across restarts.
+    pub fn new(cfg: DetectConfig, policy: Option<Policy>, state_dir: Option<PathBuf>) -> Self {
+        let cap = cfg.limits.max_keys;
+        let baselines = state_dir
+            .as_ref()
+            .and_then(|d| std::fs::read(d.join("tool_baselines.json")).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Self {
+            pending: Lru::new(cap),
+            dup: Lru::new(cap),
+            storms: Lru::new(cap),
+            loops: Lru::new(cap),
+            rates: Lru::new(cap),
+            errors: Lru::new(cap),
+            sizes: Lru::new(cap),
+            seen: HashSet::new(),
+            unlisted_fired: HashSet::new(),
+            first_ts: None,
+            baselines,
+            stats: DetectStats::default(),
+            cfg,
+            policy,
+            state_dir,
+        }
+    }
+
+    /// Tool-definition baselines (server → tools), as persisted.
+    pub fn baselines(&self) -> &HashMap<String, Vec<ToolDef>> {
+        &self.baselines
+    }
+
+    /// Replaces the baselines (replay starts from the live run's).
+    pub fn with_baselines(mut self, b: HashMap<String, Vec<ToolDef>>) -> Self {
+        self.baselines = b;
+        self
+    }
+
+    /// Looks at one reported message; returns the flags it raises.
+    pub fn observe(&mut self, ev: &McpEvent, ts_ns: u64, facts: &MessageFacts) -> Vec<Flag> {
+        let mut out = Vec::new();
+        self.first_ts.get_or_insert(ts_ns);
+        let evj = serde_json::to_value(ev).unwrap_or(Value::Null);
+        let me = Evidence {
+            seq: ev.seq,
+            id: ev.id.clone(),
+            ts_ns,
+        };
+        let (caller, server) = match ev.kind {
+            Kind::Request | Kind::Notification => (
+                endpoint_name(&evj["from"], &ev.client),
+                endpoint_name(&evj["to"], &ev.server),
+            ),
+            _ => (
+                endpoint_name(&evj["to"], &ev.client),
+                endpoint_name(&evj["from"], &ev.server),
+            ),
+        };
+        let tool = ev.tool.as_deref().unwrap_or("").to_owned();
+        if ev.kind == Kind::Request {
+            if ev.method.as_deref() == Some("tools/call") {
+                let key: CallKey = (
+                    caller.clone(),
+                    server.clone(),
+                    tool.clone(),
+                    facts.args_hash.unwrap_or(0),
+                );
+                self.on_call(&key, &ev.session, me.clone(), ev, &mut out);
+            }
+            self.rate(&caller, &server, me.clone(), ts_ns, &mut out);
+            self.first_seen(
+                &caller,
+                &server,
+                ev.method.as_deref().unwrap_or(""),
+                &tool,
+                me.clone(),
+                ts_ns,
+                &mut out,
+            );
+        }
+        if matches!(ev.kind, Kind::Response | Kind::Error) {
+            if let Some(rs) = ev.request_seq {
+                if let Some(p) = self.pending.remove(&(ev.session.clone(), rs)) {
+                    self.on_result(p, ev, me.clone(), facts, &mut out);
+                }
+            }
+            if let Some(tools) = &facts.tools {
+                self.drift(&server, tools, me.clone(), &mut out);
+            }
+        }
+        if self.cfg.secret_in_payload.enabled && !facts.secrets.is_empty() {
+            let kinds: Vec<&str> = facts.secrets.iter().map(|s| s.kind).collect();
+            let place = if ev.kind == Kind::Request {
+                "arguments"
+            } else {
+                "result"
+            };
+            out.push(Flag {
+                flag: "secret_in_payload",
+                severity: Severity::High,
+                message: format!(
+                    "credential-shaped data ({}) in the {place} of {} {}",
+                    kinds.join(", "),
+                    ev.method.as_deref().unwrap_or("a message"),
+                    tool
+                )
+                .trim()
+                .to_owned(),
+                caller: caller.clone(),
+                server: server.clone(),
+                tool: ev.tool.as_deref().map(String::from),
+                evidence: vec![me.clone()],
+                details: json!({ "found": facts.secrets, "in": place }),
+            });
+        }
+        if self.cfg.injection_marker.enabled
+            && !facts.markers.is_empty()
+            && ev.kind != Kind::Request
+        {
+            let what = if facts.tools.is_some() {
+                "tool descriptions"
+            } else {
+                "a tool result"
+            };
+            out.push(Flag {
+                flag: "injection_marker",
+                severity: Severity::High,
+                message: format!(
+                    "prompt-injection marker(s) {} in {what} from {server}",
+                    facts
+                        .markers
+                        .iter()
+                        .map(|m| format!("{:?}", m.marker))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                caller: caller.clone(),
+                server: server.clone(),
+                tool: ev.tool.as_deref().map(String::from),
+                evidence: vec![me.clone()],
+                details: json!({ "found": facts.markers, "heuristic": true }),
+            });
+        }
+        self.stats.flags += out.len() as u64;
+        out
+    }
+
+    fn on_call(
+        &mut self,
+        key: &CallKey,
+        session: &str,
+        me: Evidence,
+        ev: &McpEvent,
+        out: &mut Vec<Flag>,
+    ) {
+        let (caller, server, tool, _) = key.clone();
+        let ts = me.ts_ns;
+        self.pending.get_or(
+            &(session.to_owned(), me.seq),
+            || Pending {
+                key: key.clone(),
+                evidence: me.clone(),
+            },
+            &mut self.stats.evicted,
+        );
+        if let Some(p) = &self.policy {
+            if self.cfg.policy_violation.enabled {
+                let write = self
+                    .baselines
+                    .get(&server)
+                    .and_then(|t| t.iter().find(|d| d.name == tool))
+                    .map_or_else(|| facts::write_by_name(&tool), |d| d.write);
+                if let Some(why) = p.check(ev, &server_name(ev), &tool, write) {
+                    out.push(Flag {
+                        flag: "policy_violation",
+                        severity: Severity::High,
+                        message: format!(
+                            "{caller} called {tool} on {server}: {why} (audit only, not blocked)"
+                        ),
+                        caller: caller.clone(),
+                        server: server.clone(),
+                        tool: Some(tool.clone()),
+                        evidence: vec![me.clone()],
+                        details: json!({ "reason": why, "write_class": write }),
+                    });
+                }
+            }
+        }
+        if let Some(listed) = self.baselines.get(&server) {
+            if self.cfg.first_seen.enabled
+                && !listed.iter().any(|d| d.name == tool)
+                && self.unlisted_fired.insert((server.clone(), tool.clone()))
+            {
+                out.push(Flag {
+                    flag: "first_seen",
+                    severity: Severity::Medium,
+                    message: format!("{caller} called {tool}, which {server} did not list in its last tools/list"),
+                    caller: caller.clone(),
+                    server: server.clone(),
+                    tool: Some(tool.clone()),
+                    evidence: vec![me.clone()],
+                    details: json!({ "reason": "tool_not_listed" }),
+                });
+            }
+        }
+        if !self.cfg.duplicate_call.enabled {
+            return;
+        }
+        let window = self.cfg.duplicate_call.window_s * S;
+        let min = self.cfg.duplicate_call.min_count as usize;
+        let d = self
+            .dup
+            .get_or(key, DupState::default, &mut self.stats.evicted);
+        while d.calls.front().is_some_and(|e| e.ts_ns + window < ts) {
+            d.calls.pop_front();
+        }
+        if d.calls.is_empty() {
+            d.fired = None; // a new episode
+        }
+        d.calls.push_back(me);
+        let n = d.calls.len();
+        if n < min {
+            return;
+        }
+        let sev = if n >= min + 3 {
+            Severity::High
+        } else if n > min {
+            Severity::Medium
+        } else {
+            Severity::Low
+        };
+        if d.fired.is_some_and(|f| f >= sev) {
+            return;
+        }
+        d.fired = Some(sev);
+        let reason = match d.last_error {
+            Some(true) => "retry after an error",
+            Some(false) => "repeat after a success",
+            None => "repeat before the first answered",
+        };
+        out.push(Flag {
+            flag: "duplicate_call",
+            severity: sev,
+            message: format!("{caller} called {tool} on {server} {n} times with identical arguments within {} s ({reason})", window / S),
+            caller,
+            server,
+            tool: Some(tool),
+            evidence: d.calls.iter().cloned().collect(),
+            details: json!({ "count": n, "reason": reason.replace(' ', "_") }),
+        });
+    }
+
+    fn on_result(
+        &mut self,
+        p: Pending,
+        ev: &McpEvent,
+        me: Evidence,
+        facts: &MessageFacts,
+        out: &mut Vec<Flag>,
+    ) {
+        let (caller, server, tool, args) = p.key.clone();
+        let ts = me.ts_ns;
+        let failed = ev.is_error;
+        if let Some(d) = self.dup.map.get_mut(&p.key) {
+            d.0.last_error = Some(failed);
+        }
+        // retry_storm: the same failing call, again and again.
+        if self.cfg.retry_storm.enabled {
+            let window = self.cfg.retry_storm.window_s * S;
+            let min = self.cfg.retry_storm.min_failures as usize;
+            let st = self
+                .storms
+                .get_or(&p.key, StormState::default, &mut self.stats.evicted);
+            if failed {
+                while st.failures.front().is_some_and(|e| e.ts_ns + window < ts) {
+                    st.failures.pop_front();
+                }
+                st.failures.push_back(me.clone());
+                if st.failures.len() >= min && !st.fired {
+                    st.fired = true;
+                    out.push(Flag {
+                        flag: "retry_storm",
+                        severity: Severity::High,
+                        message: format!(
+                            "{caller} retried the failing call {tool} on {server} {} times",
+                            st.failures.len()
+                        ),
+                        caller: caller.clone(),
+                        server: server.clone(),
+                        tool: Some(tool.clone()),
+                        evidence: st.failures.iter().cloned().collect(),
+                        details: json!({ "failures": st.failures.len() }),
+                    });
+                }
+            } else {
+                *st = StormState::default();
+            }
+        }
+        // loop: a repeating cycle of identical calls with identical results.
+        if self.cfg.loop_.enabled {
+            let (maxp, k) = (self.cfg.loop_.max_period, self.cfg.loop_.min_repeats);
+            let l = self
+                .loops
+                .get_or(&ev.session, LoopState::default, &mut self.stats.evicted);
+            let sig = (tool.clone(), args, facts.result_hash.unwrap_or(0));
+            l.sigs.push_back((sig, me.clone()));
+            if l.sigs.len() > maxp * k {
+                l.sigs.pop_front();
+            }
+            let n = l.sigs.len();
+            let found = (1..=maxp).find(|&per| {
+                per * k <= n
+                    && (0..per * k).all(|i| l.sigs[n - 1 - i].0 == l.sigs[n - 1 - (i % per)].0)
+                    && {
+                        // A period-p cycle is not really a shorter one.
+                        per == 1
+                            || (1..per).all(|q| {
+                                per % q != 0
+                                    || (0..per)
+                                        .any(|i| l.sigs[n - 1 - i].0 != l.sigs[n - 1 - (i % q)].0)
+                            })
+                    }
+            });
+            match found {
+                Some(per) if !l.fired => {
+                    l.fired = true;
+                    let cycle: Vec<String> = (0..per)
+                        .rev()
+                        .map(|i| l.sigs[n - 1 - i].0 .0.clone())
+                        .collect();
+                    out.push(Flag {
+                        flag: "loop",
+                        severity: if per == 1 { Severity::Medium } else { Severity::High },
+                        message: format!("{caller} repeats the cycle [{}] on {server} {k} times with the same arguments and results (no progress)", cycle.join(" → ")),
+                        caller: caller.clone(),
+                        server: server.clone(),
+                        tool: Some(tool.clone()),
+                        evidence: l.sigs.iter().skip(n - per * k).map(|(_, e)| e.clone()).collect(),
+                        details: json!({ "period": per, "repeats": k, "cycle": cycle }),
+                    });
+                }
+                Some(_) => {}
+                None => l.fired = false,
+            }
+        }
+        // error_burst: too many errors between one caller and one server.
+        if self.cfg.error_burst.enabled {
+            let c = &self.cfg.error_burst;
+            let (window, min, ratio) = (c.window_s * S, c.min_calls as usize, c.ratio);
+            let e = self.errors.get_or(
+                &(caller.clone(), server.clone()),
+                ErrState::default,
+                &mut self.stats.evicted,
+            );
+            e.outcomes.push_back((ts, failed, me.clone()));
+            while e.outcomes.front().is_some_and(|(t, _, _)| t + window < ts) {
+                e.outcomes.pop_front();
+            }
+            let errs = e.outcomes.iter().filter(|(_, f, _)| *f).count();
+            let r = errs as f64 / e.outcomes.len() as f64;
+            if e.outcomes.len() >= min && r >= ratio && !e.fired {
+                e.fired = true;
+                out.push(Flag {
+                    flag: "error_burst",
+                    severity: Severity::Medium,
+                    message: format!(
+                        "{errs} of the last {} calls from {caller} to {server} failed ({:.0}%)",
+                        e.outcomes.len(),
+                        r * 100.0
+                    ),
+                    caller: caller.clone(),
+                    server: server.clone(),
+                    tool: None,
+                    evidence: e
+                        .outcomes
+                        .iter()
+                        .filter(|(_, f, _)| *f)
+                        .map(|(_, _, ev)| ev.clone())
+                        .collect(),
+                    details: json!({ "errors": errs, "calls": e.outcomes.len(), "ratio": r }),
+                });
+            } else if r < ratio / 2.0 {
+                e.fired = false;
+            }
+        }
+        // large_response: far above the tool's own size, or an absolute limit.
+        if self.cfg.large_response.enabled && !failed {
+            let c = &self.cfg.large_response;
+            let s = self.sizes.get_or(
+                &(server.clone(), tool.clone()),
+                SizeState::default,
+                &mut self.stats.evicted,
+            );
+            let b = ev.bytes as f64;
+            let why = if ev.bytes > c.absolute_bytes {
+                Some(format!("above the {} byte limit", c.absolute_bytes))
+            } else if s.samples >= c.min_samples && b > c.factor * s.mean {
+                Some(format!(
+                    "{:.0}× the tool's mean of {:.0} bytes",
+                    b / s.mean.max(1.0),
+                    s.mean
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                out.push(Flag {
+                    flag: "large_response",
+                    severity: Severity::Medium,
+                    message: format!("{tool} on {server} returned {} bytes to {caller}, {why} (possible exfiltration)", ev.bytes),
+                    caller: caller.clone(),
+                    server: server.clone(),
+                    tool: Some(tool.clone()),
+                    evidence: vec![p.evidence.clone(), me.clone()],
+                    details: json!({ "bytes": ev.bytes, "baseline_mean": s.mean, "samples": s.samples }),
+                });
+            } else {
+                s.samples += 1;
+                s.mean += (b - s.mean) / s.samples as f64;
+            }
+        }
+    }
+
+    fn rate(&mut self, caller: &str, server: &str, me: Evidence, ts: u64, out: &mut Vec<Flag>) {
+        if !self.cfg.rate_spike.enabled {
+            return;
+        }
+        let c = self.cfg.rate_spike.clone();
+        let bucket_ns = (c.bucket_s * 1e9) as u64;
+        let b = ts / bucket_ns.max(1);
+        let r = self.rates.get_or(
+            &(caller.to_owned(), server.to_owned()),
+            || RateState {
+                bucket: b,
+                ..RateState::default()
+            },
+            &mut self.stats.evicted,
+        );
+        if b != r.bucket {
+            // Close the finished bucket (and the empty ones after it) into the baseline.
+            let fold = |x: f64, r: &mut RateState| {
+                if r.buckets_seen == 0 {
+                    r.mean = x;
+                } else {
+                    let d = x - r.mean;
+                    r.mean += c.alpha * d;
+                    r.var = (1.0 - c.alpha) * (r.var + c.alpha * d * d);
+                }
+                r.buckets_seen += 1;
+            };
+            let count = r.count as f64;
+            // Back to normal re-arms the detector (checked against the
+            // baseline before this bucket joins it).
+            if count <= r.mean + c.deviations * r.var.sqrt().max(1.0) || r.count < c.min_calls {
+                r.in_spike = false;
+            }
+            fold(count, r);
+            for _ in 0..(b - r.bucket - 1).min(u64::from(c.warmup_buckets) + 16) {
+                fold(0.0, r);
+            }
+            r.bucket = b;
+            r.count = 0;
+            r.evidence.clear();
+        }
+        r.count += 1;
+        if r.evidence.len() < 32 {
+            r.evidence.push(me);
+        }
+        let threshold = r.mean + c.deviations * r.var.sqrt().max(1.0);
+        if r.buckets_seen >= c.warmup_buckets
+            && r.count >= c.min_calls
+            && f64::from(r.count) > threshold
+            && !r.in_spike
+        {
+            r.in_spike = true;
+            out.push(Flag {
+                flag: "rate_spike",
+                severity: Severity::Medium,
+                message: format!("{caller} sent {} requests to {server} in {} s, against a baseline of {:.1}", r.count, c.bucket_s, r.mean),
+                caller: caller.to_owned(),
+                server: server.to_owned(),
+                tool: None,
+                evidence: r.evidence.clone(),
+                details: json!({ "count": r.count, "baseline_mean": r.mean, "baseline_stddev": r.var.sqrt(), "bucket_s": c.bucket_s }),
+            });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn first_seen(
+        &mut self,
+        caller: &str,
+        server: &str,
+        method: &str,
+        tool: &str,
+        me: Evidence,
+        ts: u64,
+        out: &mut Vec<Flag>,
+    ) {
+        if !self.cfg.first_seen.enabled {
+            return;
+        }
+        let learned = ts.saturating_sub(self.first_ts.unwrap_or(ts)) as f64 / 1e9
+            >= self.cfg.first_seen.learning_s;
+        let mut check = |what: &str, item: String, out: &mut Vec<Flag>| {
+            if self
+                .seen
+                .insert((caller.to_owned(), server.to_owned(), item.clone()))
+                && learned
+            {
+                out.push(Flag {
+                    flag: "first_seen",
+                    severity: Severity::Low,
+                    message: format!("{caller} used {what} for the first time after the learning period"),
+                    caller: caller.to_owned(),
+                    server: server.to_owned(),
+                    tool: (!tool.is_empty()).then(|| tool.to_owned()),
+                    evidence: vec![me.clone()],
+                    details: json!({ "reason": if item.is_empty() { "new_server" } else { "new_tool" } }),
+                });
+            }
+        };
+        check(&format!("server {server}"), String::new(), out);
+        if method == "tools/call" {
+            check(&format!("tool {tool} on {server}"), tool.to_owned(), out);
+        }
+    }
+
+    fn drift(&mut self, server: &str, tools: &[ToolDef], me: Evidence, out: &mut Vec<Flag>) {
+        let Some(old) = self.baselines.get(server) else {
+            self.baselines.insert(server.to_owned(), tools.to_vec());
+            self.save_baselines();
+            return;
+        };
+        if old == tools || !self.cfg.tool_definition_drift.enabled {
+            return;
+        }
+        let added: Vec<&str> = tools
+            .iter()
+            .filter(|t| !old.iter().any(|o| o.name == t.name))
+            .map(|t| t.name.as_str())
+            .collect();
+        let removed: Vec<&str> = old
+            .iter()
+            .filter(|o| !tools.iter().any(|t| t.name == o.name))
+            .map(|o| o.name.as_str())
+            .collect();
+        let changed: Vec<Value> = tools
+            .iter()
+            .filter_map(|t| {
+                let o = old.iter().find(|o| o.name == t.name)?;
+                (o != t).then(|| json!({ "tool": t.name, "description_changed": o.description != t.description, "schema_changed": o.schema != t.schema, "became_write_class": !o.write && t.write }))
+            })
+            .collect();
+        let mut parts = Vec::new();
+        if !added.is_empty() {
+            parts.push(format!("added {}", added.join(", ")));
+        }
+        if !removed.is_empty() {
+            parts.push(format!("removed {}", removed.join(", ")));
+        }
+        if !changed.is_empty() {
+            parts.push(format!(
+                "changed {}",
+                changed
+                    .iter()
+                    .map(|c| c["tool"].as_str().unwrap_or(""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        out.push(Flag {
+            flag: "tool_definition_drift",
+            severity: if changed.is_empty() {
+                Severity::Medium
+            } else {
+                Severity::High
+            },
+            message: format!(
+                "{server}'s tools changed since it was last seen: {}",
+                parts.join("; ")
+            ),
+            caller: String::new(),
+            server: server.to_owned(),
+            tool: None,
+            evidence: vec![me],
+            details: json!({ "added": added, "removed": removed, "changed": changed }),
+        });
+        self.baselines.insert(server.to_owned(), tools.to_vec());
+        self.save_baselines();
+    }
+
+    fn save_baselines(&self) {
+        let Some(dir) = &self.state_dir else { return };
+        let _ = std::fs::create_dir_all(dir);
+        let tmp = dir.join("tool_baselines.json.tmp");
+        if serde_json::to_vec(&self.baselines)
+            .ok()
+            .and_then(|b| std::fs::write(&tmp, b).ok())
+            .is_some()
+        {
+            let _ = std::fs::rename(tmp, dir.join("tool_baselines.json"));
+        }
+    }
+}
+
+fn server_name(ev: &McpEvent) -> String {
+    ev.server
+        .as_ref()
+        .map(|s| s.name.clone())
+        .unwrap_or_default()
+}
