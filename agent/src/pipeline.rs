@@ -678,7 +678,10 @@ impl Core {
             match r {
                 Ok(msg) => {
                     ok = true;
-                    let facts = detecting.then(|| {
+                    // Facts only for the writing end's copy: the reading end's copy is
+                    // almost always dropped as its duplicate (a message seen only
+                    // by its reader goes without payload-based detection).
+                    let facts = (detecting && key.egress).then(|| {
                         let response = matches!(msg.kind, Some(Kind::Response | Kind::Error));
                         Box::new(crate::detect::facts::extract(
                             f.bytes,

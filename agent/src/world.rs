@@ -136,8 +136,14 @@ impl ReplayWorld {
 
 impl World for ReplayWorld {
     fn fd_kind(&mut self, tgid: u32, fd: u32, file_kind: u32, ino: u64) -> FdKind {
+        // Without a recorded answer, what the kernel record itself says.
         self.take(&format!("fd:{tgid}:{fd}:{file_kind}:{ino}"))
-            .unwrap_or(FdKind::Unknown)
+            .unwrap_or(match file_kind {
+                mcpscope_common::FILE_PIPE => FdKind::Pipe(ino),
+                mcpscope_common::FILE_SOCKET => FdKind::OtherSocket(ino),
+                mcpscope_common::FILE_OTHER => FdKind::NotIpc,
+                _ => FdKind::Unknown,
+            })
     }
     fn unix_peer(&mut self, ino: u64) -> Option<u64> {
         self.take::<Option<u64>>(&format!("unix:{ino}")).flatten()

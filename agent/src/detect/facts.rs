@@ -131,10 +131,26 @@ fn entropy(b: &[u8]) -> f64 {
         .sum()
 }
 
+fn secret_prefilter() -> &'static regex::bytes::RegexSet {
+    static P: OnceLock<regex::bytes::RegexSet> = OnceLock::new();
+    P.get_or_init(|| {
+        regex::bytes::RegexSet::new(secret_patterns().iter().map(|(_, r)| r.as_str()))
+            .expect("valid patterns")
+    })
+}
+
 /// Credential shapes in `bytes` (kind and offset only).
 pub fn find_secrets(bytes: &[u8]) -> Vec<SecretHit> {
     let mut hits = Vec::new();
-    for (kind, re) in secret_patterns() {
+    // One pass over the message says whether any pattern can match.
+    let matched = secret_prefilter().matches(bytes);
+    if !matched.matched_any() {
+        return hits;
+    }
+    for (i, (kind, re)) in secret_patterns().iter().enumerate() {
+        if !matched.matched(i) {
+            continue;
+        }
         for c in re.captures_iter(bytes) {
             let m = c.get(0).expect("whole match");
             if *kind == "high_entropy_assignment" {
@@ -213,6 +229,45 @@ fn strings(v: &Value, out: &mut Vec<String>) {
     }
 }
 
+/// Could `line` hold an injection marker or hidden characters? One pass;
+/// only then are its strings decoded and searched exactly.
+fn marker_prefilter(line: &[u8]) -> bool {
+    static P: OnceLock<regex::bytes::RegexSet> = OnceLock::new();
+    let set = P.get_or_init(|| {
+        let mut pats: Vec<String> = markers()
+            .iter()
+            .map(|m| format!("(?i){}", regex::escape(m)))
+            .collect();
+        // Tag characters (U+E0000–E007F), zero-width characters, and JSON
+        // \u escapes that could spell either.
+        pats.push(r"(?-u)\xF3\xA0[\x80\x81]".into());
+        pats.push(r"(?-u)\xE2\x80[\x8B-\x8D]|\xE2\x81\xA0|\xEF\xBB\xBF".into());
+        pats.push(r"\\u(?:[dD][bB]40|200[bBcCdD]|2060|[fF][eE][fF][fF])".into());
+        regex::bytes::RegexSet::new(pats).expect("valid patterns")
+    });
+    set.is_match(line)
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    params: Option<Params<'a>>,
+    #[serde(borrow, default)]
+    result: Option<&'a serde_json::value::RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Params<'a> {
+    #[serde(borrow, default)]
+    arguments: Option<&'a serde_json::value::RawValue>,
+}
+
+fn hash_bytes(b: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    b.hash(&mut h);
+    h.finish()
+}
+
 /// Computes the facts of one parsed message from its raw line.
 pub fn extract(
     line: &[u8],
@@ -228,18 +283,28 @@ pub fn extract(
     if !needs_tree {
         return f;
     }
-    let Ok(v) = serde_json::from_slice::<Value>(line) else {
+    let Ok(env) = serde_json::from_slice::<Envelope<'_>>(line) else {
         return f;
     };
     if method == Some("tools/call") {
-        f.args_hash = Some(hash_value(&v["params"]["arguments"]));
+        // Canonical: key order and whitespace do not change the hash.
+        let args = env
+            .params
+            .and_then(|p| p.arguments)
+            .map(|a| serde_json::from_str::<Value>(a.get()).unwrap_or(Value::Null));
+        f.args_hash = Some(hash_value(&args.unwrap_or(Value::Null)));
     }
     if is_response {
-        let mut result = v["result"].clone();
-        if let Some(o) = result.as_object_mut() {
-            o.remove("_meta"); // per-response metadata is not "the result"
+        // Results of one server for one call are byte-identical when equal;
+        // hashing the raw bytes avoids building a tree for every response.
+        f.result_hash = env.result.map(|r| hash_bytes(r.get().as_bytes()));
+        let is_list = memchr::memmem::find(line, b"\"inputSchema\"").is_some();
+        if !is_list && !marker_prefilter(line) {
+            return f;
         }
-        f.result_hash = Some(hash_value(&result));
+        let Ok(v) = serde_json::from_slice::<Value>(line) else {
+            return f;
+        };
         let mut texts = Vec::new();
         strings(&v["result"]["content"], &mut texts);
         strings(&v["result"]["structuredContent"], &mut texts);

@@ -91,8 +91,11 @@ pub struct DetectStats {
 }
 
 /// A bounded map: past `cap` keys, the least recently touched goes.
+/// Eviction is O(1) amortised: touches are queued and stale queue entries
+/// skipped, so a flood of unique keys cannot make each message O(cap).
 struct Lru<K, V> {
     map: HashMap<K, (V, u64)>,
+    order: VecDeque<(K, u64)>,
     cap: usize,
     clock: u64,
 }
@@ -101,6 +104,7 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     fn new(cap: usize) -> Self {
         Self {
             map: HashMap::new(),
+            order: VecDeque::new(),
             cap,
             clock: 0,
         }
@@ -110,15 +114,20 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         self.clock += 1;
         let clock = self.clock;
         if !self.map.contains_key(k) && self.map.len() >= self.cap {
-            if let Some(old) = self
-                .map
-                .iter()
-                .min_by_key(|(_, (_, t))| *t)
-                .map(|(k, _)| k.clone())
-            {
-                self.map.remove(&old);
-                *evicted += 1;
+            while let Some((old, t)) = self.order.pop_front() {
+                if self.map.get(&old).is_some_and(|(_, touched)| *touched == t) {
+                    self.map.remove(&old);
+                    *evicted += 1;
+                    break;
+                }
             }
+        }
+        self.order.push_back((k.clone(), clock));
+        if self.order.len() > 4 * self.cap.max(16) {
+            // Drop stale touches (keys touched again later, or removed).
+            let map = &self.map;
+            self.order
+                .retain(|(key, t)| map.get(key).is_some_and(|(_, touched)| touched == t));
         }
         let e = self.map.entry(k.clone()).or_insert_with(|| (make(), clock));
         e.1 = clock;
@@ -147,7 +156,7 @@ struct StormState {
 
 #[derive(Default)]
 struct LoopState {
-    sigs: VecDeque<((String, u64, u64), Evidence)>,
+    sigs: VecDeque<((u64, u64, u64), Evidence, String)>,
     fired: bool,
 }
 
@@ -193,7 +202,7 @@ pub struct Detectors {
     rates: Lru<(String, String), RateState>,
     errors: Lru<(String, String), ErrState>,
     sizes: Lru<(String, String), SizeState>,
-    seen: HashSet<(String, String, String)>,
+    seen: HashSet<u64>,
     unlisted_fired: HashSet<(String, String)>,
     first_ts: Option<u64>,
     baselines: HashMap<String, Vec<ToolDef>>,
@@ -203,8 +212,13 @@ pub struct Detectors {
 
 const S: u64 = 1_000_000_000;
 
-fn endpoint_name(ev: &Value, info: &Option<crate::protocol::PeerInfo>) -> String {
-    let exe = ev["exe"].as_str().or(ev["comm"].as_str()).unwrap_or("?");
+fn endpoint_name(
+    ev: &Option<crate::sink::Endpoint>,
+    info: &Option<crate::protocol::PeerInfo>,
+) -> String {
+    let exe = ev
+        .as_ref()
+        .map_or("?", |e| e.process.exe.as_deref().unwrap_or(&e.process.comm));
     match info {
         Some(i) => format!("{}@{exe}", i.name),
         None => exe.to_owned(),
@@ -255,7 +269,6 @@ impl Detectors {
     pub fn observe(&mut self, ev: &McpEvent, ts_ns: u64, facts: &MessageFacts) -> Vec<Flag> {
         let mut out = Vec::new();
         self.first_ts.get_or_insert(ts_ns);
-        let evj = serde_json::to_value(ev).unwrap_or(Value::Null);
         let me = Evidence {
             seq: ev.seq,
             id: ev.id.clone(),
@@ -263,12 +276,12 @@ impl Detectors {
         };
         let (caller, server) = match ev.kind {
             Kind::Request | Kind::Notification => (
-                endpoint_name(&evj["from"], &ev.client),
-                endpoint_name(&evj["to"], &ev.server),
+                endpoint_name(&ev.from, &ev.client),
+                endpoint_name(&ev.to, &ev.server),
             ),
             _ => (
-                endpoint_name(&evj["to"], &ev.client),
-                endpoint_name(&evj["from"], &ev.server),
+                endpoint_name(&ev.to, &ev.client),
+                endpoint_name(&ev.from, &ev.server),
             ),
         };
         let tool = ev.tool.as_deref().unwrap_or("").to_owned();
@@ -517,8 +530,13 @@ impl Detectors {
             let l = self
                 .loops
                 .get_or(&ev.session, LoopState::default, &mut self.stats.evicted);
-            let sig = (tool.clone(), args, facts.result_hash.unwrap_or(0));
-            l.sigs.push_back((sig, me.clone()));
+            let tool_id = {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                tool.hash(&mut h);
+                std::hash::Hasher::finish(&h)
+            };
+            let sig = (tool_id, args, facts.result_hash.unwrap_or(0));
+            l.sigs.push_back((sig, me.clone(), tool.clone()));
             if l.sigs.len() > maxp * k {
                 l.sigs.pop_front();
             }
@@ -541,7 +559,7 @@ impl Detectors {
                     l.fired = true;
                     let cycle: Vec<String> = (0..per)
                         .rev()
-                        .map(|i| l.sigs[n - 1 - i].0 .0.clone())
+                        .map(|i| l.sigs[n - 1 - i].2.clone())
                         .collect();
                     out.push(Flag {
                         flag: "loop",
@@ -550,7 +568,7 @@ impl Detectors {
                         caller: caller.clone(),
                         server: server.clone(),
                         tool: Some(tool.clone()),
-                        evidence: l.sigs.iter().skip(n - per * k).map(|(_, e)| e.clone()).collect(),
+                        evidence: l.sigs.iter().skip(n - per * k).map(|(_, e, _)| e.clone()).collect(),
                         details: json!({ "period": per, "repeats": k, "cycle": cycle }),
                     });
                 }
@@ -717,12 +735,16 @@ impl Detectors {
         }
         let learned = ts.saturating_sub(self.first_ts.unwrap_or(ts)) as f64 / 1e9
             >= self.cfg.first_seen.learning_s;
-        let mut check = |what: &str, item: String, out: &mut Vec<Flag>| {
-            if self
-                .seen
-                .insert((caller.to_owned(), server.to_owned(), item.clone()))
-                && learned
-            {
+        let mut check = |item: &str, out: &mut Vec<Flag>| {
+            // Hashed key: no allocation for the (frequent) already-seen case.
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (caller, server, item).hash(&mut h);
+            if self.seen.insert(std::hash::Hasher::finish(&h)) && learned {
+                let what = if item.is_empty() {
+                    format!("server {server}")
+                } else {
+                    format!("tool {item} on {server}")
+                };
                 out.push(Flag {
                     flag: "first_seen",
                     severity: Severity::Low,
@@ -735,9 +757,9 @@ impl Detectors {
                 });
             }
         };
-        check(&format!("server {server}"), String::new(), out);
+        check("", out);
         if method == "tools/call" {
-            check(&format!("tool {tool} on {server}"), tool.to_owned(), out);
+            check(tool, out);
         }
     }
 
@@ -825,3 +847,6 @@ fn server_name(ev: &McpEvent) -> String {
         .map(|s| s.name.clone())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,461 @@
+//! Detectors on synthetic sequences: interleaved sessions, ids reused
+//! across sessions, responses out of order, and each detector's edges.
+
+use std::sync::Arc;
+
+use super::{facts::MessageFacts, facts::ToolDef, policy::Policy, DetectConfig, Detectors, Flag};
+use crate::{
+    identity::ProcessInfo,
+    protocol::{Kind, PeerInfo, RpcId},
+    sink::{Endpoint, McpEvent},
+};
+
+const S: u64 = 1_000_000_000;
+
+fn end(pid: u32) -> Option<Endpoint> {
+    let p = ProcessInfo {
+        pid,
+        ppid: None,
+        comm: format!("p{pid}"),
+        exe: Some(format!("/bin/p{pid}")),
+        uid: None,
+        start_ticks: 0,
+    };
+    Some(Endpoint {
+        process: Arc::new(p),
+        fd: None,
+    })
+}
+
+/// A scripted conversation: requests and responses with explicit sessions.
+struct Script {
+    d: Detectors,
+    seq: u64,
+    flags: Vec<Flag>,
+}
+
+impl Script {
+    fn new(cfg: DetectConfig) -> Self {
+        Self {
+            d: Detectors::new(cfg, None, None),
+            seq: 0,
+            flags: Vec::new(),
+        }
+    }
+
+    fn event(
+        &mut self,
+        kind: Kind,
+        session: &str,
+        caller: u32,
+        id: i64,
+        tool: &str,
+        _ts: u64,
+    ) -> McpEvent {
+        self.seq += 1;
+        let (from, to) = if kind == Kind::Request {
+            (end(caller), end(caller + 1000))
+        } else {
+            (end(caller + 1000), end(caller))
+        };
+        McpEvent {
+            ts: String::new(),
+            seq: self.seq,
+            kind,
+            method: Some("tools/call".into()),
+            id: Some(RpcId::Num(id)),
+            logical_id: None,
+            tool: Some(tool.into()),
+            resource: None,
+            prompt: None,
+            is_error: false,
+            error_code: None,
+            error_type: None,
+            error_message: None,
+            result_type: None,
+            latency_ms: None,
+            request_seq: None,
+            transport: "stdio",
+            net: "pipe",
+            tls: false,
+            from,
+            to,
+            session: session.into(),
+            protocol_version: None,
+            client: Some(PeerInfo {
+                name: "agent".into(),
+                version: None,
+            }),
+            server: Some(PeerInfo {
+                name: "srv".into(),
+                version: None,
+            }),
+            bytes: 100,
+            truncated: false,
+            batch_index: None,
+            payload: None,
+        }
+    }
+
+    /// A request; returns its seq.
+    fn call(&mut self, session: &str, caller: u32, id: i64, tool: &str, args: u64, ts: u64) -> u64 {
+        let ev = self.event(Kind::Request, session, caller, id, tool, ts);
+        let f = MessageFacts {
+            args_hash: Some(args),
+            ..MessageFacts::default()
+        };
+        self.flags.extend(self.d.observe(&ev, ts, &f));
+        ev.seq
+    }
+
+    /// The response to request `req_seq`.
+    #[allow(clippy::too_many_arguments)]
+    fn answer(
+        &mut self,
+        session: &str,
+        caller: u32,
+        id: i64,
+        tool: &str,
+        req_seq: u64,
+        failed: bool,
+        result: u64,
+        bytes: u64,
+        ts: u64,
+    ) {
+        let mut ev = self.event(Kind::Response, session, caller, id, tool, ts);
+        ev.request_seq = Some(req_seq);
+        ev.is_error = failed;
+        ev.bytes = bytes;
+        let f = MessageFacts {
+            result_hash: Some(result),
+            ..MessageFacts::default()
+        };
+        self.flags.extend(self.d.observe(&ev, ts, &f));
+    }
+
+    fn names(&self) -> Vec<&'static str> {
+        self.flags.iter().map(|f| f.flag).collect()
+    }
+
+    fn count(&self, flag: &str) -> usize {
+        self.flags.iter().filter(|f| f.flag == flag).count()
+    }
+}
+
+fn quiet() -> DetectConfig {
+    let mut c = DetectConfig::default();
+    c.first_seen.enabled = false;
+    c.rate_spike.enabled = false;
+    c
+}
+
+#[test]
+fn duplicates_are_per_caller_across_interleaved_sessions_with_reused_ids() {
+    let mut s = Script::new(quiet());
+    // Two sessions of the same caller identity interleave and both use id 1.
+    let a = s.call("s1", 7, 1, "read", 42, S);
+    let b = s.call("s2", 7, 1, "other", 9, S + 1);
+    s.answer("s2", 7, 1, "other", b, false, 1, 10, S + 2);
+    s.answer("s1", 7, 1, "read", a, false, 1, 10, S + 3);
+    assert!(s.flags.is_empty(), "{:?}", s.names());
+    s.call("s2", 7, 2, "read", 42, 2 * S);
+    assert_eq!(s.names(), ["duplicate_call"]);
+    assert_eq!(
+        s.flags[0]
+            .evidence
+            .iter()
+            .map(|e| e.seq)
+            .collect::<Vec<_>>(),
+        [a, 5]
+    );
+    assert_eq!(s.flags[0].details["reason"], "repeat_after_a_success");
+    // Another caller with the same call is someone else.
+    s.call("s3", 8, 1, "read", 42, 3 * S);
+    assert_eq!(s.count("duplicate_call"), 1);
+    // Different arguments are not a duplicate; outside the window is a new episode.
+    s.call("s1", 7, 3, "read", 43, 3 * S);
+    s.call("s1", 7, 4, "read", 42, 200 * S);
+    assert_eq!(s.count("duplicate_call"), 1);
+}
+
+#[test]
+fn out_of_order_responses_pair_by_request_and_feed_retry_storm() {
+    let mut c = quiet();
+    c.retry_storm.min_failures = 3;
+    c.duplicate_call.enabled = false;
+    let mut s = Script::new(c);
+    let r: Vec<u64> = (1..=3)
+        .map(|i| s.call("s", 1, i, "deploy", 5, i as u64 * S))
+        .collect();
+    // Answers arrive 3, 1, 2, all failures.
+    for &(i, seq) in &[(3, r[2]), (1, r[0]), (2, r[1])] {
+        s.answer("s", 1, i, "deploy", seq, true, 0, 50, 5 * S);
+    }
+    assert_eq!(s.count("retry_storm"), 1, "{:?}", s.names());
+    assert_eq!(
+        s.flags
+            .iter()
+            .find(|f| f.flag == "retry_storm")
+            .unwrap()
+            .evidence
+            .len(),
+        3
+    );
+    // A success resets the storm.
+    let x = s.call("s", 1, 9, "deploy", 5, 6 * S);
+    s.answer("s", 1, 9, "deploy", x, false, 0, 50, 6 * S);
+    for i in 10..12 {
+        let q = s.call("s", 1, i, "deploy", 5, 7 * S);
+        s.answer("s", 1, i, "deploy", q, true, 0, 50, 7 * S);
+    }
+    assert_eq!(s.count("retry_storm"), 1);
+}
+
+fn run_cycle(s: &mut Script, session: &str, pattern: &[(&str, u64, u64)], times: usize) {
+    let mut id = 100;
+    for _ in 0..times {
+        for &(tool, args, result) in pattern {
+            id += 1;
+            let q = s.call(session, 1, id, tool, args, id as u64 * S / 10);
+            s.answer(
+                session,
+                1,
+                id,
+                tool,
+                q,
+                false,
+                result,
+                10,
+                id as u64 * S / 10,
+            );
+        }
+    }
+}
+
+#[test]
+fn loops_of_period_one_two_and_three_fire_once_each() {
+    let mut c = quiet();
+    c.duplicate_call.enabled = false;
+    for (pattern, period) in [
+        (vec![("a", 1, 1)], 1),
+        (vec![("a", 1, 1), ("b", 2, 2)], 2),
+        (vec![("a", 1, 1), ("b", 2, 2), ("c", 3, 3)], 3),
+    ] {
+        let mut s = Script::new(c.clone());
+        run_cycle(&mut s, "s", &pattern, 5);
+        assert_eq!(s.count("loop"), 1, "period {period}: {:?}", s.names());
+        assert_eq!(s.flags[0].details["period"], period);
+    }
+}
+
+#[test]
+fn a_cycle_with_changing_results_is_progress_not_a_loop() {
+    let mut c = quiet();
+    c.duplicate_call.enabled = false;
+    let mut s = Script::new(c);
+    for i in 0..6 {
+        let q = s.call("s", 1, i, "poll", 1, i as u64 * S);
+        s.answer("s", 1, i, "poll", q, false, i as u64, 10, i as u64 * S); // a new result each time
+    }
+    assert_eq!(s.count("loop"), 0);
+}
+
+#[test]
+fn loops_are_per_session() {
+    let mut c = quiet();
+    c.duplicate_call.enabled = false;
+    let mut s = Script::new(c);
+    // The same call alternates between two sessions: twice each, no loop.
+    for i in 0..4 {
+        let session = if i % 2 == 0 { "s1" } else { "s2" };
+        let q = s.call(session, 1, i, "a", 1, i as u64 * S);
+        s.answer(session, 1, i, "a", q, false, 1, 10, i as u64 * S);
+    }
+    assert_eq!(s.count("loop"), 0);
+}
+
+#[test]
+fn error_burst_fires_once_and_rearms_after_recovery() {
+    let mut c = quiet();
+    c.duplicate_call.enabled = false;
+    c.retry_storm.enabled = false;
+    c.loop_.enabled = false;
+    let mut s = Script::new(c);
+    let mut id = 0;
+    let mut step = |s: &mut Script, failed: bool| {
+        id += 1;
+        let q = s.call("s", 1, id, "t", id as u64, id as u64 * S);
+        s.answer("s", 1, id, "t", q, failed, 0, 10, id as u64 * S);
+    };
+    for _ in 0..5 {
+        step(&mut s, true);
+    }
+    assert_eq!(s.count("error_burst"), 1);
+    for _ in 0..20 {
+        step(&mut s, false);
+    }
+    for _ in 0..20 {
+        step(&mut s, true);
+    }
+    assert_eq!(s.count("error_burst"), 2, "a second burst after recovery");
+}
+
+#[test]
+fn large_response_absolute_and_relative() {
+    let mut c = quiet();
+    c.duplicate_call.enabled = false;
+    c.loop_.enabled = false;
+    let mut s = Script::new(c);
+    let q = s.call("s", 1, 1, "dump", 1, S);
+    s.answer("s", 1, 1, "dump", q, false, 1, 2 << 20, S);
+    assert_eq!(s.count("large_response"), 1, "above the absolute limit");
+    for i in 2..8 {
+        let q = s.call("s", 1, i, "small", i as u64, S);
+        s.answer("s", 1, i, "small", q, false, i as u64, 1000, S);
+    }
+    let q = s.call("s", 1, 9, "small", 9, S);
+    s.answer("s", 1, 9, "small", q, false, 9, 20_000, S);
+    assert_eq!(s.count("large_response"), 2);
+}
+
+#[test]
+fn rate_spike_waits_for_warm_up() {
+    let mut c = DetectConfig::default();
+    c.duplicate_call.enabled = false;
+    c.first_seen.enabled = false;
+    c.rate_spike.bucket_s = 1.0;
+    c.rate_spike.warmup_buckets = 5;
+    c.rate_spike.min_calls = 10;
+    let mut s = Script::new(c);
+    // A burst during warm-up raises nothing (and joins the baseline).
+    for i in 0..15 {
+        s.call("s", 1, i, "t", i as u64, S / 2);
+    }
+    for b in 1..8u64 {
+        s.call("s", 1, 100 + b as i64, "t", b, b * S + 1);
+    }
+    assert_eq!(s.count("rate_spike"), 0);
+    for i in 0..40 {
+        s.call("s", 1, 200 + i, "t", i as u64, 9 * S + i as u64);
+    }
+    assert_eq!(s.count("rate_spike"), 1);
+}
+
+#[test]
+fn first_seen_only_after_learning() {
+    let mut c = DetectConfig::default();
+    c.duplicate_call.enabled = false;
+    c.rate_spike.enabled = false;
+    c.first_seen.learning_s = 10.0;
+    let mut s = Script::new(c);
+    s.call("s", 1, 1, "a", 1, S);
+    s.call("s", 1, 2, "b", 1, 5 * S);
+    assert_eq!(s.count("first_seen"), 0, "still learning");
+    s.call("s", 1, 3, "b", 1, 20 * S);
+    assert_eq!(s.count("first_seen"), 0, "known");
+    s.call("s", 1, 4, "c", 1, 21 * S);
+    assert_eq!(s.count("first_seen"), 1);
+    assert_eq!(s.flags.last().unwrap().details["reason"], "new_tool");
+}
+
+#[test]
+fn drift_is_summarised_and_persists_across_restarts() {
+    let dir = std::env::temp_dir().join(format!("mcpscope-drift-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let defs = |desc: u64| {
+        vec![
+            ToolDef {
+                name: "a".into(),
+                description: desc,
+                schema: 1,
+                write: false,
+            },
+            ToolDef {
+                name: "b".into(),
+                description: 1,
+                schema: 1,
+                write: false,
+            },
+        ]
+    };
+    let list = |d: &mut Detectors, tools: Vec<ToolDef>| {
+        let mut s = Script {
+            d: Detectors::new(DetectConfig::default(), None, None),
+            seq: 0,
+            flags: vec![],
+        };
+        let mut ev = s.event(Kind::Response, "s", 1, 1, "", S);
+        ev.method = Some("tools/list".into());
+        d.observe(
+            &ev,
+            S,
+            &MessageFacts {
+                tools: Some(tools),
+                ..MessageFacts::default()
+            },
+        )
+    };
+    let mut d = Detectors::new(DetectConfig::default(), None, Some(dir.clone()));
+    assert!(
+        list(&mut d, defs(1)).is_empty(),
+        "first sight is the baseline"
+    );
+    // A restart: a new set of detectors reads the persisted baseline.
+    let mut d = Detectors::new(DetectConfig::default(), None, Some(dir.clone()));
+    let flags = list(&mut d, defs(2));
+    assert_eq!(flags.len(), 1);
+    assert_eq!(flags[0].flag, "tool_definition_drift");
+    assert_eq!(flags[0].details["changed"][0]["description_changed"], true);
+    let mut gone = defs(2);
+    gone.pop();
+    let flags = list(&mut d, gone);
+    assert_eq!(flags[0].details["removed"], serde_json::json!(["b"]));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn policy_rules_select_by_client_and_default_read_only() {
+    let p = Policy::from_toml(
+        "[default]\nallow_write = false\n\n[[rule]]\nclient = \"agent\"\nservers = [\"srv\"]\ntools = [\"read_*\", \"write_*\"]\nallow_write = true\n",
+    )
+    .unwrap();
+    let s = Script::new(quiet());
+    let mut s = s;
+    let ev = s.event(Kind::Request, "s", 1, 1, "write_file", S);
+    assert_eq!(
+        p.check(&ev, "srv", "write_file", true),
+        None,
+        "the rule allows writes"
+    );
+    assert!(p
+        .check(&ev, "srv", "delete_file", true)
+        .unwrap()
+        .contains("not allowed"));
+    assert!(p
+        .check(&ev, "other", "read_file", false)
+        .unwrap()
+        .contains("server"));
+    let mut anon = ev.clone();
+    anon.client = None;
+    assert!(
+        p.check(&anon, "srv", "write_file", true)
+            .unwrap()
+            .contains("read-only"),
+        "default: read-only"
+    );
+    assert!(Policy::from_toml("[[rule]]\nservers = [\"x\"]\n")
+        .unwrap_err()
+        .contains("no selector"));
+}
+
+#[test]
+fn state_is_bounded_and_evictions_counted() {
+    let mut c = quiet();
+    c.limits.max_keys = 16;
+    let mut s = Script::new(c);
+    for i in 0..100 {
+        s.call("s", 1, i, &format!("tool{i}"), i as u64, S);
+    }
+    assert!(s.d.stats.evicted > 0);
+    assert!(s.d.dup.map.len() <= 16 && s.d.pending.map.len() <= 16);
+}
