@@ -310,6 +310,23 @@ fn assert_daemonset_shape(all: &[Value]) {
     );
 }
 
+/// Rendering succeeded, the manifests validate for Kubernetes 1.30, and the
+/// DaemonSet has the shape least privilege requires.
+fn assert_valid_manifests(env: &Env, what: &str, out: std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = String::from_utf8(out.stdout).unwrap();
+    let report = kubernetes_validate(env, &rendered);
+    assert!(
+        report.contains("passed for resource daemonset/mcpscope"),
+        "{report}"
+    );
+    assert_daemonset_shape(&docs(&rendered, env));
+}
+
 #[test]
 fn helm_lint_strict_and_the_rendered_chart_validates_for_kubernetes_1_30() {
     let Some(env) = env("helm_chart") else { return };
@@ -339,18 +356,7 @@ fn helm_lint_strict_and_the_rendered_chart_validates_for_kubernetes_1_30() {
         .arg(&chart)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "helm template: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rendered = String::from_utf8(out.stdout).unwrap();
-    let report = kubernetes_validate(&env, &rendered);
-    assert!(
-        report.contains("passed for resource daemonset/mcpscope"),
-        "{report}"
-    );
-    assert_daemonset_shape(&docs(&rendered, &env));
+    assert_valid_manifests(&env, "helm template", out);
 }
 
 #[test]
@@ -363,18 +369,7 @@ fn kustomize_base_validates_for_kubernetes_1_30() {
         .arg(env.root.join("deploy/kubernetes"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl kustomize: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rendered = String::from_utf8(out.stdout).unwrap();
-    let report = kubernetes_validate(&env, &rendered);
-    assert!(
-        report.contains("passed for resource daemonset/mcpscope"),
-        "{report}"
-    );
-    assert_daemonset_shape(&docs(&rendered, &env));
+    assert_valid_manifests(&env, "kubectl kustomize", out);
 }
 
 /// `podman run` arguments equal to the DaemonSet's capabilities and mounts.

@@ -386,6 +386,26 @@ pub struct Truth {
     pub info: Value,
 }
 
+/// The common shape of an end-to-end test: an agent (with `extra`
+/// arguments), one client run of `scenario` against `server`, the agent
+/// stopped. Returns what it reported and the client's ground truth.
+#[allow(clippy::too_many_arguments)]
+pub fn capture(
+    env: &Env,
+    name: &str,
+    extra: &[&str],
+    mode: &str,
+    scenario: &str,
+    server_kind: &str,
+    count: u32,
+    server: &[String],
+) -> (Stopped, Truth) {
+    let dir = env.tmpdir(name);
+    let agent = Agent::start(env, &dir, extra);
+    let truth = drive(env, &dir, mode, scenario, server_kind, count, server);
+    (agent.stop(), truth)
+}
+
 /// Runs `mcpscope` with `args`; returns (exit code, stdout, stderr).
 pub fn mcpscope(env: &Env, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(&env.bin)

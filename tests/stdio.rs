@@ -4,25 +4,23 @@
 
 use std::process::{Command, Stdio};
 
-use mcpscope_e2e::{assert_exactly_once, drive, env, pid, Agent};
+use mcpscope_e2e::{assert_exactly_once, capture, drive, env, pid, Agent};
 
 #[test]
 fn python_sdk_legacy_mode_every_message_once_with_pairing() {
     let Some(env) = env("python_sdk_legacy_mode_every_message_once_with_pairing") else {
         return;
     };
-    let dir = env.tmpdir("py-legacy");
-    let agent = Agent::start(&env, &dir, &[]);
-    let truth = drive(
+    let (stopped, truth) = capture(
         &env,
-        &dir,
+        "py-legacy",
+        &[],
         "legacy",
         "basic",
         "python",
         0,
         &env.py_server_cmd(),
     );
-    let stopped = agent.stop();
     let events = assert_exactly_once(&stopped, &truth);
     // The initialize handshake names both ends, and later messages carry it.
     let last = events.last().unwrap();
@@ -49,18 +47,16 @@ fn python_sdk_2026_mode_every_message_once_with_meta_identity() {
     let Some(env) = env("python_sdk_2026_mode_every_message_once_with_meta_identity") else {
         return;
     };
-    let dir = env.tmpdir("py-2026");
-    let agent = Agent::start(&env, &dir, &[]);
-    let truth = drive(
+    let (stopped, truth) = capture(
         &env,
-        &dir,
+        "py-2026",
+        &[],
         "2026-07-28",
         "basic",
         "python",
         0,
         &env.py_server_cmd(),
     );
-    let stopped = agent.stop();
     let events = assert_exactly_once(&stopped, &truth);
     assert!(
         !events.iter().any(|e| e["method"] == "initialize"),
@@ -88,18 +84,16 @@ fn python_sdk_auto_mode_discover_then_calls_every_message_once() {
     let Some(env) = env("python_sdk_auto_mode_discover_then_calls_every_message_once") else {
         return;
     };
-    let dir = env.tmpdir("py-auto");
-    let agent = Agent::start(&env, &dir, &[]);
-    let truth = drive(
+    let (stopped, truth) = capture(
         &env,
-        &dir,
+        "py-auto",
+        &[],
         "auto",
         "basic",
         "python",
         0,
         &env.py_server_cmd(),
     );
-    let stopped = agent.stop();
     let events = assert_exactly_once(&stopped, &truth);
     assert_eq!(events[0]["method"], "server/discover");
 }
@@ -109,18 +103,16 @@ fn server_everything_legacy_every_message_once_id_last_key_order() {
     let Some(env) = env("server_everything_legacy_every_message_once_id_last_key_order") else {
         return;
     };
-    let dir = env.tmpdir("everything-legacy");
-    let agent = Agent::start(&env, &dir, &[]);
-    let truth = drive(
+    let (stopped, truth) = capture(
         &env,
-        &dir,
+        "everything-legacy",
+        &[],
         "legacy",
         "basic",
         "everything",
         0,
         &env.everything_cmd(),
     );
-    let stopped = agent.stop();
     let events = assert_exactly_once(&stopped, &truth);
     let init = events
         .iter()
@@ -140,18 +132,16 @@ fn server_everything_auto_mode_probe_falls_back_to_initialize() {
     let Some(env) = env("server_everything_auto_mode_probe_falls_back_to_initialize") else {
         return;
     };
-    let dir = env.tmpdir("everything-auto");
-    let agent = Agent::start(&env, &dir, &[]);
-    let truth = drive(
+    let (stopped, truth) = capture(
         &env,
-        &dir,
+        "everything-auto",
+        &[],
         "auto",
         "basic",
         "everything",
         0,
         &env.everything_cmd(),
     );
-    let stopped = agent.stop();
     let events = assert_exactly_once(&stopped, &truth);
     assert_eq!(events[0]["method"], "server/discover");
     let probe_answer = events

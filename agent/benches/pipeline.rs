@@ -6,43 +6,14 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use mcpscope::{
+    capture::record::data_record,
     detect::{DetectConfig, Detectors},
     pipeline::{Pipeline, PipelineConfig},
     stream::NoControl,
     world::ReplayWorld,
 };
-use mcpscope_common::{DataHeader, RecordKind, Syscall, DATA_HEADER_LEN, FILE_PIPE, FLAG_EGRESS};
 
 const MESSAGES: usize = 10_000;
-
-fn record(tgid: u32, fd: u32, ino: u64, ts: u64, line: &[u8], egress: bool) -> Vec<u8> {
-    let h = DataHeader {
-        kind: RecordKind::Data as u32,
-        flags: if egress { FLAG_EGRESS } else { 0 },
-        tgid,
-        tid: tgid,
-        fd,
-        syscall: if egress {
-            Syscall::Write
-        } else {
-            Syscall::Read
-        } as u32,
-        ts_ns: ts,
-        total_len: line.len() as u64,
-        offset: 0,
-        len: line.len() as u32,
-        cgroup_id: 1,
-        comm: *b"bench\0\0\0\0\0\0\0\0\0\0\0",
-        ino,
-        file_kind: FILE_PIPE,
-        _pad: 0,
-    };
-    let mut v = vec![0u8; DATA_HEADER_LEN];
-    // SAFETY: a POD header written into a buffer of its size.
-    unsafe { std::ptr::write_unaligned(v.as_mut_ptr() as *mut DataHeader, h) };
-    v.extend_from_slice(line);
-    v
-}
 
 fn records() -> Vec<Vec<u8>> {
     let text = "x".repeat(480);
@@ -57,10 +28,10 @@ fn records() -> Vec<Vec<u8>> {
             // Both ends of both pipes, as on a real host: the client writes
             // the request and the server reads it; then the reverse.
             [
-                record(100, 5, 7001, t, req.as_bytes(), true),
-                record(200, 0, 7001, t + 10_000, req.as_bytes(), false),
-                record(200, 1, 7002, t + 500_000, resp.as_bytes(), true),
-                record(100, 6, 7002, t + 510_000, resp.as_bytes(), false),
+                data_record(100, 5, 7001, t, req.as_bytes(), true),
+                data_record(200, 0, 7001, t + 10_000, req.as_bytes(), false),
+                data_record(200, 1, 7002, t + 500_000, resp.as_bytes(), true),
+                data_record(100, 6, 7002, t + 510_000, resp.as_bytes(), false),
             ]
         })
         .collect()

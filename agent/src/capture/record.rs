@@ -142,3 +142,37 @@ pub fn read(path: &Path) -> io::Result<(i128, Vec<Frame>)> {
     }
     Ok((offset, frames))
 }
+
+/// Builds a single-chunk data record as the kernel writes it — for tests,
+/// benchmarks and synthetic replays.
+pub fn data_record(tgid: u32, fd: u32, ino: u64, ts_ns: u64, data: &[u8], egress: bool) -> Vec<u8> {
+    use mcpscope_common::{
+        DataHeader, RecordKind, Syscall, DATA_HEADER_LEN, FILE_PIPE, FLAG_EGRESS,
+    };
+    let h = DataHeader {
+        kind: RecordKind::Data as u32,
+        flags: if egress { FLAG_EGRESS } else { 0 },
+        tgid,
+        tid: tgid,
+        fd,
+        syscall: if egress {
+            Syscall::Write
+        } else {
+            Syscall::Read
+        } as u32,
+        ts_ns,
+        total_len: data.len() as u64,
+        offset: 0,
+        len: data.len() as u32,
+        cgroup_id: 1,
+        comm: *b"synthetic\0\0\0\0\0\0\0",
+        ino,
+        file_kind: FILE_PIPE,
+        _pad: 0,
+    };
+    let mut v = vec![0u8; DATA_HEADER_LEN];
+    // SAFETY: a POD header written into a buffer of its size.
+    unsafe { std::ptr::write_unaligned(v.as_mut_ptr() as *mut DataHeader, h) };
+    v.extend_from_slice(data);
+    v
+}
