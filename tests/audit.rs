@@ -62,7 +62,12 @@ fn a_real_sessions_trail_verifies_and_answers_sessions_timeline_and_calls() {
         &["timeline", &session, "--dir", a, "--output", "json"],
     );
     assert_eq!(code, 0, "{err}");
-    let tl: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let all: Vec<Value> = serde_json::from_str(&out).unwrap();
+    // Flags stand inline: calling a tool the server never listed is one.
+    let inline: Vec<&Value> = all.iter().filter(|r| r["kind"] == "flag").collect();
+    assert_eq!(inline.len(), 1, "{inline:?}");
+    assert_eq!(inline[0]["data"]["flag"], "first_seen");
+    let tl: Vec<&Value> = all.iter().filter(|r| r["kind"] == "message").collect();
     assert_eq!(tl.len(), truth.lines.len(), "the whole exchange, in order");
     for (rec, (dir, m)) in tl.iter().zip(&truth.lines) {
         let sent = dir == "sent";
