@@ -46,6 +46,9 @@ pub struct PairStats {
 #[derive(Default)]
 struct SessionPending {
     by_id: HashMap<RpcId, Vec<Pending>>,
+    /// Insertion order, for O(1) amortised eviction of the oldest; entries
+    /// already answered are skipped lazily.
+    order: std::collections::VecDeque<(RpcId, u64)>,
     count: usize,
     /// (method, tool) → logical id, for 2026 input_required retries.
     awaiting_input: HashMap<(Box<str>, Option<Box<str>>), RpcId>,
@@ -99,6 +102,15 @@ impl Pairer {
             self.stats.evicted += 1;
         }
         self.insertion += 1;
+        s.order.push_back((id.clone(), self.insertion));
+        if s.order.len() > 4 * self.max_pending.max(16) {
+            let by_id = &s.by_id;
+            s.order.retain(|(id, ins)| {
+                by_id
+                    .get(id)
+                    .is_some_and(|l| l.iter().any(|p| p.insertion == *ins))
+            });
+        }
         s.by_id.entry(id).or_default().push(Pending {
             requester,
             ts_ns,
@@ -171,22 +183,19 @@ fn take(s: &mut SessionPending, id: &RpcId, recipient: u32) -> Option<Pending> {
 }
 
 fn evict_oldest(s: &mut SessionPending) {
-    let oldest = s
-        .by_id
-        .iter()
-        .flat_map(|(id, v)| {
-            v.iter()
-                .enumerate()
-                .map(move |(i, p)| (p.insertion, id.clone(), i))
-        })
-        .min_by_key(|(ins, _, _)| *ins);
-    if let Some((_, id, i)) = oldest {
-        let list = s.by_id.get_mut(&id).expect("present");
+    while let Some((id, insertion)) = s.order.pop_front() {
+        let Some(list) = s.by_id.get_mut(&id) else {
+            continue;
+        };
+        let Some(i) = list.iter().position(|p| p.insertion == insertion) else {
+            continue;
+        };
         list.remove(i);
         if list.is_empty() {
             s.by_id.remove(&id);
         }
         s.count -= 1;
+        return;
     }
 }
 
@@ -262,6 +271,35 @@ mod tests {
         assert_eq!(p.stats.cancelled, 1);
         p.end_session(1);
         assert_eq!(p.stats.unanswered, 1);
+    }
+
+    #[test]
+    fn a_flood_of_unanswered_requests_evicts_oldest_first_in_constant_time() {
+        let mut p = Pairer::new(1000);
+        for i in 0..200_000i64 {
+            p.request(
+                1,
+                1,
+                &msg(&format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"ping"}}"#)),
+                i as u64,
+                i as u64,
+            );
+            if i % 3 == 0 {
+                p.response(
+                    1,
+                    1,
+                    &msg(&format!(r#"{{"jsonrpc":"2.0","id":{i},"result":{{}}}}"#)),
+                );
+            }
+        }
+        assert_eq!(p.pending(), 1000);
+        // The newest survive, the oldest went.
+        assert!(p
+            .response(1, 1, &msg(r#"{"jsonrpc":"2.0","id":199999,"result":{}}"#))
+            .is_some());
+        assert!(p
+            .response(1, 1, &msg(r#"{"jsonrpc":"2.0","id":1000,"result":{}}"#))
+            .is_none());
     }
 
     #[test]
