@@ -238,6 +238,8 @@ fn docs(yaml: &str, env: &Env) -> Vec<Value> {
 /// Least privilege and the pieces the issue lists, on a rendered DaemonSet.
 fn assert_daemonset_shape(all: &[Value]) {
     let kinds: Vec<&str> = all.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    let configmaps = all.iter().filter(|d| d["kind"] == "ConfigMap").count();
+    assert_eq!(configmaps, 2, "settings and policy");
     for k in [
         "ServiceAccount",
         "ClusterRole",
@@ -291,6 +293,7 @@ fn assert_daemonset_shape(all: &[Value]) {
         .map(|m| m["mountPath"].as_str().unwrap())
         .collect();
     for m in [
+        "/etc/mcpscope",
         "/sys/kernel/tracing",
         "/sys/fs/cgroup",
         "/host/proc",
@@ -372,10 +375,22 @@ fn kustomize_base_validates_for_kubernetes_1_30() {
     assert_valid_manifests(&env, "kubectl kustomize", out);
 }
 
-/// `podman run` arguments equal to the DaemonSet's capabilities and mounts.
+/// `podman run` arguments equal to the DaemonSet's capabilities, mounts
+/// and ConfigMap settings (files and environment).
 fn daemonset_podman_args(env: &Env, data: &Path) -> Vec<String> {
-    let yaml = std::fs::read_to_string(env.root.join("deploy/kubernetes/daemonset.yaml")).unwrap();
-    let ds = &docs(&yaml, env)[0];
+    let k = env.root.join("deploy/kubernetes");
+    let ds = &docs(
+        &std::fs::read_to_string(k.join("daemonset.yaml")).unwrap(),
+        env,
+    )[0];
+    let settings = &docs(
+        &std::fs::read_to_string(k.join("configmap.yaml")).unwrap(),
+        env,
+    )[0];
+    let files = &docs(
+        &std::fs::read_to_string(k.join("policy-configmap.yaml")).unwrap(),
+        env,
+    )[0];
     let pod = &ds["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
     let mut args = vec![
@@ -395,6 +410,9 @@ fn daemonset_podman_args(env: &Env, data: &Path) -> Vec<String> {
     {
         args.push(format!("--cap-add={}", cap.as_str().unwrap()));
     }
+    for (k, v) in settings["data"].as_object().unwrap() {
+        args.push(format!("--env={k}={}", v.as_str().unwrap()));
+    }
     for m in c["volumeMounts"].as_array().unwrap() {
         let vol = pod["volumes"]
             .as_array()
@@ -402,10 +420,22 @@ fn daemonset_podman_args(env: &Env, data: &Path) -> Vec<String> {
             .iter()
             .find(|v| v["name"] == m["name"])
             .unwrap();
-        let mut host = vol["hostPath"]["path"].as_str().unwrap().to_owned();
-        if host == "/var/lib/mcpscope" {
-            host = data.display().to_string(); // the test's own data directory
-        }
+        let host = if let Some(path) = vol["hostPath"]["path"].as_str() {
+            if path == "/var/lib/mcpscope" {
+                data.display().to_string()
+            } else {
+                path.to_owned()
+            }
+        } else {
+            // A configMap volume: its files, materialised for podman.
+            assert_eq!(vol["configMap"]["name"], files["metadata"]["name"]);
+            let dir = data.with_file_name("etc-mcpscope");
+            std::fs::create_dir_all(&dir).unwrap();
+            for (name, text) in files["data"].as_object().unwrap() {
+                std::fs::write(dir.join(name), text.as_str().unwrap()).unwrap();
+            }
+            dir.display().to_string()
+        };
         let ro = if m["readOnly"] == true { ":ro" } else { "" };
         args.push(format!(
             "--volume={host}:{}{ro}",
@@ -486,6 +516,16 @@ fn podman_image_with_the_daemonsets_capabilities_and_mounts_reports_a_host_sessi
     assert!(
         events.lines().any(|l| l.contains(r#""tool":"echo""#)),
         "events on the host path"
+    );
+    // The ConfigMaps took effect: an audit trail on the host path that
+    // verifies, and the default read-only policy loaded.
+    let (code, out, _) =
+        mcpscope_e2e::mcpscope(&env, &["verify", data.join("audit").to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let audit = std::fs::read_to_string(data.join("audit/audit-000001.jsonl")).unwrap();
+    assert!(
+        audit.contains("allow_write = false"),
+        "agent_start records the loaded policy"
     );
     drop(container);
 }
