@@ -246,3 +246,33 @@ fn replay_of_a_recorded_capture_gives_the_same_events_as_the_live_run() {
         assert_eq!(r, l, "replayed event differs from the live one");
     }
 }
+
+#[test]
+fn a_gap_in_capture_is_itself_on_the_record() {
+    let Some(env) = env("audit_loss") else { return };
+    let dir = env.tmpdir("audit-loss");
+    let audit = dir.join("audit");
+    let agent = Agent::start(&env, &dir, &["--audit-dir", audit.to_str().unwrap()]);
+    // A 10 MB line in one write: the 1 MiB capture cap cuts it.
+    let out = Command::new("python3")
+        .arg(env.test_file("mcp/bad_input.py"))
+        .arg("huge_line")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    agent.stop();
+    let trail = std::fs::read_to_string(audit.join("audit-000001.jsonl")).unwrap();
+    let loss: Vec<Value> = trail
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["kind"] == "loss")
+        .collect();
+    assert!(!loss.is_empty(), "a loss record");
+    let cut: u64 = loss
+        .iter()
+        .filter_map(|r| r["data"]["kernel.truncated_syscalls"].as_u64())
+        .sum();
+    assert!(cut >= 1, "{loss:?}");
+    let (code, out, _) = mcpscope(&env, &["verify", audit.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+}
