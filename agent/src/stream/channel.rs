@@ -212,6 +212,21 @@ impl<T> Channels<T> {
         });
     }
 
+    /// A reader copy whose writer copy was already reported: recognised by
+    /// its key alone, so the caller can drop it without parsing it. Returns
+    /// the writer copy's tag.
+    pub fn confirm_read(&mut self, ino: u64, reader: u32, key: u64) -> Option<u64> {
+        let ch = self.map.get_mut(&ino)?;
+        let pos = ch.awaiting_read.iter().position(|(k, _)| *k == key)?;
+        ch.reader = Some(reader);
+        // Entries before it were never read back (the reader lost them).
+        self.stats.unconfirmed += pos as u64;
+        let (_, tag) = ch.awaiting_read[pos];
+        ch.awaiting_read.drain(..=pos);
+        self.stats.deduplicated += 1;
+        Some(tag)
+    }
+
     /// Held copies whose window passed, with the other end as known.
     pub fn expire(&mut self, now_ns: u64, out: &mut dyn FnMut(Emit<T>)) {
         let max_awaiting = self.max_awaiting;
@@ -291,6 +306,18 @@ mod tests {
         c.expire(u64::MAX, &mut collect(&mut out));
         assert_eq!(out, vec![("w", Some(2))]);
         assert_eq!(confirmed, vec![(9, 2, 8)]);
+        assert_eq!(c.stats.deduplicated, 1);
+    }
+
+    #[test]
+    fn a_reported_writer_copy_is_confirmed_by_key_alone() {
+        let mut c = Channels::new(1000, 8);
+        let mut w = copy(42, false, "w");
+        w.tag = 3;
+        c.on_write(7, 1, w, || Some(2), &mut |_| {});
+        assert_eq!(c.confirm_read(7, 2, 41), None, "another message");
+        assert_eq!(c.confirm_read(7, 2, 42), Some(3));
+        assert_eq!(c.confirm_read(7, 2, 42), None, "confirmed once");
         assert_eq!(c.stats.deduplicated, 1);
     }
 
