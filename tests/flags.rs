@@ -3,8 +3,6 @@
 //! flag must fire once, with its evidence. A benign heavy-use workload must
 //! raise nothing.
 
-use std::path::Path;
-
 use mcpscope_e2e::{drive, drive_with_env, env, pid, Agent, Env, Stopped, Truth};
 use serde_json::Value;
 
@@ -190,7 +188,6 @@ fn tool_definition_drift_fires_across_sessions_and_agent_restarts() {
     assert_eq!(changed[0]["tool"], "lookup");
     assert_eq!(changed[0]["description_changed"], true);
     assert_eq!(changed[0]["schema_changed"], false);
-    let _ = Path::new(st);
 }
 
 #[test]

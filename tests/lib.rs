@@ -59,15 +59,7 @@ pub fn env(test: &str) -> Option<Env> {
     };
     for p in [&env.bin, &env.python, &env.node_modules] {
         if !p.exists() {
-            assert!(
-                !required,
-                "{test}: {} is missing; `cargo xtask test` installs it",
-                p.display()
-            );
-            eprintln!(
-                "\n*** SKIPPED {test}: {} missing (run `cargo xtask test`) ***\n",
-                p.display()
-            );
+            missing(test, p);
             return None;
         }
     }
@@ -295,6 +287,21 @@ impl Agent {
     }
 }
 
+/// Reports a missing prerequisite: a loud SKIPPED, or a failure under
+/// `MCPSCOPE_E2E_REQUIRED=1` (CI runs as root with everything installed).
+fn missing(test: &str, p: &Path) {
+    let required = std::env::var("MCPSCOPE_E2E_REQUIRED").as_deref() == Ok("1");
+    assert!(
+        !required,
+        "{test}: {} is missing; `cargo xtask test` installs it",
+        p.display()
+    );
+    eprintln!(
+        "\n*** SKIPPED {test}: {} missing (run `cargo xtask test`) ***\n",
+        p.display()
+    );
+}
+
 /// A tool the deployment tests need (from `cargo xtask test`'s set-up):
 /// its path, or `None` after a loud SKIPPED (a failure under
 /// `MCPSCOPE_E2E_REQUIRED=1`).
@@ -313,16 +320,7 @@ pub fn tool(test: &str, var: &str, fallback: &str) -> Option<PathBuf> {
     if found {
         return Some(p);
     }
-    let required = std::env::var("MCPSCOPE_E2E_REQUIRED").as_deref() == Ok("1");
-    assert!(
-        !required,
-        "{test}: {} is missing; `cargo xtask test` installs it",
-        p.display()
-    );
-    eprintln!(
-        "\n*** SKIPPED {test}: {} missing (run `cargo xtask test`) ***\n",
-        p.display()
-    );
+    missing(test, &p);
     None
 }
 
