@@ -19,6 +19,7 @@ use crate::{
     capture::loader::{ProbeConfig, Probes},
     capture::record::Recorder,
     detect::{policy::Policy, DetectConfig, Detectors},
+    identity::kube::{self, KubeSettings, PodDirectory},
     metrics::Metrics,
     pipeline::{monotonic_now_ns, monotonic_to_realtime_offset, Pipeline, PipelineConfig},
     serve::{self, Health},
@@ -47,6 +48,8 @@ pub struct RunOptions {
     pub record: Option<PathBuf>,
     /// Detectors: configuration, policy, state directory (`None` = off).
     pub detect: Option<(DetectConfig, Option<Policy>, Option<PathBuf>)>,
+    /// Kubernetes pod enrichment (`None` = off).
+    pub kube: Option<KubeSettings>,
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -99,10 +102,33 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
         pipeline = pipeline.with_detectors(d);
     }
-    if let Some(r) = &recorder {
-        r.lock().expect("recorder").fact("config", &opts.pipeline);
-        pipeline = pipeline.with_world(Box::new(LiveWorld::recording(r.clone())));
+    let pods = match &opts.kube {
+        Some(k) => {
+            let client = kube::client(k)
+                .await
+                .context("configuring the Kubernetes client")?;
+            let dir = Arc::new(PodDirectory::default());
+            tokio::spawn(kube::watch_pods(client, k.clone(), dir.clone()));
+            eprintln!(
+                "mcpscope: kubernetes: watching pods on node {} ({})",
+                k.node,
+                k.api_url.as_deref().unwrap_or("in-cluster")
+            );
+            Some(dir)
+        }
+        None => None,
+    };
+    let mut world = match &recorder {
+        Some(r) => {
+            r.lock().expect("recorder").fact("config", &opts.pipeline);
+            LiveWorld::recording(r.clone())
+        }
+        None => LiveWorld::default(),
+    };
+    if let Some(d) = &pods {
+        world = world.with_pods(d.clone());
     }
+    pipeline = pipeline.with_world(Box::new(world));
     pipeline.record("agent_start", &agent_config(&opts, probes.attached));
     let mut losses = LossTracker::default();
     {
@@ -149,6 +175,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 ticks += 1;
                 if ticks.is_multiple_of(50) {
                                         export(&pipeline, &probes, &metrics);
+                    if let Some(d) = &pods {
+                        export_kube(d, &metrics);
+                    }
                     losses.report(&mut pipeline, &probes);
                 }
             }
@@ -197,7 +226,10 @@ fn agent_config(o: &RunOptions, attached: usize) -> serde_json::Value {
         "output": o.output.as_ref().map(|p| p.display().to_string()),
         "audit_dir": o.audit.as_ref().map(|a| a.dir.display().to_string()),
         "audit_keyed": o.audit.as_ref().is_some_and(|a| a.hmac_key.is_some()),
-                "record": o.record.as_ref().map(|p| p.display().to_string()),
+        "record": o.record.as_ref().map(|p| p.display().to_string()),
+        "kubernetes": o.kube.as_ref().map(|k| serde_json::json!({
+            "api": k.api_url.as_deref().unwrap_or("in-cluster"), "node": k.node, "trust_domain": k.trust_domain,
+        })),
         "detect": o.detect.as_ref().map(|(c, p, s)| serde_json::json!({
             "config": c.raw, "policy": p.as_ref().map(|p| p.raw.clone()), "state_dir": s.as_ref().map(|s| s.display().to_string()),
         })),
@@ -271,6 +303,19 @@ fn export<C: crate::stream::StreamControl>(p: &Pipeline<C>, probes: &Probes, m: 
         at(k::RINGBUF_PENDING_BYTES) as i64,
     );
     p.export_metrics(m);
+}
+
+fn export_kube(d: &PodDirectory, m: &Metrics) {
+    let s = &d.stats;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    m.set_total("mcpscope_kube_watch_events_total", get(&s.events));
+    m.set_total("mcpscope_kube_watch_errors_total", get(&s.errors));
+    m.set_total("mcpscope_kube_pods_other_node_total", get(&s.other_node));
+    m.set_total(
+        "mcpscope_kube_owner_lookup_failures_total",
+        get(&s.owner_lookup_failures),
+    );
+    m.set_gauge("mcpscope_kube_pods", d.len() as i64);
 }
 
 fn log_summary<C: crate::stream::StreamControl>(p: &Pipeline<C>, kernel: &[u64]) {

@@ -12,6 +12,7 @@ use mcpscope::{
     capture::loader::ProbeConfig,
     daemon::{self, RunOptions},
     detect::{policy::Policy, DetectConfig, Detectors},
+    identity::kube::KubeSettings,
     investigate::{self, Format},
     pipeline::PipelineConfig,
     sink::StdoutMode,
@@ -232,6 +233,52 @@ struct RunArgs {
     /// Distinct label sets per metric family before `_overflow` (counted).
     #[arg(long, default_value_t = 2000, env = "MCPSCOPE_MAX_LABEL_SETS")]
     max_label_sets: usize,
+    /// Kubernetes pod enrichment: `auto` (on inside a cluster, or with
+    /// --kube-api), `on`, `off`.
+    #[arg(long, value_enum, default_value = "auto", env = "MCPSCOPE_KUBERNETES")]
+    kubernetes: KubeMode,
+    /// Kubernetes API server URL (default: the in-cluster configuration).
+    #[arg(long, env = "MCPSCOPE_KUBE_API")]
+    kube_api: Option<String>,
+    /// This node's name: only its pods are watched (default: the host name).
+    #[arg(long, env = "MCPSCOPE_NODE_NAME")]
+    node_name: Option<String>,
+    /// Trust domain of the SPIFFE ids on events.
+    #[arg(long, default_value = "cluster.local", env = "MCPSCOPE_TRUST_DOMAIN")]
+    trust_domain: String,
+}
+
+/// When the Kubernetes pod watch runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum KubeMode {
+    /// Inside a cluster (service account mounted) or with --kube-api.
+    Auto,
+    /// Always; failing to configure the client is an error.
+    On,
+    /// Never.
+    Off,
+}
+
+impl RunArgs {
+    /// The pod watch's settings, or `None` when it does not run.
+    fn kube(&self) -> Option<KubeSettings> {
+        let wanted = match self.kubernetes {
+            KubeMode::Off => false,
+            KubeMode::On => true,
+            KubeMode::Auto => self.kube_api.is_some() || mcpscope::identity::kube::in_cluster(),
+        };
+        wanted.then(|| KubeSettings {
+            api_url: self.kube_api.clone(),
+            node: self.node_name.clone().unwrap_or_else(host_name),
+            trust_domain: self.trust_domain.clone(),
+        })
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 fn main() -> ExitCode {
@@ -305,7 +352,9 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             a.capture_cap
         );
     }
+    let kube = a.kube();
     let opts = RunOptions {
+        kube,
         probes: ProbeConfig {
             capture_cap: a.capture_cap,
             ringbuf_bytes: a.ringbuf_size,

@@ -23,7 +23,7 @@ pub const OTEL_BUCKETS: [f64; 14] = [
 ];
 
 /// Labels of the operation duration histograms, in order.
-pub const OPERATION_LABELS: [&str; 9] = [
+pub const OPERATION_LABELS: [&str; 10] = [
     "mcp_method_name",
     "gen_ai_tool_name",
     "error_type",
@@ -31,17 +31,19 @@ pub const OPERATION_LABELS: [&str; 9] = [
     "mcp_protocol_version",
     "k8s_namespace_name",
     "k8s_workload_name",
+    "k8s_service_account_name",
     "mcp_client_name",
     "mcp_server_name",
 ];
 
 /// Labels of `mcp_messages_total`, in order.
-pub const MESSAGE_LABELS: [&str; 7] = [
+pub const MESSAGE_LABELS: [&str; 8] = [
     "mcp_method_name",
     "kind",
     "network_transport",
     "k8s_namespace_name",
     "k8s_workload_name",
+    "k8s_service_account_name",
     "mcp_client_name",
     "mcp_server_name",
 ];
@@ -82,6 +84,22 @@ pub const COUNTERS: &[(&str, &str)] = &[
         "mcpscope_requests_cancelled_total",
         "Requests cancelled by notifications/cancelled.",
     ),
+    (
+        "mcpscope_kube_watch_events_total",
+        "Pod watch events applied (Kubernetes enrichment).",
+    ),
+    (
+        "mcpscope_kube_watch_errors_total",
+        "Pod list/watch errors; the watch backs off and resumes.",
+    ),
+    (
+        "mcpscope_kube_pods_other_node_total",
+        "Pods received for another node and ignored.",
+    ),
+    (
+        "mcpscope_kube_owner_lookup_failures_total",
+        "ReplicaSet/Job owner lookups that failed (the pod keeps the nearer owner).",
+    ),
 ];
 
 /// Agent state gauges: (name, help).
@@ -111,6 +129,10 @@ pub const GAUGES: &[(&str, &str)] = &[
         "Size of the kernel ring buffer.",
     ),
     ("mcpscope_probes_attached", "Kernel programs attached."),
+    (
+        "mcpscope_kube_pods",
+        "Pods on this node known from the Kubernetes API.",
+    ),
 ];
 
 /// Caps the distinct label sets of one metric family.
@@ -312,21 +334,21 @@ impl Metrics {
     }
 
     /// A requester-side duration.
-    pub fn observe_client(&self, labels: [&str; 9], seconds: f64) {
+    pub fn observe_client(&self, labels: [&str; 10], seconds: f64) {
         self.client_duration
             .with_label_values(&self.capped(0, labels))
             .observe(seconds);
     }
 
     /// A responder-side duration.
-    pub fn observe_server(&self, labels: [&str; 9], seconds: f64) {
+    pub fn observe_server(&self, labels: [&str; 10], seconds: f64) {
         self.server_duration
             .with_label_values(&self.capped(1, labels))
             .observe(seconds);
     }
 
     /// One message and its bytes.
-    pub fn message(&self, labels: [&str; 7], direction: &str, bytes: u64) {
+    pub fn message(&self, labels: [&str; 8], direction: &str, bytes: u64) {
         let transport = labels[2];
         self.messages
             .with_label_values(&self.capped(2, labels))
@@ -405,7 +427,7 @@ mod tests {
         let m = Metrics::new(2);
         for tool in ["a", "b", "c", "d"] {
             m.message(
-                ["tools/call", "request", "pipe", "", "", "cli", tool],
+                ["tools/call", "request", "pipe", "", "", "", "cli", tool],
                 "to_server",
                 10,
             );
@@ -428,6 +450,7 @@ mod tests {
                 "",
                 "pipe",
                 "2025-11-25",
+                "",
                 "",
                 "",
                 "c",

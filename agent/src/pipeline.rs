@@ -18,8 +18,8 @@ use crate::detect::{facts::MessageFacts, Detectors, Flag};
 use crate::metrics::Metrics;
 use crate::world::{LiveWorld, World};
 use crate::{
-    capture::{Comm, DataChunk, ProcEvent, ProcKind, RawEvent},
-    identity::ProcessCache,
+    capture::{DataChunk, ProcEvent, ProcKind, RawEvent, Task},
+    identity::{PodCache, PodInfo, ProcessCache},
     protocol::{mcp, pairing::Pairer, parse_batch, salvage, Kind, Message, ParseError, PeerInfo},
     sink::{Endpoint, McpEvent, Sink},
     stream::{
@@ -152,7 +152,7 @@ struct Captured {
     key: StreamKey,
     kind: FdKind,
     join: Join,
-    comm: Comm,
+    task: Task,
     batch_index: Option<u32>,
     payload: Option<String>,
     facts: Option<Box<MessageFacts>>,
@@ -179,6 +179,7 @@ struct Core {
     pairer: Pairer,
     sessions: HashMap<u64, Session>,
     procs: ProcessCache,
+    pods: PodCache,
     sinks: Vec<Box<dyn Sink + Send>>,
     seq: u64,
     clock_offset_ns: i128,
@@ -193,10 +194,11 @@ struct Core {
 }
 
 /// Owned labels of the operation duration histograms.
-struct OpLabels([String; 9]);
+struct OpLabels([String; 10]);
 
 impl OpLabels {
     fn of(ev: &McpEvent) -> Self {
+        let k8s = caller_pod(ev);
         let s = |v: Option<&str>| v.unwrap_or("").to_owned();
         let name = |p: &Option<PeerInfo>| s(p.as_ref().map(|p| p.name.as_str()));
         OpLabels([
@@ -205,16 +207,31 @@ impl OpLabels {
             s(ev.error_type.as_deref()),
             ev.net.to_owned(),
             s(ev.protocol_version.as_deref()),
-            String::new(),
-            String::new(),
+            s(k8s.map(|p| p.namespace.as_str())),
+            s(k8s.and_then(|p| p.workload.as_deref())),
+            s(k8s.and_then(|p| p.service_account.as_deref())),
             name(&ev.client),
             name(&ev.server),
         ])
     }
 
-    fn as_refs(&self) -> [&str; 9] {
+    fn as_refs(&self) -> [&str; 10] {
         std::array::from_fn(|i| self.0[i].as_str())
     }
+}
+
+/// The pod of the MCP client end (the caller), which the `k8s_*` metric
+/// labels describe: the sender of requests and notifications, the
+/// receiver of responses; the other end when the caller has none.
+fn caller_pod(ev: &McpEvent) -> Option<&PodInfo> {
+    let (caller, other) = match ev.kind {
+        Kind::Request | Kind::Notification => (&ev.from, &ev.to),
+        Kind::Response | Kind::Error => (&ev.to, &ev.from),
+    };
+    caller
+        .as_ref()
+        .and_then(|e| e.k8s.as_deref())
+        .or_else(|| other.as_ref().and_then(|e| e.k8s.as_deref()))
 }
 
 /// A map from event sequence number with a size bound; the oldest entries
@@ -283,6 +300,7 @@ impl<C: StreamControl> Pipeline<C> {
             pairer: Pairer::new(cfg.max_pending_per_session),
             sessions: HashMap::new(),
             procs: ProcessCache::new(cfg.process_cache),
+            pods: PodCache::new(cfg.process_cache),
             sinks,
             seq: 0,
             clock_offset_ns,
@@ -347,6 +365,7 @@ impl<C: StreamControl> Pipeline<C> {
             ("pairing", "request_unanswered", pair.unanswered),
             ("join", "reader_copy_missing", ch.unconfirmed),
             ("identity", "cache_evicted", self.core.procs.evictions),
+            ("identity", "pod_cache_evicted", self.core.pods.evictions),
             ("sink", "write_error", s.sink_errors),
             (
                 "metrics",
@@ -430,8 +449,8 @@ impl<C: StreamControl> Pipeline<C> {
             streams,
             core,
         } = self;
-        let comm = c.comm;
-        assembler.push(c, &mut |w| on_whole(control, streams, core, w, comm));
+        let task = c.task();
+        assembler.push(c, &mut |w| on_whole(control, streams, core, w, task));
     }
 
     fn on_proc(&mut self, p: &ProcEvent) {
@@ -444,7 +463,7 @@ impl<C: StreamControl> Pipeline<C> {
                             fd: p.fd,
                             egress,
                         },
-                        p.comm,
+                        p.task(),
                         p.ts_ns,
                     );
                 }
@@ -464,7 +483,7 @@ impl<C: StreamControl> Pipeline<C> {
                     .copied()
                     .collect();
                 for k in keys {
-                    self.end_stream(k, p.comm, p.ts_ns);
+                    self.end_stream(k, p.task(), p.ts_ns);
                 }
                 let ended: Vec<u64> = self
                     .core
@@ -502,12 +521,12 @@ impl<C: StreamControl> Pipeline<C> {
         }
     }
 
-    fn end_stream(&mut self, key: StreamKey, comm: Comm, ts_ns: u64) {
+    fn end_stream(&mut self, key: StreamKey, task: Task, ts_ns: u64) {
         if let Some(mut s) = self.streams.remove(&key) {
             let core = &mut self.core;
             let meta = (s.kind, s.join);
             s.framer.finish(&mut |f| {
-                core.on_frame(key, meta, comm, ts_ns, f);
+                core.on_frame(key, meta, task, ts_ns, f);
             });
         }
     }
@@ -523,7 +542,7 @@ impl<C: StreamControl> Pipeline<C> {
             core,
         } = self;
         assembler.flush_older(now_ns.saturating_sub(1_000_000_000), &mut |w| {
-            on_whole(control, streams, core, w, Comm::default())
+            on_whole(control, streams, core, w, Task::default())
         });
         core.expire(now_ns);
         core.flush();
@@ -533,7 +552,7 @@ impl<C: StreamControl> Pipeline<C> {
     pub fn finish(&mut self) {
         let keys: Vec<StreamKey> = self.streams.keys().copied().collect();
         for k in keys {
-            self.end_stream(k, Comm::default(), u64::MAX / 2);
+            self.end_stream(k, Task::default(), u64::MAX / 2);
         }
         self.core.expire(u64::MAX);
         for s in &mut self.core.sinks {
@@ -549,7 +568,7 @@ fn on_whole<C: StreamControl>(
     streams: &mut HashMap<StreamKey, Stream>,
     core: &mut Core,
     w: Whole<'_>,
-    comm: Comm,
+    task: Task,
 ) {
     let key = StreamKey {
         tgid: w.tgid,
@@ -589,7 +608,7 @@ fn on_whole<C: StreamControl>(
     core.stats.gap_bytes += seg.missing_inner + seg.missing_tail;
     let (mut good, mut bad) = (0u64, 0u32);
     let mut on_frame = |f: Frame<'_>| {
-        if core.on_frame(key, meta, comm, w.ts_ns, f) {
+        if core.on_frame(key, meta, task, w.ts_ns, f) {
             good += 1;
         } else {
             bad += 1;
@@ -632,7 +651,7 @@ impl Core {
         &mut self,
         key: StreamKey,
         (kind, join): (FdKind, Join),
-        comm: Comm,
+        task: Task,
         ts_ns: u64,
         f: Frame<'_>,
     ) -> bool {
@@ -663,7 +682,7 @@ impl Core {
                             key,
                             kind,
                             join,
-                            comm,
+                            task,
                             batch_index: None,
                             payload: None,
                             facts: None,
@@ -714,7 +733,7 @@ impl Core {
                         key,
                         kind,
                         join,
-                        comm,
+                        task,
                         batch_index: bi,
                         payload,
                         facts,
@@ -800,27 +819,44 @@ impl Core {
         }
     }
 
-    fn endpoint(&mut self, pid: u32, fd: Option<u32>, comm: &str) -> Endpoint {
+    /// One end of a message: the process (with its container), the pod
+    /// its container belongs to, and — for the capturing end — the fd and
+    /// thread. `task` is what the kernel said (used when /proc cannot).
+    fn endpoint(&mut self, pid: u32, fd: Option<u32>, task: Option<Task>, now_ns: u64) -> Endpoint {
         let world = &mut self.world;
+        let process = match task {
+            Some(t) => {
+                let comm = t.comm.as_str();
+                self.procs
+                    .get(pid, &comm, t.cgroup_id, |p| world.process(p))
+            }
+            None => {
+                let comm = self
+                    .procs
+                    .peek(pid)
+                    .map(|i| i.comm.clone())
+                    .unwrap_or_default();
+                self.procs.get(pid, &comm, 0, |p| world.process(p))
+            }
+        };
+        let k8s = process
+            .container
+            .as_ref()
+            .and_then(|c| c.pod_uid.as_deref())
+            .and_then(|uid| self.pods.get(uid, now_ns, |u| world.pod(u)));
         Endpoint {
-            process: self.procs.get(pid, comm, |p| world.process(p)),
+            process,
             fd,
+            tid: task.map(|t| t.tid),
+            k8s,
         }
     }
 
     /// Reports one message. `other_ts` is the other end's copy's timestamp
     /// when it was seen before this point.
     fn emit(&mut self, c: Captured, peer: Option<u32>, other_ts: Option<u64>) {
-        let comm = c.comm.as_str().into_owned();
-        let me = self.endpoint(c.key.tgid, Some(c.key.fd), &comm);
-        let other = peer.map(|p| {
-            let comm = self
-                .procs
-                .peek(p)
-                .map(|i| i.comm.clone())
-                .unwrap_or_default();
-            self.endpoint(p, None, &comm)
-        });
+        let me = self.endpoint(c.key.tgid, Some(c.key.fd), Some(c.task), c.ts_ns);
+        let other = peer.map(|p| self.endpoint(p, None, None, c.ts_ns));
         // Written at `sent`, read at `received` (when the reader was seen).
         let (sent, received) = if c.key.egress {
             (c.ts_ns, other_ts)
@@ -989,13 +1025,15 @@ impl Core {
             };
             let name = |p: &Option<PeerInfo>| p.as_ref().map_or("", |p| p.name.as_str()).to_owned();
             let (cn, sn) = (name(&ev.client), name(&ev.server));
+            let k8s = caller_pod(&ev);
             metrics.message(
                 [
                     ev.method.as_deref().unwrap_or(""),
                     kind,
                     net,
-                    "",
-                    "",
+                    k8s.map_or("", |p| p.namespace.as_str()),
+                    k8s.and_then(|p| p.workload.as_deref()).unwrap_or(""),
+                    k8s.and_then(|p| p.service_account.as_deref()).unwrap_or(""),
                     &cn,
                     &sn,
                 ],

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     capture::record::Recorder,
-    identity::ProcessInfo,
+    identity::{PodDirectory, PodInfo, ProcessInfo},
     stream::{
         fdinfo::{self, FdKind, OtherEnd},
         peer,
@@ -41,12 +41,15 @@ pub trait World: Send {
     fn holder(&mut self, end: OtherEnd, writer: u32) -> Option<u32>;
     /// Details of process `pid`, if it still exists.
     fn process(&mut self, pid: u32) -> Option<ProcessInfo>;
+    /// The Kubernetes pod with this UID on this node, if known.
+    fn pod(&mut self, uid: &str) -> Option<PodInfo>;
 }
 
 /// The live host, optionally recording every answer.
 #[derive(Default)]
 pub struct LiveWorld {
     recorder: Option<Arc<Mutex<Recorder>>>,
+    pods: Option<Arc<PodDirectory>>,
 }
 
 impl LiveWorld {
@@ -54,7 +57,14 @@ impl LiveWorld {
     pub fn recording(recorder: Arc<Mutex<Recorder>>) -> Self {
         Self {
             recorder: Some(recorder),
+            pods: None,
         }
+    }
+
+    /// Answers pod questions from `pods` (the Kubernetes pod watch).
+    pub fn with_pods(mut self, pods: Arc<PodDirectory>) -> Self {
+        self.pods = Some(pods);
+        self
     }
 
     fn fact<T: Serialize>(&self, key: String, value: &T) {
@@ -98,6 +108,12 @@ impl World for LiveWorld {
             info,
         });
         self.fact(format!("proc:{pid}"), &fact);
+        v
+    }
+
+    fn pod(&mut self, uid: &str) -> Option<PodInfo> {
+        let v = self.pods.as_ref()?.get(uid).map(|p| (*p).clone());
+        self.fact(format!("pod:{uid}"), &v);
         v
     }
 }
@@ -163,5 +179,9 @@ impl World for ReplayWorld {
                 start_ticks: f.start_ticks,
                 ..f.info
             })
+    }
+    fn pod(&mut self, uid: &str) -> Option<PodInfo> {
+        self.take::<Option<PodInfo>>(&format!("pod:{uid}"))
+            .flatten()
     }
 }

@@ -71,6 +71,40 @@ pub struct ProcEvent {
     pub comm: Comm,
 }
 
+/// The kernel's view of the task behind a record: what an event can say
+/// about a process even after it exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Task {
+    /// Task command name.
+    pub comm: Comm,
+    /// Thread id.
+    pub tid: u32,
+    /// cgroup v2 id.
+    pub cgroup_id: u64,
+}
+
+impl DataChunk<'_> {
+    /// The task that made the syscall.
+    pub fn task(&self) -> Task {
+        Task {
+            comm: self.comm,
+            tid: self.tid,
+            cgroup_id: self.cgroup_id,
+        }
+    }
+}
+
+impl ProcEvent {
+    /// The task the event is about.
+    pub fn task(&self) -> Task {
+        Task {
+            comm: self.comm,
+            tid: self.tid,
+            cgroup_id: self.cgroup_id,
+        }
+    }
+}
+
 /// Kind of [`ProcEvent`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

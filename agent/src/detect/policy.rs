@@ -114,12 +114,16 @@ impl Policy {
         let from = ev.from.as_ref();
         let exe = from.and_then(|f| f.process.exe.as_deref());
         let client = ev.client.as_ref().map(|c| c.name.as_str());
+        let pod = from.and_then(|f| f.k8s.as_deref());
+        let namespace = pod.map(|p| p.namespace.as_str());
+        let service_account = pod.and_then(|p| p.service_account.as_deref());
         let rule = self.rules.iter().find(|r| {
             r.client.as_deref().is_none_or(|c| Some(c) == client)
                 && r.exe.as_deref().is_none_or(|e| Some(e) == exe)
-                // Kubernetes selectors match once events carry workload identity.
-                && r.namespace.is_none()
-                && r.service_account.is_none()
+                && r.namespace.as_deref().is_none_or(|n| Some(n) == namespace)
+                && r.service_account
+                    .as_deref()
+                    .is_none_or(|s| Some(s) == service_account)
         });
         let allow = rule.map_or(&self.default, |r| &r.allow);
         if !allow.servers.iter().any(|p| glob(p, server)) {

@@ -18,12 +18,13 @@ fn end(pid: u32) -> Option<Endpoint> {
         ppid: None,
         comm: format!("p{pid}"),
         exe: Some(format!("/bin/p{pid}")),
-        uid: None,
-        start_ticks: 0,
+        ..Default::default()
     };
     Some(Endpoint {
         process: Arc::new(p),
         fd: None,
+        tid: None,
+        k8s: None,
     })
 }
 
@@ -446,6 +447,38 @@ fn policy_rules_select_by_client_and_default_read_only() {
     assert!(Policy::from_toml("[[rule]]\nservers = [\"x\"]\n")
         .unwrap_err()
         .contains("no selector"));
+}
+
+#[test]
+fn policy_rules_select_by_namespace_and_service_account() {
+    let p = Policy::from_toml(
+        "[[rule]]\nnamespace = \"team-a\"\nservice_account = \"agent-sa\"\nservers = [\"srv\"]\nallow_write = true\n",
+    )
+    .unwrap();
+    let mut s = Script::new(quiet());
+    let mut ev = s.event(Kind::Request, "s", 1, 1, "write_file", S);
+    assert!(
+        p.check(&ev, "srv", "write_file", true).is_some(),
+        "no pod: the default (read-only) applies"
+    );
+    let pod = |ns: &str, sa: &str| crate::identity::PodInfo {
+        pod: "p".into(),
+        namespace: ns.into(),
+        uid: "u".into(),
+        node: None,
+        service_account: Some(sa.into()),
+        workload_kind: None,
+        workload: None,
+        spiffe_id: None,
+        labels: Default::default(),
+    };
+    let from = ev.from.as_mut().unwrap();
+    from.k8s = Some(Arc::new(pod("team-a", "agent-sa")));
+    assert_eq!(p.check(&ev, "srv", "write_file", true), None);
+    ev.from.as_mut().unwrap().k8s = Some(Arc::new(pod("team-a", "other")));
+    assert!(p.check(&ev, "srv", "write_file", true).is_some());
+    ev.from.as_mut().unwrap().k8s = Some(Arc::new(pod("team-b", "agent-sa")));
+    assert!(p.check(&ev, "srv", "write_file", true).is_some());
 }
 
 #[test]

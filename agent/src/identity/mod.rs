@@ -1,144 +1,75 @@
-//! Stage 4 — identity: who is at each end of a message. Foundation level:
-//! the process (pid, ppid, comm, exe, uid, start time), read from /proc once
-//! per process and cached. Lookups never block on anything but procfs, and
-//! a process that exited before lookup keeps what the kernel event carried.
+//! Stage 4 — identity: who is at each end of a message, at every layer the
+//! agent can see — the process ([`process`]), its container and pod UID
+//! from the cgroup path ([`container`]), the Kubernetes pod, workload and
+//! service account from the API server ([`kube`]), and the names (never
+//! values) of its credential variables ([`secrets`]). MCP client and server
+//! names and the session come from the protocol stage.
+//!
+//! Nothing here blocks the event path: /proc is read once per process
+//! execution, the pod watch runs on its own task, and every cache is
+//! bounded with counted evictions.
 
-use std::{collections::HashMap, fs, sync::Arc};
+pub mod container;
+pub mod kube;
+pub mod process;
+pub mod secrets;
 
-use serde::Serialize;
+use std::{collections::HashMap, sync::Arc};
 
-/// A process as seen in /proc (or, after it exited, in the kernel event).
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct ProcessInfo {
-    /// Process id.
-    pub pid: u32,
-    /// Parent process id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ppid: Option<u32>,
-    /// Command name (16 bytes at most, from the kernel).
-    pub comm: String,
-    /// Executable path.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exe: Option<String>,
-    /// Real uid.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uid: Option<u32>,
-    /// Start time in clock ticks since boot (with pid, unique across reuse).
-    #[serde(skip, default)]
-    pub start_ticks: u64,
-}
+pub use container::ContainerInfo;
+pub use kube::{PodDirectory, PodInfo};
+pub use process::{Ancestor, ProcessCache, ProcessInfo};
 
-impl ProcessInfo {
-    /// Reads /proc/<pid>; `None` when the process is gone.
-    pub fn read(pid: u32) -> Option<Self> {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // comm may contain spaces and parentheses: split at the last ')'.
-        let close = stat.rfind(')')?;
-        let comm = stat[stat.find('(')? + 1..close].to_owned();
-        let mut rest = stat[close + 2..].split(' ');
-        let ppid = rest.nth(1).and_then(|v| v.parse().ok());
-        let start_ticks = rest.nth(17).and_then(|v| v.parse().ok()).unwrap_or(0);
-        let exe = fs::read_link(format!("/proc/{pid}/exe"))
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned());
-        let uid = fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Uid:"))
-                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            });
-        Some(Self {
-            pid,
-            ppid,
-            comm,
-            exe,
-            uid,
-            start_ticks,
-        })
-    }
-}
+/// How long a pod UID without a known pod waits before it is asked again.
+const POD_MISS_RETRY_NS: u64 = 1_000_000_000;
+/// How long a known pod is used before it is asked again (labels change).
+const POD_REFRESH_NS: u64 = 30_000_000_000;
 
-/// Bounded cache of [`ProcessInfo`] keyed by pid.
-pub struct ProcessCache {
-    map: HashMap<u32, Arc<ProcessInfo>>,
+/// The pipeline's cache of pods by UID, in front of the [`PodDirectory`]
+/// (through the pipeline's `World`, so a replay answers the same).
+pub struct PodCache {
+    map: HashMap<String, (Option<Arc<PodInfo>>, u64)>,
     cap: usize,
     /// Entries evicted because the cache was full.
     pub evictions: u64,
-    /// Lookups of processes already gone (kernel data used instead).
-    pub gone: u64,
 }
 
-impl ProcessCache {
-    /// A cache of at most `cap` processes.
+impl PodCache {
+    /// A cache of at most `cap` pods.
     pub fn new(cap: usize) -> Self {
         Self {
             map: HashMap::new(),
             cap: cap.max(16),
             evictions: 0,
-            gone: 0,
         }
     }
 
-    /// Entries cached.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
-    /// The process, from cache or `load` (/proc, or a replay's facts);
-    /// falls back to the kernel's comm.
+    /// The pod with `uid` at kernel time `now_ns`, asking `load` when the
+    /// answer is unknown or stale.
     pub fn get(
         &mut self,
-        pid: u32,
-        kernel_comm: &str,
-        load: impl FnOnce(u32) -> Option<ProcessInfo>,
-    ) -> Arc<ProcessInfo> {
-        if let Some(p) = self.map.get(&pid) {
-            return p.clone();
-        }
-        let info = match load(pid) {
-            Some(i) => i,
-            None => {
-                self.gone += 1;
-                ProcessInfo {
-                    pid,
-                    ppid: None,
-                    comm: kernel_comm.to_owned(),
-                    exe: None,
-                    uid: None,
-                    start_ticks: 0,
-                }
+        uid: &str,
+        now_ns: u64,
+        load: impl FnOnce(&str) -> Option<PodInfo>,
+    ) -> Option<Arc<PodInfo>> {
+        if let Some((pod, at)) = self.map.get(uid) {
+            let ttl = if pod.is_some() {
+                POD_REFRESH_NS
+            } else {
+                POD_MISS_RETRY_NS
+            };
+            if now_ns.saturating_sub(*at) < ttl {
+                return pod.clone();
             }
-        };
-        self.insert(info)
-    }
-
-    /// Inserts a known process (tests, replay, or a fresh read).
-    pub fn insert(&mut self, info: ProcessInfo) -> Arc<ProcessInfo> {
-        if self.map.len() >= self.cap {
-            // Evict an arbitrary entry: a re-read is cheap, a bound is not optional.
-            if let Some(k) = self.map.keys().next().copied() {
+        }
+        let pod = load(uid).map(Arc::new);
+        if self.map.len() >= self.cap && !self.map.contains_key(uid) {
+            if let Some(k) = self.map.keys().next().cloned() {
                 self.map.remove(&k);
                 self.evictions += 1;
             }
         }
-        let info = Arc::new(info);
-        self.map.insert(info.pid, info.clone());
-        info
-    }
-
-    /// The cached entry, without touching /proc.
-    pub fn peek(&self, pid: u32) -> Option<&Arc<ProcessInfo>> {
-        self.map.get(&pid)
-    }
-
-    /// Forgets a process (exec changed it, or it exited).
-    pub fn invalidate(&mut self, pid: u32) {
-        self.map.remove(&pid);
+        self.map.insert(uid.to_owned(), (pod.clone(), now_ns));
+        pod
     }
 }

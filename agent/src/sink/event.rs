@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::{
-    identity::ProcessInfo,
+    identity::{PodInfo, ProcessInfo},
     protocol::{Kind, PeerInfo, RpcId},
 };
 
@@ -20,6 +20,13 @@ pub struct Endpoint {
     /// The fd it read or wrote (absent when only inferred).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fd: Option<u32>,
+    /// The thread whose syscall completed the message (absent when only
+    /// inferred).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tid: Option<u32>,
+    /// The Kubernetes pod (absent without Kubernetes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub k8s: Option<Arc<PodInfo>>,
 }
 
 /// One MCP message (or, later, a flag), as written to JSONL.
