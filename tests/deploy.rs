@@ -257,6 +257,12 @@ fn assert_daemonset_shape(all: &[Value]) {
         role["rules"][0]["verbs"],
         serde_json::json!(["get", "list", "watch"])
     );
+    // Workload owners are read, never written.
+    for (i, res) in [(1, "replicasets"), (2, "jobs")] {
+        assert_eq!(role["rules"][i]["resources"], serde_json::json!([res]));
+        assert_eq!(role["rules"][i]["verbs"], serde_json::json!(["get"]));
+    }
+    assert_eq!(role["rules"].as_array().unwrap().len(), 3);
     let ds = all.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["hostPID"], true);
@@ -285,7 +291,7 @@ fn assert_daemonset_shape(all: &[Value]) {
         .iter()
         .map(|e| e["name"].as_str().unwrap())
         .collect();
-    assert!(env.contains(&"NODE_NAME") && env.contains(&"MCPSCOPE_METRICS_ADDR"));
+    assert!(env.contains(&"MCPSCOPE_NODE_NAME") && env.contains(&"MCPSCOPE_METRICS_ADDR"));
     let mounts: Vec<&str> = c["volumeMounts"]
         .as_array()
         .unwrap()

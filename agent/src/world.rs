@@ -96,7 +96,14 @@ impl World for LiveWorld {
     }
 
     fn holder(&mut self, end: OtherEnd, writer: u32) -> Option<u32> {
-        let v = fdinfo::holders(end, writer).first().copied();
+        // Several holders (a wrapper that forked instead of exec'ing, such
+        // as `npx` or `sh -c`, keeps the pipe open too): nobody is named
+        // now, and the message waits for the reading end's own copy, which
+        // names the process that really read it.
+        let v = match fdinfo::holders(end, writer).as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        };
         self.fact(format!("holder:{end:?}:{writer}"), &v);
         v
     }

@@ -10,7 +10,7 @@ use crate::util::{output, root, run, step, succeeds, target};
 /// bpf-linker release built against the nightly toolchain's LLVM.
 const BPF_LINKER: &str = "0.13.0";
 /// The official Python SDK and its HTTP server.
-pub const PY_PACKAGES: &[&str] = &["mcp==2.3.0", "uvicorn==0.54.0"];
+pub const PY_PACKAGES: &[&str] = &["mcp==2.3.0", "uvicorn==0.54.0", "kmock==0.8"];
 /// npm reference servers and tools.
 pub const NPM_PACKAGES: &[&str] = &[
     "@modelcontextprotocol/server-everything@2026.8.31",

@@ -143,6 +143,11 @@ fn read_stat(pid: u32) -> Option<(String, u32, u64)> {
     Some((comm, ppid, start_ticks))
 }
 
+/// The parent pid, from `/proc/<pid>/stat` alone (cheap).
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    read_stat(pid).map(|(_, ppid, _)| ppid)
+}
+
 fn read_exe(pid: u32) -> Option<String> {
     fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
@@ -297,7 +302,12 @@ impl ProcessCache {
         cgroup_id: u64,
         load: impl FnOnce(u32) -> Option<ProcessInfo>,
     ) -> Arc<ProcessInfo> {
-        if let Some(p) = self.map.get(&pid) {
+        if let Some(p) = self.map.get_mut(&pid) {
+            if p.cgroup_id.is_none() && cgroup_id != 0 {
+                // First seen as the peer (no kernel task at hand): now the
+                // kernel names its cgroup. Once per process.
+                Arc::make_mut(p).cgroup_id = Some(cgroup_id);
+            }
             return p.clone();
         }
         let info = match load(pid) {

@@ -175,12 +175,25 @@ fn scan(
     out
 }
 
-/// Parent and children of `pid`.
+/// Parent and descendants (three generations) of `pid`: a wrapper that
+/// forks (`npx`, `sh -c`) puts the real server below its child.
 fn related(pid: u32) -> Vec<u32> {
     let mut v = Vec::new();
-    if let Some(ppid) = crate::identity::ProcessInfo::read(pid).and_then(|p| p.ppid) {
+    if let Some(ppid) = crate::identity::process::parent_pid(pid) {
         v.push(ppid);
     }
+    let mut generation = vec![pid];
+    for _ in 0..3 {
+        let next: Vec<u32> = generation.iter().flat_map(|p| children(*p)).collect();
+        v.extend(&next);
+        generation = next;
+    }
+    v
+}
+
+/// Children of every thread of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let mut v = Vec::new();
     if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
         for t in tasks.flatten() {
             if let Ok(children) = fs::read_to_string(t.path().join("children")) {
