@@ -15,7 +15,7 @@ use std::{
 
 use mcpscope_e2e::{
     assert_exactly_once, drive, drive_with_env, env, http_get, mcpscope, pid, wait_for, Agent, Env,
-    Stopped, Truth,
+    Stopped,
 };
 use serde_json::{json, Value};
 
