@@ -298,6 +298,9 @@ fn export<C: crate::stream::StreamControl>(p: &Pipeline<C>, probes: &Probes, m: 
     m.set_bytes_lost("kernel", "capture_cap", at(k::TRUNCATED_BYTES));
     m.set_total("mcpscope_captured_syscalls_total", at(k::CAPTURED_SYSCALLS));
     m.set_total("mcpscope_captured_bytes_total", at(k::CAPTURED_BYTES));
+    for (program, runs, ns) in probes.program_stats() {
+        m.set_program_stats(&program, runs, ns);
+    }
     m.set_gauge(
         "mcpscope_ringbuf_pending_bytes",
         at(k::RINGBUF_PENDING_BYTES) as i64,

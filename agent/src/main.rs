@@ -507,6 +507,7 @@ fn replay(
             Detectors::new(dc, dpolicy, None).with_baselines(dbase.unwrap_or_default()),
         );
     }
+    let t0 = std::time::Instant::now();
     for f in &frames {
         match f {
             Frame::Record(bytes) => p.on_record(bytes),
@@ -515,5 +516,16 @@ fn replay(
         }
     }
     p.finish();
+    // The pipeline's own speed on one core (the capture file already in memory).
+    let secs = t0.elapsed().as_secs_f64();
+    let s = p.stats();
+    eprintln!(
+        "mcpscope: replayed messages={} message_bytes={} records={} seconds={secs:.3} messages_per_s={:.0} mb_per_s={:.1}",
+        s.messages,
+        s.message_bytes,
+        s.records,
+        s.messages as f64 / secs,
+        s.message_bytes as f64 / secs / 1e6
+    );
     Ok(())
 }

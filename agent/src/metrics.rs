@@ -190,6 +190,8 @@ pub struct Metrics {
     gauges: std::collections::HashMap<&'static str, IntGauge>,
     overflow: IntCounterVec,
     flags: IntCounterVec,
+    prog_runs: IntCounterVec,
+    prog_run_ns: IntCounterVec,
     caps: [LabelCap; 4],
 }
 
@@ -285,6 +287,16 @@ impl Metrics {
             "Flags raised (loops, duplicate calls, anomalies), by flag and severity.",
             &["flag", "severity"],
         );
+        let prog_runs = counter(
+            "mcpscope_bpf_program_runs_total",
+            "Runs of each kernel program (counted only while kernel.bpf_stats_enabled=1).",
+            &["program"],
+        );
+        let prog_run_ns = counter(
+            "mcpscope_bpf_program_run_time_ns_total",
+            "Nanoseconds spent in each kernel program (counted only while kernel.bpf_stats_enabled=1).",
+            &["program"],
+        );
         let overflow = counter(
             "mcpscope_label_sets_overflow_total",
             "Observations whose labels exceeded the label-set cap.",
@@ -317,6 +329,8 @@ impl Metrics {
             totals,
             gauges,
             flags,
+            prog_runs,
+            prog_run_ns,
             overflow,
             caps,
         }
@@ -379,6 +393,13 @@ impl Metrics {
     /// Raises `mcpscope_bytes_lost_total{stage,reason}` to `total`.
     pub fn set_bytes_lost(&self, stage: &str, reason: &str, total: u64) {
         raise(&self.bytes_lost.with_label_values(&[stage, reason]), total);
+    }
+
+    /// Raises a kernel program's run count and run time to the kernel's
+    /// totals (`bpf_prog_info.run_cnt`, `run_time_ns`).
+    pub fn set_program_stats(&self, program: &str, runs: u64, run_ns: u64) {
+        raise(&self.prog_runs.with_label_values(&[program]), runs);
+        raise(&self.prog_run_ns.with_label_values(&[program]), run_ns);
     }
 
     /// Raises `mcpscope_parse_errors_total{protocol,reason}` to `total`.

@@ -74,6 +74,21 @@ async def scenario_large(client, server_kind, kib):
     await client.call_tool("blob", {"kib": kib})
 
 
+async def scenario_bench(client, server_kind, n, path):
+    """`n` calls, timed from the first to the last response: calls/s."""
+    import time
+
+    if server_kind == "filesystem":
+        tool, args = "read_text_file", {"path": path}
+    else:
+        tool, args = "echo", {"message": "bench"}
+    await client.call_tool(tool, args)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await client.call_tool(tool, args)
+    return n / (time.perf_counter() - t0)
+
+
 async def call(client, tool, args):
     return await client.call_tool(tool, args)
 
@@ -141,6 +156,7 @@ async def main():
     ap.add_argument("--server-kind", default="python")
     ap.add_argument("--count", type=int, default=10)
     ap.add_argument("--server-env", action="append", default=[], help="KEY=VALUE for the server")
+    ap.add_argument("--bench-file", default="", help="file the bench scenario reads (filesystem server)")
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     a = ap.parse_args()
     cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
@@ -152,6 +168,8 @@ async def main():
             info["tools"] = await scenario_basic(client, a.server_kind)
         elif a.scenario == "repeat":
             await scenario_repeat(client, a.server_kind, a.count)
+        elif a.scenario == "bench":
+            info["calls_per_s"] = await scenario_bench(client, a.server_kind, a.count, a.bench_file)
         elif a.scenario == "large":
             await scenario_large(client, a.server_kind, a.count)
         elif a.scenario.startswith("flag:"):

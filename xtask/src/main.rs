@@ -1,6 +1,7 @@
 //! `cargo xtask`: everything mcpscope needs, from a fresh machine, in two
 //! commands (`run`, `test`). Each step says what it does and is idempotent.
 
+mod bench;
 mod build;
 mod image;
 mod setup;
@@ -31,10 +32,11 @@ enum Cmd {
     },
     /// Build the static binary and the container image with podman.
     Image,
-    /// Run the criterion benchmarks (`agent/benches`).
+    /// Criterion micro-benchmarks, then the agent measured with real
+    /// workloads (root); writes BENCHMARKS.md.
     Bench {
-        /// Only benchmarks whose name contains this.
-        filter: Option<String>,
+        /// `criterion` or `agent` for one half; another word filters criterion.
+        only: Option<String>,
     },
     /// Set up, build, install the pinned MCP software, run unit and end-to-end tests.
     Test {
@@ -53,16 +55,7 @@ fn main() -> Result<()> {
             build::run_agent(&args)
         }
         Cmd::Image => image::build_image(),
-        Cmd::Bench { filter } => {
-            util::step("criterion benchmarks (reports in target/criterion)");
-            let mut c = std::process::Command::new("cargo");
-            c.current_dir(util::root())
-                .args(["bench", "-p", "mcpscope"]);
-            if let Some(f) = filter {
-                c.args(["--", &f]);
-            }
-            util::run(&mut c)
-        }
+        Cmd::Bench { only } => bench::all(only.as_deref()),
         Cmd::Test { filter } => test::all(filter.as_deref()),
     }
 }

@@ -114,6 +114,19 @@ impl Probes {
         ))
     }
 
+    /// Per program: (name, runs, nanoseconds run), from the kernel's
+    /// program info. The kernel counts only while `kernel.bpf_stats_enabled`
+    /// is 1 (it costs a clock read per run, so it is off by default).
+    pub fn program_stats(&self) -> Vec<(String, u64, u64)> {
+        self._ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                Some((name.to_owned(), info.run_count(), info.run_time().as_nanos() as u64))
+            })
+            .collect()
+    }
+
     /// Kernel counters summed over CPUs, indexed like `mcpscope_common::counter`.
     pub fn counters(&self) -> [u64; counter::COUNT as usize] {
         let mut out = [0u64; counter::COUNT as usize];

@@ -1,0 +1,132 @@
+//! `mcp-pingpong`: the worst case for `cargo xtask bench` — a client and a
+//! server ping-ponging small but real MCP `tools/call` messages over stdio
+//! pipes as fast as the pipes allow. One `write` per message, reads as the
+//! kernel delivers them, no allocation in the loop.
+//!
+//! `mcp-pingpong client SECONDS [PAYLOAD_BYTES]` spawns `mcp-pingpong server`
+//! and prints `{"round_trips":N,"seconds":S,"syscalls":K}`.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("server") => server(),
+        Some("fan") => fan(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1000)),
+        Some("client") => {
+            let secs: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2.0);
+            let payload: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(16);
+            client(Duration::from_secs_f64(secs), payload);
+        }
+        _ => {
+            eprintln!("usage: mcp-pingpong client SECONDS [PAYLOAD_BYTES] | fan N | server");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn client(duration: Duration, payload: usize) {
+    let exe = std::env::current_exe().expect("own path");
+    let mut child = Command::new(exe)
+        .arg("server")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawning the server");
+    let mut to_server = child.stdin.take().expect("stdin");
+    let mut from_server = BufReader::new(child.stdout.take().expect("stdout"));
+    let message = "x".repeat(payload);
+    let mut request = Vec::with_capacity(256 + payload);
+    let mut line = String::with_capacity(256 + payload);
+    let start = Instant::now();
+    let mut n: u64 = 0;
+    while start.elapsed() < duration {
+        n += 1;
+        request.clear();
+        write!(
+            request,
+            "{{\"jsonrpc\":\"2.0\",\"id\":{n},\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"message\":\"{message}\"}}}}}}\n"
+        )
+        .unwrap();
+        to_server.write_all(&request).expect("write");
+        line.clear();
+        if from_server.read_line(&mut line).expect("read") == 0 {
+            panic!("server closed");
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    drop(to_server);
+    let _ = child.wait();
+    // Per round trip: client write, server read, server write, client read.
+    println!(
+        "{{\"round_trips\":{n},\"seconds\":{seconds},\"syscalls\":{},\"pid\":{},\"server_pid\":{}}}",
+        n * 4,
+        std::process::id(),
+        child.id()
+    );
+}
+
+/// `n` concurrent sessions: one client process, `n` servers, one round trip
+/// each; prints `ready` and holds them open until stdin closes.
+fn fan(n: usize) {
+    let exe = std::env::current_exe().expect("own path");
+    let mut servers = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut child = Command::new(&exe)
+            .arg("server")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawning a server");
+        let mut to = child.stdin.take().expect("stdin");
+        let mut from = BufReader::new(child.stdout.take().expect("stdout"));
+        writeln!(
+            to,
+            "{{\"jsonrpc\":\"2.0\",\"id\":{i},\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{}}}}}}"
+        )
+        .expect("write");
+        let mut line = String::new();
+        from.read_line(&mut line).expect("read");
+        servers.push((child, to, from));
+    }
+    println!("ready");
+    let mut rest = String::new();
+    let _ = std::io::stdin().read_line(&mut rest);
+    for (mut child, to, _) in servers {
+        drop(to);
+        let _ = child.wait();
+    }
+}
+
+fn server() {
+    let stdin = std::io::stdin();
+    let mut input = BufReader::new(stdin.lock());
+    let mut out = std::io::stdout().lock();
+    let mut line = String::with_capacity(1024);
+    let mut response = Vec::with_capacity(1024);
+    loop {
+        line.clear();
+        if input.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        // The id is the number after `"id":`.
+        let id = line
+            .find("\"id\":")
+            .map(|i| &line[i + 5..])
+            .and_then(|r| r.split(',').next())
+            .unwrap_or("0");
+        response.clear();
+        write!(
+            response,
+            "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"content\":[{{\"type\":\"text\",\"text\":\"ok\"}}],\"isError\":false}}}}\n"
+        )
+        .unwrap();
+        if out.write_all(&response).and_then(|_| out.flush()).is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,575 @@
+//! `cargo xtask bench`: the criterion micro-benchmarks, then the agent
+//! measured on this machine with real workloads — overhead on the traced
+//! workload (worst case and realistic, also against strace), kernel cost per
+//! program, latency from syscall to event, footprint with 1,000 sessions,
+//! idle CPU, and the pipeline's replay speed. Every overhead figure is a
+//! ratio within one run, A and B alternating, medians and spread reported.
+//! Prints a table and writes BENCHMARKS.md.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    build, setup,
+    util::{output, root, run, step, target},
+};
+
+/// Alternating rounds per overhead figure.
+const ROUNDS: usize = 5;
+/// Seconds per worst-case run.
+const PINGPONG_SECS: &str = "2";
+/// Calls per realistic run.
+const CALLS: &str = "300";
+
+/// One line of the report.
+struct Row {
+    figure: String,
+    value: String,
+    goal: String,
+    met: Option<bool>,
+}
+
+#[derive(Default)]
+struct Report {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    fn add(&mut self, figure: &str, value: String, goal: &str, met: Option<bool>) {
+        println!(
+            "  {figure}: {value}{}",
+            match met {
+                Some(true) => "  (goal met)",
+                Some(false) => "  (GOAL MISSED)",
+                None => "",
+            }
+        );
+        self.rows.push(Row {
+            figure: figure.to_owned(),
+            value,
+            goal: goal.to_owned(),
+            met,
+        });
+    }
+}
+
+/// Median and (min, max) of samples.
+fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let mid = if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    };
+    (mid, s[0], s[s.len() - 1])
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// The agent under measurement.
+struct Agent {
+    child: Child,
+    addr: String,
+}
+
+impl Agent {
+    fn start(extra: &[&str], stdout: Stdio) -> Result<Agent> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr = format!("127.0.0.1:{port}");
+        let state = target().join("bench/state");
+        let child = Command::new(build::agent_binary())
+            .args(["run", "--metrics-addr", &addr, "--state-dir"])
+            .arg(&state)
+            .args(extra)
+            .stdout(stdout)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting mcpscope")?;
+        let agent = Agent { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http_get(&agent.addr, "/readyz").map(|(c, _)| c) != Some(200) {
+            if Instant::now() > deadline {
+                bail!("mcpscope not ready after 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(agent)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn metric(&self, name: &str) -> Vec<(String, f64)> {
+        let body = http_get(&self.addr, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        body.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
+    fn stop(mut self) -> Result<()> {
+        // SAFETY: signalling our own child.
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let code = resp.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, resp.split_once("\r\n\r\n")?.1.to_owned()))
+}
+
+fn pingpong_bin() -> PathBuf {
+    target().join("release/mcp-pingpong")
+}
+
+/// Round trips per second of the Rust ping-pong pair, optionally under strace.
+fn pingpong(strace: bool) -> Result<f64> {
+    let out = if strace {
+        output(
+            Command::new("strace")
+                .args(["-f", "-e", "trace=read,write", "-s", "65535", "-o", "/dev/null"])
+                .arg(pingpong_bin())
+                .args(["client", PINGPONG_SECS]),
+        )?
+    } else {
+        output(Command::new(pingpong_bin()).args(["client", PINGPONG_SECS]))?
+    };
+    let rt = json_number(&out, "round_trips")?;
+    let secs = json_number(&out, "seconds")?;
+    Ok(rt / secs)
+}
+
+/// A number field of a one-line JSON object (no JSON crate in xtask).
+fn json_number(line: &str, key: &str) -> Result<f64> {
+    let at = line
+        .find(&format!("\"{key}\":"))
+        .with_context(|| format!("{key} missing in {line}"))?;
+    let rest = &line[at + key.len() + 3..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    Ok(rest[..end].trim().parse()?)
+}
+
+fn python() -> PathBuf {
+    target().join("e2e/venv/bin/python")
+}
+
+/// Calls per second of the official Python SDK client against `server`.
+fn sdk_calls(server: &[String], kind: &str, file: &Path, strace: bool) -> Result<f64> {
+    let truth = target().join("bench/truth.jsonl");
+    let mut cmd = if strace {
+        let mut c = Command::new("strace");
+        c.args(["-f", "-e", "trace=read,write", "-s", "65535", "-o", "/dev/null"])
+            .arg(python());
+        c
+    } else {
+        Command::new(python())
+    };
+    cmd.arg(root().join("tests/mcp/driver.py"))
+        .arg("--truth")
+        .arg(&truth)
+        .args(["--scenario", "bench", "--count", CALLS, "--server-kind", kind, "--bench-file"])
+        .arg(file)
+        .arg("--")
+        .args(server)
+        .stderr(Stdio::null());
+    run(&mut cmd)?;
+    let head = fs::read_to_string(&truth)?;
+    json_number(head.lines().next().unwrap_or(""), "calls_per_s")
+}
+
+/// Alternates without / with the agent / under strace; returns the medians
+/// and the report rows' text.
+fn overhead(name: &str, mut once: impl FnMut(bool) -> Result<f64>) -> Result<[(f64, f64, f64); 3]> {
+    let (mut without, mut with, mut strace) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        without.push(once(false)?);
+        let agent = Agent::start(&["--stdout", "none"], Stdio::null())?;
+        with.push(once(false)?);
+        agent.stop()?;
+        strace.push(once(true)?);
+        println!(
+            "  {name} round {}: without {:.0}/s, with mcpscope {:.0}/s, under strace {:.0}/s",
+            round + 1,
+            without[round],
+            with[round],
+            strace[round]
+        );
+    }
+    Ok([stats(&without), stats(&with), stats(&strace)])
+}
+
+fn spread((m, lo, hi): (f64, f64, f64)) -> String {
+    format!("{m:.0}/s (min {lo:.0}, max {hi:.0})")
+}
+
+fn worst_case(r: &mut Report) -> Result<()> {
+    step("worst case: Rust ping-pong of MCP tools/call messages over pipes");
+    let [a, b, s] = overhead("ping-pong", pingpong)?;
+    let ratio = b.0 / a.0;
+    // Four captured syscalls per round trip (two writes, two reads).
+    let added_us = (1.0 / b.0 - 1.0 / a.0) / 4.0 * 1e6;
+    r.add("worst case, round trips without mcpscope", spread(a), "", None);
+    r.add("worst case, round trips with mcpscope", spread(b), "", None);
+    r.add("worst case, ratio with ÷ without", format!("{ratio:.3}"), "", None);
+    r.add(
+        "worst case, added cost per captured syscall",
+        format!("{added_us:.2} µs"),
+        "≤ 2 µs",
+        Some(added_us <= 2.0),
+    );
+    r.add(
+        "worst case, ratio under strace ÷ without",
+        format!("{:.3}", s.0 / a.0),
+        "(for comparison)",
+        None,
+    );
+    Ok(())
+}
+
+fn realistic(r: &mut Report) -> Result<()> {
+    step("realistic: the official Python SDK client calling real stdio servers");
+    let dir = target().join("bench/files");
+    fs::create_dir_all(&dir)?;
+    let file = dir.join("4k.txt");
+    fs::write(&file, "mcpscope ".repeat(456).as_bytes()[..4096].to_vec())?;
+    let py = vec![
+        python().display().to_string(),
+        root().join("tests/mcp/py_server.py").display().to_string(),
+        "stdio".to_owned(),
+    ];
+    let fs_server = vec![
+        "node".to_owned(),
+        target()
+            .join("e2e/node/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js")
+            .display()
+            .to_string(),
+        dir.display().to_string(),
+    ];
+    for (name, server, kind) in [
+        ("Python SDK server, echo", &py, "python"),
+        ("server-filesystem, read_text_file 4 KB", &fs_server, "filesystem"),
+    ] {
+        let [a, b, s] = overhead(name, |strace| sdk_calls(server, kind, &file, strace))?;
+        let ratio = b.0 / a.0;
+        r.add(&format!("{name}: calls/s without"), spread(a), "", None);
+        r.add(&format!("{name}: calls/s with mcpscope"), spread(b), "", None);
+        r.add(
+            &format!("{name}: ratio with ÷ without"),
+            format!("{ratio:.3}"),
+            "≥ 0.97",
+            Some(ratio >= 0.97),
+        );
+        r.add(
+            &format!("{name}: ratio under strace ÷ without"),
+            format!("{:.3}", s.0 / a.0),
+            "(for comparison)",
+            None,
+        );
+    }
+    Ok(())
+}
+
+fn kernel_cost(r: &mut Report) -> Result<()> {
+    step("kernel cost per program (kernel.bpf_stats_enabled=1 during one ping-pong run)");
+    let knob = Path::new("/proc/sys/kernel/bpf_stats_enabled");
+    let before = fs::read_to_string(knob)?.trim().to_owned();
+    fs::write(knob, "1")?;
+    let result = (|| -> Result<Vec<(String, f64, f64)>> {
+        let agent = Agent::start(&["--stdout", "none"], Stdio::null())?;
+        pingpong(false)?;
+        std::thread::sleep(Duration::from_millis(1200)); // metrics export once a second
+        let runs = agent.metric("mcpscope_bpf_program_runs_total");
+        let ns = agent.metric("mcpscope_bpf_program_run_time_ns_total");
+        agent.stop()?;
+        let mut out = Vec::new();
+        for (k, n) in runs {
+            let prog = k.split('"').nth(1).unwrap_or("?").to_owned();
+            let t = ns
+                .iter()
+                .find(|(kk, _)| kk.split('"').nth(1) == Some(prog.as_str()))
+                .map_or(0.0, |(_, v)| *v);
+            if n > 0.0 {
+                out.push((prog, n, t / n));
+            }
+        }
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(out)
+    })();
+    fs::write(knob, before)?;
+    for (prog, runs, per) in result? {
+        r.add(
+            &format!("kernel: {prog}"),
+            format!("{per:.0} ns/run over {runs:.0} runs"),
+            "",
+            None,
+        );
+    }
+    Ok(())
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC timestamp `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+fn rfc3339_secs(ts: &str) -> Option<f64> {
+    let num = |a: usize, b: usize| ts.get(a..b)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (hh, mm) = (num(11, 13)?, num(14, 16)?);
+    let ss: f64 = ts.get(17..ts.len() - 1)?.parse().ok()?;
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some((days * 86400 + hh * 3600 + mm * 60) as f64 + ss)
+}
+
+fn latency(r: &mut Report) -> Result<()> {
+    step("latency from syscall to emitted event (events read from the agent's stdout)");
+    let mut agent = Agent::start(&["--stdout", "json"], Stdio::piped())?;
+    let stdout = agent.child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut lat = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            let Some(at) = line.find("\"ts\":\"") else { continue };
+            let ts = &line[at + 6..];
+            if let Some(t) = ts.split('"').next().and_then(rfc3339_secs) {
+                lat.push((now - t) * 1000.0);
+            }
+        }
+        lat
+    });
+    let py = vec![
+        python().display().to_string(),
+        root().join("tests/mcp/py_server.py").display().to_string(),
+        "stdio".to_owned(),
+    ];
+    sdk_calls(&py, "python", Path::new(""), false)?;
+    agent.stop()?;
+    let mut lat = reader.join().expect("reader");
+    if lat.is_empty() {
+        bail!("no events read from the agent");
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+    r.add(
+        "latency syscall → event, p50 / p99",
+        format!("{p50:.1} ms / {p99:.1} ms over {} events", lat.len()),
+        "p99 ≤ 50 ms",
+        Some(p99 <= 50.0),
+    );
+    Ok(())
+}
+
+fn proc_field(pid: u32, file: &str, key: &str) -> Option<f64> {
+    fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(key))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// utime + stime of `pid` in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+}
+
+fn footprint(r: &mut Report) -> Result<()> {
+    step("footprint: 1,000 concurrent sessions, then idle");
+    let agent = Agent::start(&["--stdout", "none"], Stdio::null())?;
+    let idle_rss = proc_field(agent.pid(), "status", "VmRSS:").unwrap_or(0.0);
+    let mut fan = Command::new(pingpong_bin())
+        .args(["fan", "1000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(fan.stdout.take().expect("piped")).read_line(&mut line)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sessions = 0.0;
+    while Instant::now() < deadline {
+        sessions = agent
+            .metric("mcp_sessions_active")
+            .first()
+            .map_or(0.0, |(_, v)| *v);
+        if sessions >= 1000.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rss = proc_field(agent.pid(), "status", "VmRSS:").unwrap_or(0.0) / 1024.0;
+    let hwm = proc_field(agent.pid(), "status", "VmHWM:").unwrap_or(0.0) / 1024.0;
+    drop(fan.stdin.take());
+    fan.wait()?;
+    r.add(
+        "agent RSS with 1,000 concurrent sessions",
+        format!("{rss:.1} MiB (peak {hwm:.1} MiB; {sessions:.0} sessions open; idle before: {:.1} MiB)", idle_rss / 1024.0),
+        "≤ 50 MiB",
+        Some(rss <= 50.0 && sessions >= 1000.0),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let t0 = cpu_ticks(agent.pid()).unwrap_or(0.0);
+    let wall = Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    let t1 = cpu_ticks(agent.pid()).unwrap_or(0.0);
+    let tck = 100.0; // USER_HZ on Linux x86-64
+    let cpu = (t1 - t0) / tck / wall.elapsed().as_secs_f64() * 100.0;
+    r.add("idle CPU (10 s, no MCP traffic)", format!("{cpu:.2} % of one core"), "", None);
+    agent.stop()?;
+    Ok(())
+}
+
+fn replay(r: &mut Report) -> Result<()> {
+    step("pipeline: `mcpscope replay` of a recorded capture, sizes 200 B to 200 KiB, one core");
+    let capture = target().join("bench/capture.bin");
+    let _ = fs::remove_file(&capture);
+    let agent = Agent::start(
+        &["--stdout", "none", "--record", &capture.display().to_string()],
+        Stdio::null(),
+    )?;
+    for size in ["200", "2000", "20000", "200000"] {
+        output(Command::new(pingpong_bin()).args(["client", "0.5", size]))?;
+    }
+    agent.stop()?;
+    let out = Command::new(build::agent_binary())
+        .args(["replay", "--stdout", "none"])
+        .arg(&capture)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("mcpscope: replayed"))
+        .with_context(|| format!("replay printed no summary: {err}"))?;
+    let field = |k: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let (msgs, per_s, mb) = (field("messages"), field("messages_per_s"), field("mb_per_s"));
+    r.add(
+        "replay (decode → framing → join → parse → pairing → detectors)",
+        format!("{per_s:.0} messages/s, {mb:.0} MB/s over {msgs:.0} messages"),
+        "≥ 300,000 messages/s",
+        Some(per_s >= 300_000.0),
+    );
+    r.notes.push(format!(
+        "Replay mix: four ping-pong runs of 0.5 s with argument sizes 200 B, 2 KB, 20 KB and 200 KB; most messages are the small ones (the pairs run as fast as the pipes allow, so small messages dominate the count)."
+    ));
+    Ok(())
+}
+
+fn machine() -> String {
+    let kernel = output(Command::new("uname").arg("-r")).unwrap_or_default();
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let date = output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])).unwrap_or_default();
+    format!("{cores} cores ({cpu}), kernel {}, {}", kernel.trim(), date.trim())
+}
+
+fn write_markdown(r: &Report) -> Result<()> {
+    let mut md = String::new();
+    writeln!(md, "# mcpscope benchmarks\n")?;
+    writeln!(md, "Written by `cargo xtask bench` on {}.\n", machine())?;
+    writeln!(
+        md,
+        "Overhead figures are ratios within this run: without and with the agent (and under `strace -f -e trace=read,write -s 65535 -o /dev/null`) alternate, {ROUNDS} rounds each; medians, with min and max. The agent runs with its defaults (detectors on).\n"
+    )?;
+    writeln!(md, "| figure | value | goal |\n|---|---|---|")?;
+    for row in &r.rows {
+        let goal = match row.met {
+            Some(true) => format!("{} ✓", row.goal),
+            Some(false) => format!("{} ✗ missed", row.goal),
+            None => row.goal.clone(),
+        };
+        writeln!(md, "| {} | {} | {} |", row.figure, row.value, goal)?;
+    }
+    for n in &r.notes {
+        writeln!(md, "\n{n}")?;
+    }
+    writeln!(
+        md,
+        "\nCriterion micro-benchmarks (framer, JSON-RPC/MCP parsing, the whole pipeline, audit queries) are in `target/criterion`; `cargo xtask bench criterion` runs only them."
+    )?;
+    fs::write(root().join("BENCHMARKS.md"), md)?;
+    Ok(())
+}
+
+/// Runs the benchmarks: `only` = `criterion` for the micro-benchmarks alone,
+/// `agent` for the agent measurements alone, anything else filters criterion.
+pub fn all(only: Option<&str>) -> Result<()> {
+    build::all()?;
+    if only != Some("agent") {
+        step("criterion benchmarks (reports in target/criterion)");
+        let mut c = Command::new("cargo");
+        c.current_dir(root()).args(["bench", "-p", "mcpscope"]);
+        if let Some(f) = only.filter(|f| *f != "criterion") {
+            c.args(["--", f]);
+        }
+        run(&mut c)?;
+        if only.is_some() {
+            return Ok(());
+        }
+    }
+    setup::test_software()?;
+    setup::system_packages(&["strace"])?;
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["build", "--release", "-p", "mcpscope-e2e", "--bin", "mcp-pingpong"]))?;
+    fs::create_dir_all(target().join("bench"))?;
+    let mut r = Report::default();
+    worst_case(&mut r)?;
+    realistic(&mut r)?;
+    kernel_cost(&mut r)?;
+    latency(&mut r)?;
+    footprint(&mut r)?;
+    replay(&mut r)?;
+    write_markdown(&r)?;
+    step("written to BENCHMARKS.md");
+    Ok(())
+}
