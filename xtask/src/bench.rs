@@ -115,7 +115,9 @@ impl Agent {
     }
 
     fn metric(&self, name: &str) -> Vec<(String, f64)> {
-        let body = http_get(&self.addr, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        let body = http_get(&self.addr, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
         body.lines()
             .filter(|l| l.starts_with(name) && !l.starts_with('#'))
             .filter_map(|l| {
@@ -141,7 +143,11 @@ extern "C" {
 fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     let code = resp.split_whitespace().nth(1)?.parse().ok()?;
@@ -157,7 +163,15 @@ fn pingpong(strace: bool) -> Result<f64> {
     let out = if strace {
         output(
             Command::new("strace")
-                .args(["-f", "-e", "trace=read,write", "-s", "65535", "-o", "/dev/null"])
+                .args([
+                    "-f",
+                    "-e",
+                    "trace=read,write",
+                    "-s",
+                    "65535",
+                    "-o",
+                    "/dev/null",
+                ])
                 .arg(pingpong_bin())
                 .args(["client", PINGPONG_SECS]),
         )?
@@ -185,11 +199,25 @@ fn python() -> PathBuf {
 
 /// Calls per second of the official Python SDK client against `server`.
 fn sdk_calls(server: &[String], kind: &str, file: &Path, strace: bool) -> Result<f64> {
+    let head = sdk_run(server, kind, file, strace)?;
+    json_number(&head, "calls_per_s")
+}
+
+/// Runs the bench scenario; returns the truth header (pids, calls/s).
+fn sdk_run(server: &[String], kind: &str, file: &Path, strace: bool) -> Result<String> {
     let truth = target().join("bench/truth.jsonl");
     let mut cmd = if strace {
         let mut c = Command::new("strace");
-        c.args(["-f", "-e", "trace=read,write", "-s", "65535", "-o", "/dev/null"])
-            .arg(python());
+        c.args([
+            "-f",
+            "-e",
+            "trace=read,write",
+            "-s",
+            "65535",
+            "-o",
+            "/dev/null",
+        ])
+        .arg(python());
         c
     } else {
         Command::new(python())
@@ -197,14 +225,22 @@ fn sdk_calls(server: &[String], kind: &str, file: &Path, strace: bool) -> Result
     cmd.arg(root().join("tests/mcp/driver.py"))
         .arg("--truth")
         .arg(&truth)
-        .args(["--scenario", "bench", "--count", CALLS, "--server-kind", kind, "--bench-file"])
+        .args([
+            "--scenario",
+            "bench",
+            "--count",
+            CALLS,
+            "--server-kind",
+            kind,
+            "--bench-file",
+        ])
         .arg(file)
         .arg("--")
         .args(server)
         .stderr(Stdio::null());
     run(&mut cmd)?;
     let head = fs::read_to_string(&truth)?;
-    json_number(head.lines().next().unwrap_or(""), "calls_per_s")
+    Ok(head.lines().next().unwrap_or("").to_owned())
 }
 
 /// Alternates without / with the agent / under strace; returns the medians
@@ -238,9 +274,19 @@ fn worst_case(r: &mut Report) -> Result<()> {
     let ratio = b.0 / a.0;
     // Four captured syscalls per round trip (two writes, two reads).
     let added_us = (1.0 / b.0 - 1.0 / a.0) / 4.0 * 1e6;
-    r.add("worst case, round trips without mcpscope", spread(a), "", None);
+    r.add(
+        "worst case, round trips without mcpscope",
+        spread(a),
+        "",
+        None,
+    );
     r.add("worst case, round trips with mcpscope", spread(b), "", None);
-    r.add("worst case, ratio with ÷ without", format!("{ratio:.3}"), "", None);
+    r.add(
+        "worst case, ratio with ÷ without",
+        format!("{ratio:.3}"),
+        "",
+        None,
+    );
     r.add(
         "worst case, added cost per captured syscall",
         format!("{added_us:.2} µs"),
@@ -277,12 +323,21 @@ fn realistic(r: &mut Report) -> Result<()> {
     ];
     for (name, server, kind) in [
         ("Python SDK server, echo", &py, "python"),
-        ("server-filesystem, read_text_file 4 KB", &fs_server, "filesystem"),
+        (
+            "server-filesystem, read_text_file 4 KB",
+            &fs_server,
+            "filesystem",
+        ),
     ] {
         let [a, b, s] = overhead(name, |strace| sdk_calls(server, kind, &file, strace))?;
         let ratio = b.0 / a.0;
         r.add(&format!("{name}: calls/s without"), spread(a), "", None);
-        r.add(&format!("{name}: calls/s with mcpscope"), spread(b), "", None);
+        r.add(
+            &format!("{name}: calls/s with mcpscope"),
+            spread(b),
+            "",
+            None,
+        );
         r.add(
             &format!("{name}: ratio with ÷ without"),
             format!("{ratio:.3}"),
@@ -364,10 +419,17 @@ fn latency(r: &mut Report) -> Result<()> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs_f64();
-            let Some(at) = line.find("\"ts\":\"") else { continue };
+            let Some(at) = line.find("\"ts\":\"") else {
+                continue;
+            };
             let ts = &line[at + 6..];
+            let pid = |end: &str| {
+                let key = format!("\"{end}\":{{\"pid\":");
+                let at = line.find(&key)? + key.len();
+                line[at..].split([',', '}']).next()?.parse::<f64>().ok()
+            };
             if let Some(t) = ts.split('"').next().and_then(rfc3339_secs) {
-                lat.push((now - t) * 1000.0);
+                lat.push(((now - t) * 1000.0, pid("from"), pid("to")));
             }
         }
         lat
@@ -377,9 +439,23 @@ fn latency(r: &mut Report) -> Result<()> {
         root().join("tests/mcp/py_server.py").display().to_string(),
         "stdio".to_owned(),
     ];
-    sdk_calls(&py, "python", Path::new(""), false)?;
+    let head = sdk_run(&py, "python", Path::new(""), false)?;
     agent.stop()?;
-    let mut lat = reader.join().expect("reader");
+    // Only the workload's messages: other MCP traffic on the host is
+    // reported too, but its timing is not this measurement's.
+    let pids = [
+        json_number(&head, "pid")?,
+        json_number(&head, "server_pid")?,
+    ];
+    let mut lat: Vec<f64> = reader
+        .join()
+        .expect("reader")
+        .into_iter()
+        .filter(|(_, f, t)| {
+            f.is_some_and(|p| pids.contains(&p)) || t.is_some_and(|p| pids.contains(&p))
+        })
+        .map(|(l, _, _)| l)
+        .collect();
     if lat.is_empty() {
         bail!("no events read from the agent");
     }
@@ -442,7 +518,10 @@ fn footprint(r: &mut Report) -> Result<()> {
     fan.wait()?;
     r.add(
         "agent RSS with 1,000 concurrent sessions",
-        format!("{rss:.1} MiB (peak {hwm:.1} MiB; {sessions:.0} sessions open; idle before: {:.1} MiB)", idle_rss / 1024.0),
+        format!(
+            "{rss:.1} MiB (peak {hwm:.1} MiB; {sessions:.0} sessions open; idle before: {:.1} MiB)",
+            idle_rss / 1024.0
+        ),
         "≤ 50 MiB",
         Some(rss <= 50.0 && sessions >= 1000.0),
     );
@@ -453,7 +532,12 @@ fn footprint(r: &mut Report) -> Result<()> {
     let t1 = cpu_ticks(agent.pid()).unwrap_or(0.0);
     let tck = 100.0; // USER_HZ on Linux x86-64
     let cpu = (t1 - t0) / tck / wall.elapsed().as_secs_f64() * 100.0;
-    r.add("idle CPU (10 s, no MCP traffic)", format!("{cpu:.2} % of one core"), "", None);
+    r.add(
+        "idle CPU (10 s, no MCP traffic)",
+        format!("{cpu:.2} % of one core"),
+        "",
+        None,
+    );
     agent.stop()?;
     Ok(())
 }
@@ -463,7 +547,12 @@ fn replay(r: &mut Report) -> Result<()> {
     let capture = target().join("bench/capture.bin");
     let _ = fs::remove_file(&capture);
     let agent = Agent::start(
-        &["--stdout", "none", "--record", &capture.display().to_string()],
+        &[
+            "--stdout",
+            "none",
+            "--record",
+            &capture.display().to_string(),
+        ],
         Stdio::null(),
     )?;
     for size in ["200", "2000", "20000", "200000"] {
@@ -484,7 +573,11 @@ fn replay(r: &mut Report) -> Result<()> {
             .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
             .unwrap_or(0.0)
     };
-    let (msgs, per_s, mb) = (field("messages"), field("messages_per_s"), field("mb_per_s"));
+    let (msgs, per_s, mb) = (
+        field("messages"),
+        field("messages_per_s"),
+        field("mb_per_s"),
+    );
     r.add(
         "replay (decode → framing → join → parse → pairing → detectors)",
         format!("{per_s:.0} messages/s, {mb:.0} MB/s over {msgs:.0} messages"),
@@ -509,7 +602,11 @@ fn machine() -> String {
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let date = output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])).unwrap_or_default();
-    format!("{cores} cores ({cpu}), kernel {}, {}", kernel.trim(), date.trim())
+    format!(
+        "{cores} cores ({cpu}), kernel {}, {}",
+        kernel.trim(),
+        date.trim()
+    )
 }
 
 fn write_markdown(r: &Report) -> Result<()> {
@@ -558,9 +655,14 @@ pub fn all(only: Option<&str>) -> Result<()> {
     }
     setup::test_software()?;
     setup::system_packages(&["strace"])?;
-    run(Command::new("cargo")
-        .current_dir(root())
-        .args(["build", "--release", "-p", "mcpscope-e2e", "--bin", "mcp-pingpong"]))?;
+    run(Command::new("cargo").current_dir(root()).args([
+        "build",
+        "--release",
+        "-p",
+        "mcpscope-e2e",
+        "--bin",
+        "mcp-pingpong",
+    ]))?;
     fs::create_dir_all(target().join("bench"))?;
     let mut r = Report::default();
     worst_case(&mut r)?;

@@ -122,7 +122,11 @@ impl Probes {
             .programs()
             .filter_map(|(name, p)| {
                 let info = p.info().ok()?;
-                Some((name.to_owned(), info.run_count(), info.run_time().as_nanos() as u64))
+                Some((
+                    name.to_owned(),
+                    info.run_count(),
+                    info.run_time().as_nanos() as u64,
+                ))
             })
             .collect()
     }
