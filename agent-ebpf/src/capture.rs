@@ -394,7 +394,10 @@ fn emit(s: &mut Scratch, size: usize) {
     // high rates): wake it only when a batch is pending; userspace also
     // drains the ring on its 20 ms tick, which bounds the latency.
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA);
-    let flags = if pending + size as u64 >= WAKEUP_BYTES {
+    // Only the record that crosses the threshold wakes: once woken, the
+    // reader drains everything there is (forcing every record past the
+    // threshold would cost an irq_work each until it has).
+    let flags = if pending < WAKEUP_BYTES && pending + size as u64 >= WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

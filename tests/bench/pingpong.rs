@@ -16,6 +16,11 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("server") => server(),
+        Some("flood") => flood(
+            args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10_000.0),
+            args.get(3).and_then(|s| s.parse().ok()).unwrap_or(2.0),
+        ),
+        Some("sink") => sink(),
         Some("fan") => fan(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1000)),
         Some("client") => {
             let secs: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2.0);
@@ -23,7 +28,7 @@ fn main() {
             client(Duration::from_secs_f64(secs), payload);
         }
         _ => {
-            eprintln!("usage: mcp-pingpong client SECONDS [PAYLOAD_BYTES] | fan N | server");
+            eprintln!("usage: mcp-pingpong client SECONDS [PAYLOAD_BYTES] | fan N | flood RATE SECONDS | server");
             std::process::exit(2);
         }
     }
@@ -99,6 +104,69 @@ fn fan(n: usize) {
     for (mut child, to, _) in servers {
         drop(to);
         let _ = child.wait();
+    }
+}
+
+/// Loss test: writes MCP notifications at `rate` per second for `secs`
+/// into a sink that drains the pipe with `splice` (not captured, so each
+/// message is one captured `write`: ground truth for the loss count).
+/// Prints `{"sent":N,"seconds":S,"pid":P}`.
+fn flood(rate: f64, secs: f64) {
+    let exe = std::env::current_exe().expect("own path");
+    let mut child = Command::new(exe)
+        .arg("sink")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawning the sink");
+    let mut to = child.stdin.take().expect("stdin");
+    let line = b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{\"level\":\"info\",\"logger\":\"bench\",\"data\":\"flood of small but real MCP messages\"}}\n";
+    let start = Instant::now();
+    let mut sent: u64 = 0;
+    loop {
+        let elapsed = start.elapsed().as_secs_f64();
+        if elapsed >= secs {
+            break;
+        }
+        // Open loop: as many as the schedule says by now.
+        let due = (elapsed * rate) as u64;
+        if sent >= due {
+            std::hint::spin_loop();
+            continue;
+        }
+        to.write_all(line).expect("write");
+        sent += 1;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    drop(to);
+    let _ = child.wait();
+    println!(
+        "{{\"sent\":{sent},\"seconds\":{seconds},\"pid\":{}}}",
+        std::process::id()
+    );
+}
+
+/// Drains stdin into /dev/null with `splice` (no read syscall to capture).
+fn sink() {
+    use std::os::fd::AsRawFd;
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .expect("/dev/null");
+    loop {
+        // SAFETY: plain fds; null offsets (pipes).
+        let n = unsafe {
+            libc::splice(
+                0,
+                std::ptr::null_mut(),
+                null.as_raw_fd(),
+                std::ptr::null_mut(),
+                1 << 20,
+                0,
+            )
+        };
+        if n <= 0 {
+            return;
+        }
     }
 }
 
