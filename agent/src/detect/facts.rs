@@ -141,14 +141,16 @@ fn secret_prefilter() -> &'static regex::bytes::RegexSet {
 
 /// Credential shapes in `bytes` (kind and offset only).
 pub fn find_secrets(bytes: &[u8]) -> Vec<SecretHit> {
-    let mut hits = Vec::new();
     // One pass over the message says whether any pattern can match.
     let matched = secret_prefilter().matches(bytes);
-    if !matched.matched_any() {
-        return hits;
-    }
+    secrets_where(bytes, |i| matched.matched(i))
+}
+
+/// Credential shapes of the patterns `matched` (by index) says can match.
+fn secrets_where(bytes: &[u8], matched: impl Fn(usize) -> bool) -> Vec<SecretHit> {
+    let mut hits = Vec::new();
     for (i, (kind, re)) in secret_patterns().iter().enumerate() {
-        if !matched.matched(i) {
+        if !matched(i) {
             continue;
         }
         for c in re.captures_iter(bytes) {
@@ -229,23 +231,29 @@ fn strings(v: &Value, out: &mut Vec<String>) {
     }
 }
 
-/// Could `line` hold an injection marker or hidden characters? One pass;
-/// only then are its strings decoded and searched exactly.
-fn marker_prefilter(line: &[u8]) -> bool {
+/// One pass over a message for everything the detectors look for: the
+/// credential shapes (the first `secret_patterns().len()` patterns), then
+/// injection markers and hidden characters. Only what it flags is searched
+/// exactly (and only then are strings decoded).
+fn prefilter() -> &'static regex::bytes::RegexSet {
     static P: OnceLock<regex::bytes::RegexSet> = OnceLock::new();
-    let set = P.get_or_init(|| {
-        let mut pats: Vec<String> = markers()
+    P.get_or_init(|| {
+        let mut pats: Vec<String> = secret_patterns()
             .iter()
-            .map(|m| format!("(?i){}", regex::escape(m)))
+            .map(|(_, r)| r.as_str().to_owned())
             .collect();
+        pats.extend(
+            markers()
+                .iter()
+                .map(|m| format!("(?i){}", regex::escape(m))),
+        );
         // Tag characters (U+E0000–E007F), zero-width characters, and JSON
         // \u escapes that could spell either.
         pats.push(r"(?-u)\xF3\xA0[\x80\x81]".into());
         pats.push(r"(?-u)\xE2\x80[\x8B-\x8D]|\xE2\x81\xA0|\xEF\xBB\xBF".into());
         pats.push(r"\\u(?:[dD][bB]40|200[bBcCdD]|2060|[fF][eE][fF][fF])".into());
         regex::bytes::RegexSet::new(pats).expect("valid patterns")
-    });
-    set.is_match(line)
+    })
 }
 
 #[derive(Deserialize)]
@@ -275,10 +283,17 @@ pub fn extract(
     is_response: bool,
     request_method: Option<&str>,
 ) -> MessageFacts {
+    let matched = prefilter().matches(line);
+    let secret_kinds = secret_patterns().len();
     let mut f = MessageFacts {
-        secrets: find_secrets(line),
+        secrets: if matched.iter().any(|i| i < secret_kinds) {
+            secrets_where(line, |i| matched.matched(i))
+        } else {
+            Vec::new()
+        },
         ..MessageFacts::default()
     };
+    let marker_possible = matched.iter().any(|i| i >= secret_kinds);
     let needs_tree = method == Some("tools/call") || is_response;
     if !needs_tree {
         return f;
@@ -299,7 +314,7 @@ pub fn extract(
         // hashing the raw bytes avoids building a tree for every response.
         f.result_hash = env.result.map(|r| hash_bytes(r.get().as_bytes()));
         let is_list = memchr::memmem::find(line, b"\"inputSchema\"").is_some();
-        if !is_list && !marker_prefilter(line) {
+        if !is_list && !marker_possible {
             return f;
         }
         let Ok(v) = serde_json::from_slice::<Value>(line) else {

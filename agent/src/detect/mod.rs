@@ -174,9 +174,17 @@ struct RateState {
 
 #[derive(Default)]
 struct ErrState {
-    outcomes: VecDeque<(u64, bool, Evidence)>,
+    /// (time, failed) of every call in the window.
+    outcomes: VecDeque<(u64, bool)>,
+    /// Failures among `outcomes` (kept, not counted per message).
+    errors: usize,
+    /// Evidence of the most recent failures in the window (bounded).
+    failures: VecDeque<(u64, Evidence)>,
     fired: bool,
 }
+
+/// Failures kept as an error burst's evidence.
+const MAX_ERROR_EVIDENCE: usize = 64;
 
 #[derive(Default)]
 struct SizeState {
@@ -584,12 +592,25 @@ impl Detectors {
                 &(caller.clone(), server.clone()),
                 ErrState::default,
                 &mut self.stats.evicted,
-            );
-            e.outcomes.push_back((ts, failed, me.clone()));
-            while e.outcomes.front().is_some_and(|(t, _, _)| t + window < ts) {
-                e.outcomes.pop_front();
+            ); // Amortised O(1) per message: counts kept as calls enter and leave.
+            e.outcomes.push_back((ts, failed));
+            if failed {
+                e.errors += 1;
+                if e.failures.len() == MAX_ERROR_EVIDENCE {
+                    e.failures.pop_front();
+                }
+                e.failures.push_back((ts, me.clone()));
             }
-            let errs = e.outcomes.iter().filter(|(_, f, _)| *f).count();
+            while let Some(&(_, f)) = e.outcomes.front().filter(|(t, _)| t + window < ts) {
+                e.outcomes.pop_front();
+                if f {
+                    e.errors -= 1;
+                }
+            }
+            while e.failures.front().is_some_and(|(t, _)| t + window < ts) {
+                e.failures.pop_front();
+            }
+            let errs = e.errors;
             let r = errs as f64 / e.outcomes.len() as f64;
             if e.outcomes.len() >= min && r >= ratio && !e.fired {
                 e.fired = true;
@@ -604,12 +625,7 @@ impl Detectors {
                     caller: caller.clone(),
                     server: server.clone(),
                     tool: None,
-                    evidence: e
-                        .outcomes
-                        .iter()
-                        .filter(|(_, f, _)| *f)
-                        .map(|(_, _, ev)| ev.clone())
-                        .collect(),
+                    evidence: e.failures.iter().map(|(_, ev)| ev.clone()).collect(),
                     details: json!({ "errors": errs, "calls": e.outcomes.len(), "ratio": r }),
                 });
             } else if r < ratio / 2.0 {
