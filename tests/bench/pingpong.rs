@@ -52,9 +52,9 @@ fn client(duration: Duration, payload: usize) {
     while start.elapsed() < duration {
         n += 1;
         request.clear();
-        write!(
+        writeln!(
             request,
-            "{{\"jsonrpc\":\"2.0\",\"id\":{n},\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"message\":\"{message}\"}}}}}}\n"
+            "{{\"jsonrpc\":\"2.0\",\"id\":{n},\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"message\":\"{message}\"}}}}}}"
         )
         .unwrap();
         to_server.write_all(&request).expect("write");
@@ -188,9 +188,9 @@ fn server() {
             .and_then(|r| r.split(',').next())
             .unwrap_or("0");
         response.clear();
-        write!(
+        writeln!(
             response,
-            "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"content\":[{{\"type\":\"text\",\"text\":\"ok\"}}],\"isError\":false}}}}\n"
+            "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"content\":[{{\"type\":\"text\",\"text\":\"ok\"}}],\"isError\":false}}}}"
         )
         .unwrap();
         if out.write_all(&response).and_then(|_| out.flush()).is_err() {

@@ -313,7 +313,7 @@ fn realistic(r: &mut Report) -> Result<()> {
     let dir = target().join("bench/files");
     fs::create_dir_all(&dir)?;
     let file = dir.join("4k.txt");
-    fs::write(&file, "mcpscope ".repeat(456).as_bytes()[..4096].to_vec())?;
+    fs::write(&file, &"mcpscope ".repeat(456).as_bytes()[..4096])?;
     let py = vec![
         python().display().to_string(),
         root().join("tests/mcp/py_server.py").display().to_string(),
@@ -693,9 +693,7 @@ fn replay(r: &mut Report) -> Result<()> {
         "≥ 300,000 messages/s",
         Some(per_s >= 300_000.0),
     );
-    r.notes.push(format!(
-        "Replay mix: four ping-pong runs of 0.5 s with argument sizes 200 B, 2 KB, 20 KB and 200 KB; most messages are the small ones (the pairs run as fast as the pipes allow, so small messages dominate the count)."
-    ));
+    r.notes.push("Replay mix: four ping-pong runs of 0.5 s with argument sizes 200 B, 2 KB, 20 KB and 200 KB; most messages are the small ones (the pairs run as fast as the pipes allow, so small messages dominate the count).".to_string());
     Ok(())
 }
 
