@@ -231,6 +231,91 @@ fn strings(v: &Value, out: &mut Vec<String>) {
     }
 }
 
+/// The literal anchors of everything [`prefilter`] looks for, lower-case:
+/// a superset (every match of a pattern contains an anchor), so a message
+/// without any anchor — most messages — skips the regex pass entirely.
+/// Searched in the ASCII-lower-cased message with the SIMD (Teddy) packed
+/// searcher, or an automaton where the CPU lacks it.
+enum Anchors {
+    Packed(aho_corasick::packed::Searcher),
+    Automaton(aho_corasick::AhoCorasick),
+}
+
+impl Anchors {
+    fn any_in(&self, line: &[u8]) -> bool {
+        thread_local! {
+            static LOWER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        LOWER.with(|buf| {
+            let mut lower = buf.borrow_mut();
+            lower.clear();
+            lower.extend_from_slice(line);
+            lower.make_ascii_lowercase();
+            match self {
+                Anchors::Packed(s) => s.find(&lower[..]).is_some(),
+                Anchors::Automaton(a) => a.is_match(&lower[..]),
+            }
+        })
+    }
+}
+
+fn anchors() -> &'static Anchors {
+    static A: OnceLock<Anchors> = OnceLock::new();
+    A.get_or_init(|| {
+        let mut pats: Vec<Vec<u8>> = [
+            // Credential shapes (secret_patterns).
+            "akia",
+            "asia",
+            "-----begin",
+            "eyj",
+            "ghp_",
+            "gho_",
+            "ghu_",
+            "ghs_",
+            "ghr_",
+            "github_pat_",
+            "xox",
+            "api_key",
+            "api-key",
+            "apikey",
+            "secret",
+            "token",
+            "password",
+            "passwd",
+            "access_key",
+            "access-key",
+            "accesskey",
+        ]
+        .iter()
+        .map(|p| p.as_bytes().to_vec())
+        .collect();
+        // Injection markers, tag and zero-width characters, \u escapes.
+        pats.extend(markers().iter().map(|m| m.as_bytes().to_vec()));
+        pats.extend(
+            [
+                &b"\xF3\xA0\x80"[..],
+                b"\xF3\xA0\x81",
+                b"\xE2\x80\x8B",
+                b"\xE2\x80\x8C",
+                b"\xE2\x80\x8D",
+                b"\xE2\x81\xA0",
+                b"\xEF\xBB\xBF",
+                b"\\u",
+            ]
+            .map(<[u8]>::to_vec),
+        );
+        match aho_corasick::packed::Searcher::new(pats.iter()) {
+            Some(s) => Anchors::Packed(s),
+            None => Anchors::Automaton(
+                aho_corasick::AhoCorasick::builder()
+                    .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+                    .build(pats)
+                    .expect("valid anchors"),
+            ),
+        }
+    })
+}
+
 /// One pass over a message for everything the detectors look for: the
 /// credential shapes (the first `secret_patterns().len()` patterns), then
 /// injection markers and hidden characters. Only what it flags is searched
@@ -283,17 +368,21 @@ pub fn extract(
     is_response: bool,
     request_method: Option<&str>,
 ) -> MessageFacts {
-    let matched = prefilter().matches(line);
+    // Anchors first (fast, most messages stop here), then the exact set.
+    let matched = anchors().any_in(line).then(|| prefilter().matches(line));
+    let hit = |i: usize| matched.as_ref().is_some_and(|m| m.matched(i));
     let secret_kinds = secret_patterns().len();
     let mut f = MessageFacts {
-        secrets: if matched.iter().any(|i| i < secret_kinds) {
-            secrets_where(line, |i| matched.matched(i))
+        secrets: if (0..secret_kinds).any(hit) {
+            secrets_where(line, hit)
         } else {
             Vec::new()
         },
         ..MessageFacts::default()
     };
-    let marker_possible = matched.iter().any(|i| i >= secret_kinds);
+    let marker_possible = matched
+        .as_ref()
+        .is_some_and(|m| m.iter().any(|i| i >= secret_kinds));
     let needs_tree = method == Some("tools/call") || is_response;
     if !needs_tree {
         return f;

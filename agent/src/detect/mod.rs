@@ -139,7 +139,52 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     }
 }
 
-type CallKey = (String, String, String, u64);
+type CallKey = (Name, Name, Name, u64);
+
+/// An identity, server or tool name as a state key: shared (cloning is a
+/// reference count) and hashed once, so keys cost no allocation or string
+/// hashing per message.
+#[derive(Clone, Debug)]
+struct Name(std::sync::Arc<str>, u64);
+
+impl Name {
+    fn new(s: &str) -> Self {
+        Name(s.into(), hash_str(s))
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq for Name {
+    fn eq(&self, o: &Self) -> bool {
+        self.1 == o.1 && (std::sync::Arc::ptr_eq(&self.0, &o.0) || self.0 == o.0)
+    }
+}
+
+impl Eq for Name {}
+
+impl Hash for Name {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_u64(self.1);
+    }
+}
+
+fn hash_str(s: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.hash(&mut h);
+    std::hash::Hasher::finish(&h)
+}
 
 #[derive(Default)]
 struct DupState {
@@ -156,7 +201,7 @@ struct StormState {
 
 #[derive(Default)]
 struct LoopState {
-    sigs: VecDeque<((u64, u64, u64), Evidence, String)>,
+    sigs: VecDeque<((u64, u64, u64), Evidence, Name)>,
     fired: bool,
 }
 
@@ -203,15 +248,17 @@ pub struct Detectors {
     cfg: DetectConfig,
     policy: Option<Policy>,
     state_dir: Option<PathBuf>,
-    pending: Lru<(String, u64), Pending>,
+    /// By (session hash, request seq).
+    pending: Lru<(u64, u64), Pending>,
     dup: Lru<CallKey, DupState>,
     storms: Lru<CallKey, StormState>,
-    loops: Lru<String, LoopState>,
-    rates: Lru<(String, String), RateState>,
-    errors: Lru<(String, String), ErrState>,
-    sizes: Lru<(String, String), SizeState>,
+    /// By session hash.
+    loops: Lru<u64, LoopState>,
+    rates: Lru<(Name, Name), RateState>,
+    errors: Lru<(Name, Name), ErrState>,
+    sizes: Lru<(Name, Name), SizeState>,
     seen: HashSet<u64>,
-    unlisted_fired: HashSet<(String, String)>,
+    unlisted_fired: HashSet<(Name, Name)>,
     first_ts: Option<u64>,
     baselines: HashMap<String, Vec<ToolDef>>,
     /// Counters.
@@ -223,13 +270,13 @@ const S: u64 = 1_000_000_000;
 fn endpoint_name(
     ev: &Option<crate::sink::Endpoint>,
     info: &Option<crate::protocol::PeerInfo>,
-) -> String {
+) -> Name {
     let exe = ev
         .as_ref()
         .map_or("?", |e| e.process.exe.as_deref().unwrap_or(&e.process.comm));
     match info {
-        Some(i) => format!("{}@{exe}", i.name),
-        None => exe.to_owned(),
+        Some(i) => Name::new(&format!("{}@{exe}", i.name)),
+        None => Name::new(exe),
     }
 }
 
@@ -292,7 +339,8 @@ impl Detectors {
                 endpoint_name(&ev.from, &ev.server),
             ),
         };
-        let tool = ev.tool.as_deref().unwrap_or("").to_owned();
+        let tool = Name::new(ev.tool.as_deref().unwrap_or(""));
+        let session = hash_str(&ev.session);
         if ev.kind == Kind::Request {
             if ev.method.as_deref() == Some("tools/call") {
                 let key: CallKey = (
@@ -301,7 +349,7 @@ impl Detectors {
                     tool.clone(),
                     facts.args_hash.unwrap_or(0),
                 );
-                self.on_call(&key, &ev.session, me.clone(), ev, &mut out);
+                self.on_call(&key, session, me.clone(), ev, &mut out);
             }
             self.rate(&caller, &server, me.clone(), ts_ns, &mut out);
             self.first_seen(
@@ -316,8 +364,8 @@ impl Detectors {
         }
         if matches!(ev.kind, Kind::Response | Kind::Error) {
             if let Some(rs) = ev.request_seq {
-                if let Some(p) = self.pending.remove(&(ev.session.clone(), rs)) {
-                    self.on_result(p, ev, me.clone(), facts, &mut out);
+                if let Some(p) = self.pending.remove(&(session, rs)) {
+                    self.on_result(p, ev, session, me.clone(), facts, &mut out);
                 }
             }
             if let Some(tools) = &facts.tools {
@@ -342,8 +390,8 @@ impl Detectors {
                 )
                 .trim()
                 .to_owned(),
-                caller: caller.clone(),
-                server: server.clone(),
+                caller: caller.to_string(),
+                server: server.to_string(),
                 tool: ev.tool.as_deref().map(String::from),
                 evidence: vec![me.clone()],
                 details: json!({ "found": facts.secrets, "in": place }),
@@ -370,8 +418,8 @@ impl Detectors {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-                caller: caller.clone(),
-                server: server.clone(),
+                caller: caller.to_string(),
+                server: server.to_string(),
                 tool: ev.tool.as_deref().map(String::from),
                 evidence: vec![me.clone()],
                 details: json!({ "found": facts.markers, "heuristic": true }),
@@ -384,7 +432,7 @@ impl Detectors {
     fn on_call(
         &mut self,
         key: &CallKey,
-        session: &str,
+        session: u64,
         me: Evidence,
         ev: &McpEvent,
         out: &mut Vec<Flag>,
@@ -392,7 +440,7 @@ impl Detectors {
         let (caller, server, tool, _) = key.clone();
         let ts = me.ts_ns;
         self.pending.get_or(
-            &(session.to_owned(), me.seq),
+            &(session, me.seq),
             || Pending {
                 key: key.clone(),
                 evidence: me.clone(),
@@ -403,8 +451,8 @@ impl Detectors {
             if self.cfg.policy_violation.enabled {
                 let write = self
                     .baselines
-                    .get(&server)
-                    .and_then(|t| t.iter().find(|d| d.name == tool))
+                    .get(&*server)
+                    .and_then(|t| t.iter().find(|d| d.name == *tool))
                     .map_or_else(|| facts::write_by_name(&tool), |d| d.write);
                 if let Some(why) = p.check(ev, &server_name(ev), &tool, write) {
                     out.push(Flag {
@@ -413,27 +461,27 @@ impl Detectors {
                         message: format!(
                             "{caller} called {tool} on {server}: {why} (audit only, not blocked)"
                         ),
-                        caller: caller.clone(),
-                        server: server.clone(),
-                        tool: Some(tool.clone()),
+                        caller: caller.to_string(),
+                        server: server.to_string(),
+                        tool: Some(tool.to_string()),
                         evidence: vec![me.clone()],
                         details: json!({ "reason": why, "write_class": write }),
                     });
                 }
             }
         }
-        if let Some(listed) = self.baselines.get(&server) {
+        if let Some(listed) = self.baselines.get(&*server) {
             if self.cfg.first_seen.enabled
-                && !listed.iter().any(|d| d.name == tool)
+                && !listed.iter().any(|d| d.name == *tool)
                 && self.unlisted_fired.insert((server.clone(), tool.clone()))
             {
                 out.push(Flag {
                     flag: "first_seen",
                     severity: Severity::Medium,
                     message: format!("{caller} called {tool}, which {server} did not list in its last tools/list"),
-                    caller: caller.clone(),
-                    server: server.clone(),
-                    tool: Some(tool.clone()),
+                    caller: caller.to_string(),
+                    server: server.to_string(),
+                    tool: Some(tool.to_string()),
                     evidence: vec![me.clone()],
                     details: json!({ "reason": "tool_not_listed" }),
                 });
@@ -478,9 +526,9 @@ impl Detectors {
             flag: "duplicate_call",
             severity: sev,
             message: format!("{caller} called {tool} on {server} {n} times with identical arguments within {} s ({reason})", window / S),
-            caller,
-            server,
-            tool: Some(tool),
+            caller: caller.to_string(),
+            server: server.to_string(),
+            tool: Some(tool.to_string()),
             evidence: d.calls.iter().cloned().collect(),
             details: json!({ "count": n, "reason": reason.replace(' ', "_") }),
         });
@@ -490,6 +538,7 @@ impl Detectors {
         &mut self,
         p: Pending,
         ev: &McpEvent,
+        session: u64,
         me: Evidence,
         facts: &MessageFacts,
         out: &mut Vec<Flag>,
@@ -521,9 +570,9 @@ impl Detectors {
                             "{caller} retried the failing call {tool} on {server} {} times",
                             st.failures.len()
                         ),
-                        caller: caller.clone(),
-                        server: server.clone(),
-                        tool: Some(tool.clone()),
+                        caller: caller.to_string(),
+                        server: server.to_string(),
+                        tool: Some(tool.to_string()),
                         evidence: st.failures.iter().cloned().collect(),
                         details: json!({ "failures": st.failures.len() }),
                     });
@@ -537,7 +586,7 @@ impl Detectors {
             let (maxp, k) = (self.cfg.loop_.max_period, self.cfg.loop_.min_repeats);
             let l = self
                 .loops
-                .get_or(&ev.session, LoopState::default, &mut self.stats.evicted);
+                .get_or(&session, LoopState::default, &mut self.stats.evicted);
             let tool_id = {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 tool.hash(&mut h);
@@ -567,15 +616,15 @@ impl Detectors {
                     l.fired = true;
                     let cycle: Vec<String> = (0..per)
                         .rev()
-                        .map(|i| l.sigs[n - 1 - i].2.clone())
+                        .map(|i| l.sigs[n - 1 - i].2.to_string())
                         .collect();
                     out.push(Flag {
                         flag: "loop",
                         severity: if per == 1 { Severity::Medium } else { Severity::High },
                         message: format!("{caller} repeats the cycle [{}] on {server} {k} times with the same arguments and results (no progress)", cycle.join(" → ")),
-                        caller: caller.clone(),
-                        server: server.clone(),
-                        tool: Some(tool.clone()),
+                        caller: caller.to_string(),
+                        server: server.to_string(),
+                        tool: Some(tool.to_string()),
                         evidence: l.sigs.iter().skip(n - per * k).map(|(_, e, _)| e.clone()).collect(),
                         details: json!({ "period": per, "repeats": k, "cycle": cycle }),
                     });
@@ -622,8 +671,8 @@ impl Detectors {
                         e.outcomes.len(),
                         r * 100.0
                     ),
-                    caller: caller.clone(),
-                    server: server.clone(),
+                    caller: caller.to_string(),
+                    server: server.to_string(),
                     tool: None,
                     evidence: e.failures.iter().map(|(_, ev)| ev.clone()).collect(),
                     details: json!({ "errors": errs, "calls": e.outcomes.len(), "ratio": r }),
@@ -657,9 +706,9 @@ impl Detectors {
                     flag: "large_response",
                     severity: Severity::Medium,
                     message: format!("{tool} on {server} returned {} bytes to {caller}, {why} (possible exfiltration)", ev.bytes),
-                    caller: caller.clone(),
-                    server: server.clone(),
-                    tool: Some(tool.clone()),
+                    caller: caller.to_string(),
+                    server: server.to_string(),
+                    tool: Some(tool.to_string()),
                     evidence: vec![p.evidence.clone(), me.clone()],
                     details: json!({ "bytes": ev.bytes, "baseline_mean": s.mean, "samples": s.samples }),
                 });
@@ -670,7 +719,7 @@ impl Detectors {
         }
     }
 
-    fn rate(&mut self, caller: &str, server: &str, me: Evidence, ts: u64, out: &mut Vec<Flag>) {
+    fn rate(&mut self, caller: &Name, server: &Name, me: Evidence, ts: u64, out: &mut Vec<Flag>) {
         if !self.cfg.rate_spike.enabled {
             return;
         }
@@ -678,7 +727,7 @@ impl Detectors {
         let bucket_ns = (c.bucket_s * 1e9) as u64;
         let b = ts / bucket_ns.max(1);
         let r = self.rates.get_or(
-            &(caller.to_owned(), server.to_owned()),
+            &(caller.clone(), server.clone()),
             || RateState {
                 bucket: b,
                 ..RateState::default()
@@ -726,8 +775,8 @@ impl Detectors {
                 flag: "rate_spike",
                 severity: Severity::Medium,
                 message: format!("{caller} sent {} requests to {server} in {} s, against a baseline of {:.1}", r.count, c.bucket_s, r.mean),
-                caller: caller.to_owned(),
-                server: server.to_owned(),
+                caller: caller.to_string(),
+                server: server.to_string(),
                 tool: None,
                 evidence: r.evidence.clone(),
                 details: json!({ "count": r.count, "baseline_mean": r.mean, "baseline_stddev": r.var.sqrt(), "bucket_s": c.bucket_s }),
@@ -738,10 +787,10 @@ impl Detectors {
     #[allow(clippy::too_many_arguments)]
     fn first_seen(
         &mut self,
-        caller: &str,
-        server: &str,
+        caller: &Name,
+        server: &Name,
         method: &str,
-        tool: &str,
+        tool: &Name,
         me: Evidence,
         ts: u64,
         out: &mut Vec<Flag>,
@@ -752,9 +801,10 @@ impl Detectors {
         let learned = ts.saturating_sub(self.first_ts.unwrap_or(ts)) as f64 / 1e9
             >= self.cfg.first_seen.learning_s;
         let mut check = |item: &str, out: &mut Vec<Flag>| {
-            // Hashed key: no allocation for the (frequent) already-seen case.
+            // Hashed key: no allocation for the (frequent) already-seen case;
+            // the names come hashed.
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            (caller, server, item).hash(&mut h);
+            (caller.1, server.1, if item.is_empty() { 0 } else { tool.1 }).hash(&mut h);
             if self.seen.insert(std::hash::Hasher::finish(&h)) && learned {
                 let what = if item.is_empty() {
                     format!("server {server}")
@@ -764,10 +814,9 @@ impl Detectors {
                 out.push(Flag {
                     flag: "first_seen",
                     severity: Severity::Low,
-                    message: format!("{caller} used {what} for the first time after the learning period"),
-                    caller: caller.to_owned(),
-                    server: server.to_owned(),
-                    tool: (!tool.is_empty()).then(|| tool.to_owned()),
+                    message: format!("{caller} used {what} for the first time after the learning period"),                    caller: caller.to_string(),
+                    server: server.to_string(),
+                    tool: (!tool.is_empty()).then(|| tool.to_string()),
                     evidence: vec![me.clone()],
                     details: json!({ "reason": if item.is_empty() { "new_server" } else { "new_tool" } }),
                 });
