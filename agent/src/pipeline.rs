@@ -638,7 +638,7 @@ const JOIN_HEAD: usize = 512;
 /// Join key of a message: its true length and a hash of its head, which
 /// both ends capture even when one of them lost the tail.
 fn join_key(bytes: &[u8], len: u64, index: Option<u32>) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = rustc_hash::FxHasher::default();
     bytes[..bytes.len().min(JOIN_HEAD)].hash(&mut h);
     len.hash(&mut h);
     index.hash(&mut h);

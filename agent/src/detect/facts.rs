@@ -356,7 +356,7 @@ struct Params<'a> {
 }
 
 fn hash_bytes(b: &[u8]) -> u64 {
-    let mut h = DefaultHasher::new();
+    let mut h = rustc_hash::FxHasher::default();
     b.hash(&mut h);
     h.finish()
 }

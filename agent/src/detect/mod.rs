@@ -181,7 +181,7 @@ impl Hash for Name {
 }
 
 fn hash_str(s: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = rustc_hash::FxHasher::default();
     s.hash(&mut h);
     std::hash::Hasher::finish(&h)
 }
