@@ -191,7 +191,7 @@ pub struct Metrics {
     overflow: IntCounterVec,
     flags: IntCounterVec,
     prog_runs: IntCounterVec,
-    prog_run_ns: IntCounterVec,
+    prog_run_seconds: prometheus::CounterVec,
     caps: [LabelCap; 4],
 }
 
@@ -292,11 +292,17 @@ impl Metrics {
             "Runs of each kernel program (counted only while kernel.bpf_stats_enabled=1).",
             &["program"],
         );
-        let prog_run_ns = counter(
-            "mcpscope_bpf_program_run_time_ns_total",
-            "Nanoseconds spent in each kernel program (counted only while kernel.bpf_stats_enabled=1).",
+        let prog_run_seconds = prometheus::CounterVec::new(
+            Opts::new(
+                "mcpscope_bpf_program_run_seconds_total",
+                "Time spent in each kernel program (counted only while kernel.bpf_stats_enabled=1).",
+            ),
             &["program"],
-        );
+        )
+        .expect("valid counter");
+        registry
+            .register(Box::new(prog_run_seconds.clone()))
+            .expect("unique metric");
         let overflow = counter(
             "mcpscope_label_sets_overflow_total",
             "Observations whose labels exceeded the label-set cap.",
@@ -330,7 +336,7 @@ impl Metrics {
             gauges,
             flags,
             prog_runs,
-            prog_run_ns,
+            prog_run_seconds,
             overflow,
             caps,
         }
@@ -399,7 +405,11 @@ impl Metrics {
     /// totals (`bpf_prog_info.run_cnt`, `run_time_ns`).
     pub fn set_program_stats(&self, program: &str, runs: u64, run_ns: u64) {
         raise(&self.prog_runs.with_label_values(&[program]), runs);
-        raise(&self.prog_run_ns.with_label_values(&[program]), run_ns);
+        let c = self.prog_run_seconds.with_label_values(&[program]);
+        let total = run_ns as f64 / 1e9;
+        if total > c.get() {
+            c.inc_by(total - c.get());
+        }
     }
 
     /// Raises `mcpscope_parse_errors_total{protocol,reason}` to `total`.

@@ -199,6 +199,15 @@ fn python() -> PathBuf {
     target().join("e2e/venv/bin/python")
 }
 
+/// The Python SDK test server over stdio.
+fn py_server() -> Vec<String> {
+    vec![
+        python().display().to_string(),
+        root().join("tests/mcp/py_server.py").display().to_string(),
+        "stdio".to_owned(),
+    ]
+}
+
 /// Calls per second of the official Python SDK client against `server`.
 fn sdk_calls(server: &[String], kind: &str, file: &Path, strace: bool) -> Result<f64> {
     let head = sdk_run(server, kind, file, strace)?;
@@ -314,11 +323,7 @@ fn realistic(r: &mut Report) -> Result<()> {
     fs::create_dir_all(&dir)?;
     let file = dir.join("4k.txt");
     fs::write(&file, &"mcpscope ".repeat(456).as_bytes()[..4096])?;
-    let py = vec![
-        python().display().to_string(),
-        root().join("tests/mcp/py_server.py").display().to_string(),
-        "stdio".to_owned(),
-    ];
+    let py = py_server();
     let fs_server = vec![
         "node".to_owned(),
         target()
@@ -383,7 +388,11 @@ fn kernel_cost(r: &mut Report) -> Result<()> {
             last = now;
         }
         let runs = agent.metric("mcpscope_bpf_program_runs_total");
-        let ns = agent.metric("mcpscope_bpf_program_run_time_ns_total");
+        let ns: Vec<(String, f64)> = agent
+            .metric("mcpscope_bpf_program_run_seconds_total")
+            .into_iter()
+            .map(|(k, s)| (k, s * 1e9))
+            .collect();
         agent.stop()?;
         let mut out = Vec::new();
         for (k, n) in runs {
@@ -453,11 +462,7 @@ fn latency(r: &mut Report) -> Result<()> {
         }
         lat
     });
-    let py = vec![
-        python().display().to_string(),
-        root().join("tests/mcp/py_server.py").display().to_string(),
-        "stdio".to_owned(),
-    ];
+    let py = py_server();
     let head = sdk_run(&py, "python", Path::new(""), false)?;
     agent.stop()?;
     // Only the workload's messages: other MCP traffic on the host is
