@@ -259,7 +259,9 @@ pub struct Detectors {
     sizes: Lru<(Name, Name), SizeState>,
     seen: HashSet<u64>,
     unlisted_fired: HashSet<(Name, Name)>,
-    first_ts: Option<u64>,
+    /// When each caller was first seen: its learning period starts there
+    /// (so other MCP traffic on the host does not end it early).
+    first_ts: Lru<Name, u64>,
     baselines: HashMap<String, Vec<ToolDef>>,
     /// Counters.
     pub stats: DetectStats,
@@ -300,7 +302,7 @@ impl Detectors {
             sizes: Lru::new(cap),
             seen: HashSet::new(),
             unlisted_fired: HashSet::new(),
-            first_ts: None,
+            first_ts: Lru::new(cfg.limits.max_keys),
             baselines,
             stats: DetectStats::default(),
             cfg,
@@ -323,7 +325,7 @@ impl Detectors {
     /// Looks at one reported message; returns the flags it raises.
     pub fn observe(&mut self, ev: &McpEvent, ts_ns: u64, facts: &MessageFacts) -> Vec<Flag> {
         let mut out = Vec::new();
-        self.first_ts.get_or_insert(ts_ns);
+
         let me = Evidence {
             seq: ev.seq,
             id: ev.id.clone(),
@@ -798,8 +800,8 @@ impl Detectors {
         if !self.cfg.first_seen.enabled {
             return;
         }
-        let learned = ts.saturating_sub(self.first_ts.unwrap_or(ts)) as f64 / 1e9
-            >= self.cfg.first_seen.learning_s;
+        let since = *self.first_ts.get_or(caller, || ts, &mut self.stats.evicted);
+        let learned = ts.saturating_sub(since) as f64 / 1e9 >= self.cfg.first_seen.learning_s;
         let mut check = |item: &str, out: &mut Vec<Flag>| {
             // Hashed key: no allocation for the (frequent) already-seen case;
             // the names come hashed.

@@ -360,6 +360,22 @@ fn first_seen_only_after_learning() {
 }
 
 #[test]
+fn learning_period_is_per_caller() {
+    let mut c = DetectConfig::default();
+    c.duplicate_call.enabled = false;
+    c.rate_spike.enabled = false;
+    c.first_seen.learning_s = 10.0;
+    let mut s = Script::new(c);
+    // Another caller's traffic long before does not end caller 2's learning.
+    s.call("s1", 1, 1, "a", 1, S);
+    s.call("s2", 2, 1, "a", 1, 100 * S);
+    s.call("s2", 2, 2, "b", 1, 105 * S);
+    assert_eq!(s.count("first_seen"), 0, "caller 2 is still learning");
+    s.call("s2", 2, 3, "c", 1, 111 * S);
+    assert_eq!(s.count("first_seen"), 1, "caller 2 learned: c is new");
+}
+
+#[test]
 fn drift_is_summarised_and_persists_across_restarts() {
     let dir = std::env::temp_dir().join(format!("mcpscope-drift-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
