@@ -287,11 +287,15 @@ fn kubernetes_pods_from_cgroup_paths_v1_and_v2_and_the_api_server() {
         assert_eq!(c["runtime"], "containerd", "{end}");
         assert_eq!(c["pod_uid"], POD_A, "{end}");
         assert_eq!(c["qos"], "burstable", "{end}");
-        assert_eq!(
-            end["cgroup_id"].as_u64(),
-            Some(cgroup_id_a),
-            "the kernel's cgroup v2 id: {end}"
-        );
+        // The kernel's cgroup id is on the ends the kernel captured (a peer
+        // looked up before its own first syscall has none yet).
+        if end.get("fd").is_some() {
+            assert_eq!(
+                end["cgroup_id"].as_u64(),
+                Some(cgroup_id_a),
+                "the kernel's cgroup v2 id: {end}"
+            );
+        }
         let k = &end["k8s"];
         assert_eq!(k["pod"], "agent-7d9f-abcde", "{end}");
         assert_eq!(k["namespace"], "team-a");

@@ -103,6 +103,9 @@ pub struct PipelineStats {
 struct Stream {
     kind: FdKind,
     join: Join,
+    /// The last task seen on it: what flushes without a kernel record at
+    /// hand (stale partial syscalls, agent shutdown) attribute to.
+    task: Task,
     framer: LineFramer,
     good: u64,
     bad: u32,
@@ -525,6 +528,7 @@ impl<C: StreamControl> Pipeline<C> {
         if let Some(mut s) = self.streams.remove(&key) {
             let core = &mut self.core;
             let meta = (s.kind, s.join);
+            let task = if task.tid != 0 { task } else { s.task };
             s.framer.finish(&mut |f| {
                 core.on_frame(key, meta, task, ts_ns, f);
             });
@@ -594,6 +598,7 @@ fn on_whole<C: StreamControl>(
                 Join::of(kind, w.tgid, w.egress, core.world.as_mut())
             },
             framer: LineFramer::new(core.cfg.max_message_bytes),
+            task,
             good: 0,
             bad: 0,
             ignored,
@@ -603,6 +608,12 @@ fn on_whole<C: StreamControl>(
         core.stats.ignored_bytes += w.segment.data.len() as u64;
         return;
     }
+    let task = if task.tid != 0 {
+        stream.task = task;
+        task
+    } else {
+        stream.task
+    };
     let meta = (stream.kind, stream.join);
     let seg = &w.segment;
     core.stats.gap_bytes += seg.missing_inner + seg.missing_tail;
