@@ -353,6 +353,15 @@ pub fn wait_for<T>(what: &str, secs: u64, mut check: impl FnMut() -> Option<T>) 
     }
 }
 
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A minimal HTTP GET (status, body); `None` when nothing listens.
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
@@ -469,7 +478,54 @@ pub fn drive_with_env(
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let f = std::io::BufReader::new(std::fs::File::open(&truth).unwrap());
+    read_truth(&truth)
+}
+
+/// Runs the official Python SDK client against an HTTP server's MCP
+/// endpoint `url` (`transport`: `streamable-http` or `sse`), sending
+/// `Authorization: Bearer <token in bearer_file>` when given.
+#[allow(clippy::too_many_arguments)]
+pub fn drive_http(
+    env: &Env,
+    dir: &Path,
+    mode: &str,
+    scenario: &str,
+    server_kind: &str,
+    url: &str,
+    transport: &str,
+    server_pid: u32,
+    bearer_file: Option<&Path>,
+) -> Truth {
+    let truth = dir.join(format!(
+        "truth-{mode}-{scenario}-{transport}-{server_pid}.jsonl"
+    ));
+    let mut cmd = Command::new(&env.python);
+    cmd.arg(env.test_file("mcp/driver.py"))
+        .arg("--truth")
+        .arg(&truth)
+        .args(["--mode", mode, "--scenario", scenario, "--url", url])
+        .args(["--server-kind", server_kind])
+        .args(["--http-transport", transport])
+        .args(["--server-pid", &server_pid.to_string()]);
+    if let Some(b) = bearer_file {
+        cmd.arg("--bearer-file").arg(b);
+    }
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .expect("running the MCP client driver");
+    assert!(
+        out.status.success(),
+        "driver failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    read_truth(&truth)
+}
+
+/// Reads a truth file written by `tests/mcp/driver.py`.
+pub fn read_truth(truth: &Path) -> Truth {
+    let f = std::io::BufReader::new(std::fs::File::open(truth).unwrap());
     let mut lines = f
         .lines()
         .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap());
@@ -509,6 +565,17 @@ pub fn expected_kind(m: &Value) -> &'static str {
 /// processes, in the right direction, with method/tool/id/is_error right and
 /// responses paired with a latency. Returns the matched events in order.
 pub fn assert_exactly_once<'a>(stopped: &'a Stopped, truth: &Truth) -> Vec<&'a Value> {
+    assert_exactly_once_over(stopped, truth, &["stdio"], "pipe")
+}
+
+/// [`assert_exactly_once`] for messages carried by one of `transports`
+/// over `net`.
+pub fn assert_exactly_once_over<'a>(
+    stopped: &'a Stopped,
+    truth: &Truth,
+    transports: &[&str],
+    net: &str,
+) -> Vec<&'a Value> {
     let events = stopped.between(&[truth.client, truth.server]);
     assert_eq!(
         events.len(),
@@ -587,8 +654,11 @@ pub fn assert_exactly_once<'a>(stopped: &'a Stopped, truth: &Truth) -> Vec<&'a V
             }
             _ => {}
         }
-        assert_eq!(e["transport"], "stdio");
-        assert_eq!(e["net"], "pipe");
+        assert!(
+            transports.iter().any(|t| e["transport"] == *t),
+            "transport of {e}"
+        );
+        assert_eq!(e["net"], net, "net of {e}");
         assert_eq!(e["truncated"], false);
         ordered.push(e);
     }

@@ -142,7 +142,7 @@ fn on_exit(ctx: &TracePointContext) {
             if !looks_like_mcp(&args, sc) {
                 return;
             }
-            let (file_kind, ino) = file_of(args.fd);
+            let (file_kind, ino, flow) = file_of(args.fd);
             let state = if file_kind == FILE_OTHER {
                 STREAM_IGNORED
             } else {
@@ -152,6 +152,7 @@ fn on_exit(ctx: &TracePointContext) {
                 state,
                 file_kind,
                 ino,
+                flow,
             };
             // BPF_NOEXIST: never overwrite a decision userspace made meanwhile.
             let _ = STREAMS.insert(key, info, BPF_NOEXIST as u64);
@@ -234,6 +235,7 @@ fn copy_out(args: &SyscallArgs, sc: Syscall, ret: u64, pid_tgid: u64, info: &Str
     s.hdr.ino = info.ino;
     s.hdr.file_kind = info.file_kind;
     s.hdr._pad = 0;
+    s.hdr.flow = info.flow;
 
     let vectored = sc.is_vectored();
     s.copy = CopyState {

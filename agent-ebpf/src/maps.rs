@@ -22,16 +22,7 @@ pub static EXIT_GROUP_DEAD_OFFSET: Global<u32> = Global::new(0);
 
 /// BTF-derived offsets for the fd → inode walk (see `files.rs`).
 #[no_mangle]
-pub static FILE_OFFSETS: Global<FileOffsets> = Global::new(FileOffsets {
-    task_files: 0,
-    files_fdt: 0,
-    fdt_fd: 0,
-    fdt_max_fds: 0,
-    file_inode: 0,
-    inode_ino: 0,
-    inode_mode: 0,
-    valid: 0,
-});
+pub static FILE_OFFSETS: Global<FileOffsets> = Global::new(FileOffsets::ZERO);
 
 /// Captured bytes and lifecycle records to userspace. Userspace resizes it
 /// at load time (`--ringbuf-size`).

@@ -14,6 +14,11 @@ use std::{
 
 use std::sync::Arc;
 
+mod http;
+use http::{Conn, Framing};
+
+type HttpCtx = crate::sink::HttpInfo;
+
 use crate::detect::{facts::MessageFacts, Detectors, Flag};
 use crate::metrics::Metrics;
 use crate::world::{LiveWorld, World};
@@ -27,6 +32,7 @@ use crate::{
         channel::{Channels, Confirm, Emit, Offer},
         fdinfo::{FdKind, OtherEnd},
         framer::{Frame, LineFramer},
+        http::{starts_http, HttpFramer},
         StreamControl, StreamKey,
     },
 };
@@ -106,7 +112,7 @@ struct Stream {
     /// The last task seen on it: what flushes without a kernel record at
     /// hand (stale partial syscalls, agent shutdown) attribute to.
     task: Task,
-    framer: LineFramer,
+    framer: Framing,
     good: u64,
     bad: u32,
     ignored: bool,
@@ -123,9 +129,32 @@ struct Join {
 }
 
 impl Join {
-    fn of(kind: FdKind, tgid: u32, egress: bool, world: &mut dyn World) -> Self {
+    fn of(
+        kind: FdKind,
+        tgid: u32,
+        egress: bool,
+        flow: mcpscope_common::Flow,
+        world: &mut dyn World,
+    ) -> Self {
         const UNIX: u64 = 1 << 62;
         const TCP: u64 = 2 << 62;
+        if let (FdKind::Tcp(ino), true) = (kind, flow.lport != 0) {
+            // The kernel read the connection: both ends name the direction
+            // of flow the same way, so no /proc lookup can race a short
+            // connection's close. The peer process is still looked up (it
+            // may be remote), else found from its own copy.
+            let (from, to) = if egress {
+                (flow.lport, flow.rport)
+            } else {
+                (flow.rport, flow.lport)
+            };
+            let mut h = rustc_hash::FxHasher::default();
+            (from, to, flow.addr_xor).hash(&mut h);
+            return Join {
+                channel: Some((h.finish() >> 2) | TCP),
+                other_end: world.tcp_peer(tgid, ino).map(OtherEnd::Socket),
+            };
+        }
         let socket = |ino: u64, peer: Option<u64>, tag: u64| Join {
             channel: if egress {
                 Some(ino | tag)
@@ -159,6 +188,8 @@ struct Captured {
     batch_index: Option<u32>,
     payload: Option<String>,
     facts: Option<Box<MessageFacts>>,
+    /// The HTTP message that carried it (HTTP and SSE transports).
+    http: Option<Box<HttpCtx>>,
 }
 
 #[derive(Default)]
@@ -194,6 +225,10 @@ struct Core {
     received: Bounded<u64>,
     /// Responses whose reader copy is awaited for the requester-side duration.
     awaiting_client: Bounded<(u64, OpLabels)>,
+    /// HTTP connections by (pid, fd): requests awaiting their responses.
+    conns: HashMap<(u32, u32), Conn>,
+    /// HTTP framing counters of ended streams (live ones are summed at export).
+    http_totals: http::HttpTotals,
 }
 
 /// Owned labels of the operation duration histograms.
@@ -313,6 +348,8 @@ impl<C: StreamControl> Pipeline<C> {
             world: Box::new(LiveWorld::default()),
             received: Bounded::new(65536),
             awaiting_client: Bounded::new(65536),
+            conns: HashMap::new(),
+            http_totals: http::HttpTotals::default(),
             cfg,
         };
         Self {
@@ -529,9 +566,18 @@ impl<C: StreamControl> Pipeline<C> {
             let core = &mut self.core;
             let meta = (s.kind, s.join);
             let task = if task.tid != 0 { task } else { s.task };
-            s.framer.finish(&mut |f| {
-                core.on_frame(key, meta, task, ts_ns, f);
-            });
+            match &mut s.framer {
+                Framing::Line(fr) => fr.finish(&mut |f| {
+                    core.on_frame(key, meta, task, ts_ns, f, None);
+                }),
+                Framing::Http(fr) => {
+                    fr.finish(&mut |i| {
+                        core.on_http(key, meta, task, ts_ns, i);
+                    });
+                    core.http_ended(fr);
+                }
+            }
+            core.conns.remove(&(key.tgid, key.fd));
         }
     }
 
@@ -580,7 +626,9 @@ fn on_whole<C: StreamControl>(
         egress: w.egress,
     };
     let stream = streams.entry(key).or_insert_with(|| {
-        let kind = if core.cfg.resolve_fds {
+        let kind = if w.flow.lport != 0 && w.file_kind == mcpscope_common::FILE_SOCKET {
+            FdKind::Tcp(w.ino) // the kernel read a TCP/IP connection
+        } else if core.cfg.resolve_fds {
             core.world.fd_kind(w.tgid, w.fd, w.file_kind, w.ino)
         } else {
             FdKind::Pipe(u64::from(w.fd))
@@ -595,9 +643,13 @@ fn on_whole<C: StreamControl>(
             join: if ignored {
                 Join::default()
             } else {
-                Join::of(kind, w.tgid, w.egress, core.world.as_mut())
+                Join::of(kind, w.tgid, w.egress, w.flow, core.world.as_mut())
             },
-            framer: LineFramer::new(core.cfg.max_message_bytes),
+            framer: if starts_http(w.segment.data) {
+                Framing::Http(Box::new(HttpFramer::new(core.cfg.max_message_bytes)))
+            } else {
+                Framing::Line(LineFramer::new(core.cfg.max_message_bytes))
+            },
             task,
             good: 0,
             bad: 0,
@@ -618,19 +670,41 @@ fn on_whole<C: StreamControl>(
     let seg = &w.segment;
     core.stats.gap_bytes += seg.missing_inner + seg.missing_tail;
     let (mut good, mut bad) = (0u64, 0u32);
-    let mut on_frame = |f: Frame<'_>| {
-        if core.on_frame(key, meta, task, w.ts_ns, f) {
-            good += 1;
-        } else {
-            bad += 1;
-        }
-    };
-    // A gap inside the syscall marks the line it falls in as broken.
+    // A stream first seen mid-message (the agent started late) may turn
+    // out to be HTTP at its next syscall.
+    if stream.good == 0 && matches!(stream.framer, Framing::Line(_)) && starts_http(seg.data) {
+        stream.framer = Framing::Http(Box::new(HttpFramer::new(core.cfg.max_message_bytes)));
+    }
+    // A gap inside the syscall marks the message it falls in as broken.
     let at = seg.gap_at.min(seg.data.len());
-    stream.framer.push(&seg.data[..at], &mut on_frame);
-    stream.framer.gap(seg.missing_inner);
-    stream.framer.push(&seg.data[at..], &mut on_frame);
-    stream.framer.gap(seg.missing_tail);
+    match &mut stream.framer {
+        Framing::Line(fr) => {
+            let mut on_frame = |f: Frame<'_>| {
+                if core.on_frame(key, meta, task, w.ts_ns, f, None) {
+                    good += 1;
+                } else {
+                    bad += 1;
+                }
+            };
+            fr.push(&seg.data[..at], &mut on_frame);
+            fr.gap(seg.missing_inner);
+            fr.push(&seg.data[at..], &mut on_frame);
+            fr.gap(seg.missing_tail);
+        }
+        Framing::Http(fr) => {
+            let mut on_item = |i: crate::stream::http::HttpItem<'_>| match core
+                .on_http(key, meta, task, w.ts_ns, i)
+            {
+                Some(true) => good += 1,
+                Some(false) => bad += 1,
+                None => {}
+            };
+            fr.push(&seg.data[..at], &mut on_item);
+            fr.gap(seg.missing_inner);
+            fr.push(&seg.data[at..], &mut on_item);
+            fr.gap(seg.missing_tail);
+        }
+    }
     stream.good += good;
     if good > 0 {
         stream.bad = 0;
@@ -665,6 +739,7 @@ impl Core {
         task: Task,
         ts_ns: u64,
         f: Frame<'_>,
+        http: Option<&HttpCtx>,
     ) -> bool {
         // The reading end's copy of a message already reported from its
         // writer is recognised from the raw bytes (length and head hash) and
@@ -697,6 +772,7 @@ impl Core {
                             batch_index: None,
                             payload: None,
                             facts: None,
+                            http: http.map(|h| Box::new(h.clone())),
                         },
                         join_key(f.bytes, f.len, None),
                     );
@@ -722,6 +798,9 @@ impl Core {
             match r {
                 Ok(msg) => {
                     ok = true;
+                    if let Some(h) = http {
+                        self.note_request_id(key, h, &msg);
+                    }
                     // Facts only for the writing end's copy: the reading end's copy is
                     // almost always dropped as its duplicate (a message seen only
                     // by its reader goes without payload-based detection).
@@ -748,6 +827,7 @@ impl Core {
                         batch_index: bi,
                         payload,
                         facts,
+                        http: http.map(|h| Box::new(h.clone())),
                     };
                     self.route(c, join_key(f.bytes, f.len, bi));
                 }
@@ -758,6 +838,36 @@ impl Core {
             self.count_parse_error(e);
         }
         ok
+    }
+
+    /// Routes a message made by the agent (not parsed from bytes), joined
+    /// with the other end's copy by `join_text`.
+    #[allow(clippy::too_many_arguments)]
+    fn route_made(
+        &mut self,
+        key: StreamKey,
+        (kind, join): (FdKind, Join),
+        task: Task,
+        ts_ns: u64,
+        msg: Message,
+        http: HttpCtx,
+        join_text: &[u8],
+    ) {
+        let c = Captured {
+            msg,
+            ts_ns,
+            bytes: 0,
+            truncated: false,
+            key,
+            kind,
+            join,
+            task,
+            batch_index: None,
+            payload: None,
+            facts: None,
+            http: Some(Box::new(http)),
+        };
+        self.route(c, join_key(join_text, join_text.len() as u64, None));
     }
 
     fn count_parse_error(&mut self, e: ParseError) {
@@ -813,6 +923,7 @@ impl Core {
     }
 
     fn forget_process(&mut self, pid: u32) {
+        self.conns.retain(|k, _| k.0 != pid);
         let mut out = Vec::new();
         self.channels.forget_process(pid, &mut |e| out.push(e));
         for (c, peer, other_ts) in out {
@@ -895,7 +1006,11 @@ impl Core {
                     ends.sort_unstable();
                     ends.hash(&mut h);
                 }
-                _ => (c.key.tgid, c.key.fd, c.kind).hash(&mut h),
+                // One-sided HTTP: the MCP session binds its connections.
+                _ => match c.http.as_ref().and_then(|h| h.head.session_id.as_deref()) {
+                    Some(sid) => (c.key.tgid, sid).hash(&mut h),
+                    None => (c.key.tgid, c.key.fd, c.kind).hash(&mut h),
+                },
             }
             h.finish()
         };
@@ -903,7 +1018,11 @@ impl Core {
         if !self.sessions.contains_key(&session_key) {
             let name = format!(
                 "{}:{session_key:016x}",
-                if net == "tcp" { "tcp" } else { "stdio" }
+                match (&c.http, net) {
+                    (Some(_), _) => "http",
+                    (None, "tcp") => "tcp",
+                    _ => "stdio",
+                }
             );
             let start = serde_json::json!({ "session": name, "net": net, "from": from, "to": to });
             self.record("session_start", sent, &start);
@@ -972,14 +1091,17 @@ impl Core {
             prompt: m.prompt.clone(),
             is_error: m.is_error,
             error_code: m.error_code,
-            error_type: mcp::error_type(m).map(|e| e.into_owned()),
+            error_type: match c.http.as_ref().filter(|h| h.from_status) {
+                Some(h) => h.head.status.map(|s| s.to_string()),
+                None => mcp::error_type(m).map(|e| e.into_owned()),
+            },
             error_message: m.error_message.clone(),
             result_type: m.result_type.clone(),
             latency_ms: None,
             request_seq: None,
-            transport: "stdio",
+            transport: c.http.as_ref().map_or("stdio", |h| h.transport()),
             net,
-            tls: false,
+            tls: c.http.as_ref().is_some_and(|h| h.tls),
             from,
             to,
             session: session_name,
@@ -989,6 +1111,7 @@ impl Core {
             bytes: c.bytes,
             truncated: c.truncated,
             batch_index: c.batch_index,
+            http: c.http.map(|h| *h),
             payload: c.payload,
         };
         match ev.kind {

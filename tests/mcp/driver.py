@@ -48,6 +48,52 @@ stdio._parse_line = _tap_parse
 stdio._create_platform_compatible_process = _tap_create
 
 
+# HTTP transports: every JSON body the client POSTs, and every JSON-RPC
+# message it parses from a JSON response or an SSE event.
+import mcp.client.sse as sse_transport
+import mcp.client.streamable_http as http_transport
+import mcp_types
+
+
+def _tap_post(orig):
+    def tapped(client, method, url, **kw):
+        if kw.get("json") is not None:
+            truth.append({"dir": "sent", "line": json.dumps(kw["json"])})
+        return orig(client, method, url, **kw)
+
+    return tapped
+
+
+class _TapAdapter:
+    def __init__(self, inner):
+        self.inner = inner
+
+    def validate_json(self, data, **kw):
+        text = data if isinstance(data, str) else bytes(data).decode()
+        truth.append({"dir": "recv", "line": text})
+        return self.inner.validate_json(data, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+http_transport.stream_within_origin = _tap_post(http_transport.stream_within_origin)
+http_transport.jsonrpc_message_adapter = _TapAdapter(http_transport.jsonrpc_message_adapter)
+sse_transport.request_within_origin = _tap_post(sse_transport.request_within_origin)
+mcp_types.jsonrpc_message_adapter = _TapAdapter(mcp_types.jsonrpc_message_adapter)
+
+
+def http_target(url, transport, bearer):
+    """A URL client transport (Streamable HTTP or legacy SSE), with an
+    Authorization header when `bearer` is set."""
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer else None
+    if transport == "sse":
+        return sse_transport.sse_client(url, headers=headers)
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    return http_transport.streamable_http_client(url, http_client=create_mcp_http_client(headers=headers))
+
+
 async def scenario_basic(client, server_kind):
     tools = await client.list_tools()
     names = {t.name for t in tools.tools}
@@ -157,13 +203,22 @@ async def main():
     ap.add_argument("--count", type=int, default=10)
     ap.add_argument("--server-env", action="append", default=[], help="KEY=VALUE for the server")
     ap.add_argument("--bench-file", default="", help="file the bench scenario reads (filesystem server)")
+    ap.add_argument("--url", default="", help="an HTTP server's MCP endpoint instead of a command")
+    ap.add_argument("--http-transport", default="streamable-http", help="streamable-http or sse")
+    ap.add_argument("--server-pid", type=int, default=0, help="pid of the HTTP server (for the truth file)")
+    ap.add_argument("--bearer-file", default="", help="file holding a bearer token to send")
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     a = ap.parse_args()
     cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
     env = dict(kv.split("=", 1) for kv in a.server_env) or None
-    params = StdioServerParameters(command=cmd[0], args=cmd[1:], env=env)
+    if a.url:
+        bearer = open(a.bearer_file).read().strip() if a.bearer_file else ""
+        target = http_target(a.url, a.http_transport, bearer)
+        server_pid.append(a.server_pid)
+    else:
+        target = StdioServerParameters(command=cmd[0], args=cmd[1:], env=env)
     info = {}
-    async with Client(params, mode=a.mode) as client:
+    async with Client(target, mode=a.mode) as client:
         if a.scenario == "basic":
             info["tools"] = await scenario_basic(client, a.server_kind)
         elif a.scenario == "repeat":

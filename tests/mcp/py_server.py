@@ -77,5 +77,31 @@ def review(code: str) -> str:
 
 
 if __name__ == "__main__":
+    # argv: stdio | streamable-http PORT [json] [stateless] | sse PORT | https PORT CERT KEY
     transport = sys.argv[1] if len(sys.argv) > 1 else "stdio"
-    server.run(transport=transport)
+    if transport == "stdio":
+        server.run(transport="stdio")
+    elif transport == "streamable-http":
+        server.run(
+            transport="streamable-http",
+            host="127.0.0.1",
+            port=int(sys.argv[2]),
+            json_response="json" in sys.argv[3:],
+            stateless_http="stateless" in sys.argv[3:],
+        )
+    elif transport == "sse":
+        server.run(transport="sse", host="127.0.0.1", port=int(sys.argv[2]))
+    elif transport == "https":
+        import uvicorn
+
+        app = server.streamable_http_app()
+        uvicorn.run(
+            app,
+            host="127.0.0.1",
+            port=int(sys.argv[2]),
+            ssl_certfile=sys.argv[3],
+            ssl_keyfile=sys.argv[4],
+            log_level="warning",
+        )
+    else:
+        raise SystemExit(f"unknown transport {transport}")

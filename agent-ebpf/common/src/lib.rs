@@ -126,6 +126,11 @@ pub const FLAG_EGRESS: u32 = 1;
 /// so `offset + len == total_len` when the tail could be read.
 pub const FLAG_TRUNCATED: u32 = 2;
 
+/// [`DataHeader::flags`]: the bytes are TLS plaintext, captured by a
+/// uprobe on the TLS library (`fd` is the connection's socket as far as the
+/// kernel side could tell).
+pub const FLAG_TLS: u32 = 4;
+
 /// Header of a [`RecordKind::Data`] record; `len` bytes of data follow it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -161,6 +166,23 @@ pub struct DataHeader {
     pub file_kind: u32,
     /// Padding (keeps the header a multiple of 8 bytes).
     pub _pad: u32,
+    /// The socket's connection, for TCP (zero otherwise).
+    pub flow: Flow,
+}
+
+/// A TCP connection as one end sees it: enough for userspace to match the
+/// two ends of a loopback connection without racing /proc (a short HTTP
+/// connection is often closed before userspace could look it up).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    /// Local port (host order); 0 = not a TCP/IP socket.
+    pub lport: u16,
+    /// Remote port (host order).
+    pub rport: u16,
+    /// Local address XOR remote address (IPv6 folded to 32 bits): the same
+    /// value at both ends of a connection.
+    pub addr_xor: u32,
 }
 
 /// [`DataHeader::file_kind`]: not determined (no BTF offsets).
@@ -182,6 +204,8 @@ pub struct StreamInfo {
     pub file_kind: u32,
     /// Inode number.
     pub ino: u64,
+    /// The TCP connection (sockets only).
+    pub flow: Flow,
 }
 
 /// Field offsets, from the running kernel's BTF, that let the kernel side
@@ -204,8 +228,64 @@ pub struct FileOffsets {
     pub inode_ino: u32,
     /// `inode.i_mode`.
     pub inode_mode: u32,
+    /// `file.private_data` (a socket file's `struct socket`).
+    pub file_private_data: u32,
+    /// `socket.sk`.
+    pub socket_sk: u32,
+    /// `sock.__sk_common.skc_family`.
+    pub skc_family: u32,
+    /// `sock.__sk_common.skc_num` (local port, host order).
+    pub skc_num: u32,
+    /// `sock.__sk_common.skc_dport` (remote port, network order).
+    pub skc_dport: u32,
+    /// `sock.__sk_common.skc_daddr`.
+    pub skc_daddr: u32,
+    /// `sock.__sk_common.skc_rcv_saddr`.
+    pub skc_rcv_saddr: u32,
+    /// `sock.__sk_common.skc_v6_daddr`.
+    pub skc_v6_daddr: u32,
+    /// `sock.__sk_common.skc_v6_rcv_saddr`.
+    pub skc_v6_rcv_saddr: u32,
+    /// 1 when the socket offsets are valid.
+    pub sock_valid: u32,
     /// 1 when the offsets are valid.
     pub valid: u32,
+    /// Padding.
+    pub _pad: u32,
+}
+
+impl FileOffsets {
+    /// All zero: nothing known.
+    pub const ZERO: Self = Self {
+        task_files: 0,
+        files_fdt: 0,
+        fdt_fd: 0,
+        fdt_max_fds: 0,
+        file_inode: 0,
+        inode_ino: 0,
+        inode_mode: 0,
+        file_private_data: 0,
+        socket_sk: 0,
+        skc_family: 0,
+        skc_num: 0,
+        skc_dport: 0,
+        skc_daddr: 0,
+        skc_rcv_saddr: 0,
+        skc_v6_daddr: 0,
+        skc_v6_rcv_saddr: 0,
+        sock_valid: 0,
+        valid: 0,
+        _pad: 0,
+    };
+}
+
+impl Flow {
+    /// No connection.
+    pub const ZERO: Self = Self {
+        lport: 0,
+        rport: 0,
+        addr_xor: 0,
+    };
 }
 
 /// Size of [`DataHeader`] on the wire.
@@ -301,4 +381,6 @@ mod pod {
     unsafe impl aya::Pod for super::StreamInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FileOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Flow {}
 }

@@ -182,6 +182,27 @@ pub fn file_offsets() -> Result<FileOffsets, BtfError> {
         inode_ino: btf.offset("inode", "i_ino")?,
         inode_mode: btf.offset("inode", "i_mode")?,
         valid: 1,
+        ..socket_offsets(&btf).unwrap_or_default()
+    })
+}
+
+/// Offsets of the socket walk (file → socket → sock_common); all zero
+/// when this kernel lacks one (then TCP ends are matched through /proc).
+fn socket_offsets(btf: &Btf<'_>) -> Result<FileOffsets, BtfError> {
+    let common = btf.offset("sock", "__sk_common")?;
+    let skc = |m: &str| btf.offset("sock_common", m).map(|o| o + common);
+    Ok(FileOffsets {
+        file_private_data: btf.offset("file", "private_data")?,
+        socket_sk: btf.offset("socket", "sk")?,
+        skc_family: skc("skc_family")?,
+        skc_num: skc("skc_num")?,
+        skc_dport: skc("skc_dport")?,
+        skc_daddr: skc("skc_daddr")?,
+        skc_rcv_saddr: skc("skc_rcv_saddr")?,
+        skc_v6_daddr: skc("skc_v6_daddr")?,
+        skc_v6_rcv_saddr: skc("skc_v6_rcv_saddr")?,
+        sock_valid: 1,
+        ..FileOffsets::default()
     })
 }
 
@@ -197,5 +218,7 @@ mod tests {
             o.inode_mode, 0,
             "i_mode is the first member of struct inode"
         );
+        assert_eq!(o.sock_valid, 1, "socket offsets found");
+        assert!(o.skc_dport > 0 && o.skc_v6_daddr > o.skc_daddr);
     }
 }

@@ -1,7 +1,8 @@
 //! Ring-buffer record → [`RawEvent`], without copying the data bytes.
 
 use mcpscope_common::{
-    DataHeader, ProcRecord, RecordKind, Syscall, DATA_HEADER_LEN, FLAG_EGRESS, FLAG_TRUNCATED,
+    DataHeader, ProcRecord, RecordKind, Syscall, DATA_HEADER_LEN, FLAG_EGRESS, FLAG_TLS,
+    FLAG_TRUNCATED,
 };
 
 use super::{Comm, DataChunk, ProcEvent, ProcKind, RawEvent};
@@ -63,10 +64,12 @@ pub fn decode(buf: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
                 total_len: h.total_len,
                 offset: h.offset,
                 truncated: h.flags & FLAG_TRUNCATED != 0,
+                tls: h.flags & FLAG_TLS != 0,
                 cgroup_id: h.cgroup_id,
                 comm: Comm(h.comm),
                 ino: h.ino,
                 file_kind: h.file_kind,
+                flow: h.flow,
                 data: &buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len],
             }))
         }
@@ -115,6 +118,7 @@ mod tests {
             ino: 7,
             file_kind: mcpscope_common::FILE_PIPE,
             _pad: 0,
+            flow: Default::default(),
         };
         let mut v = vec![0u8; DATA_HEADER_LEN];
         // SAFETY: writing a POD header into a buffer of its size.

@@ -48,6 +48,10 @@ pub struct DataChunk<'a> {
     pub ino: u64,
     /// `mcpscope_common::FILE_*` kind of that file.
     pub file_kind: u32,
+    /// TLS plaintext from a TLS-library uprobe, not a syscall's bytes.
+    pub tls: bool,
+    /// The TCP connection (zero for other files).
+    pub flow: mcpscope_common::Flow,
     /// The bytes.
     pub data: &'a [u8],
 }
@@ -81,6 +85,8 @@ pub struct Task {
     pub tid: u32,
     /// cgroup v2 id.
     pub cgroup_id: u64,
+    /// The bytes were TLS plaintext.
+    pub tls: bool,
 }
 
 impl DataChunk<'_> {
@@ -90,6 +96,7 @@ impl DataChunk<'_> {
             comm: self.comm,
             tid: self.tid,
             cgroup_id: self.cgroup_id,
+            tls: self.tls,
         }
     }
 }
@@ -101,6 +108,7 @@ impl ProcEvent {
             comm: self.comm,
             tid: self.tid,
             cgroup_id: self.cgroup_id,
+            tls: false,
         }
     }
 }

@@ -169,6 +169,7 @@ pub fn data_record(tgid: u32, fd: u32, ino: u64, ts_ns: u64, data: &[u8], egress
         ino,
         file_kind: FILE_PIPE,
         _pad: 0,
+        flow: Default::default(),
     };
     let mut v = vec![0u8; DATA_HEADER_LEN];
     // SAFETY: a POD header written into a buffer of its size.

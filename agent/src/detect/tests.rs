@@ -94,6 +94,7 @@ impl Script {
             bytes: 100,
             truncated: false,
             batch_index: None,
+            http: None,
             payload: None,
         }
     }

@@ -10,6 +10,7 @@
 //! bounded with counted evictions.
 
 pub mod container;
+pub mod credential;
 pub mod kube;
 pub mod process;
 pub mod secrets;

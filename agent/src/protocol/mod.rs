@@ -1,5 +1,6 @@
 //! Stage 3 — protocol: JSON-RPC 2.0 messages and what MCP puts in them.
 
+pub mod http;
 mod jsonrpc;
 pub mod mcp;
 pub mod pairing;

@@ -8,8 +8,42 @@ use serde::Serialize;
 
 use crate::{
     identity::{PodInfo, ProcessInfo},
-    protocol::{Kind, PeerInfo, RpcId},
+    protocol::{http::HttpHead, Kind, PeerInfo, RpcId},
 };
+
+/// The HTTP message that carried an MCP message (`transport` `http` or
+/// `sse`): its head's MCP facts and, for SSE, the event's name and id.
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpInfo {
+    /// Method, path, status, MCP headers, session and credential
+    /// fingerprints of the HTTP message.
+    #[serde(flatten)]
+    pub head: Arc<HttpHead>,
+    /// SSE `event:` (absent: `message`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sse_event: Option<Box<str>>,
+    /// SSE `id:` (the resumption point, `Last-Event-ID`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sse_id: Option<Box<str>>,
+    /// The message was made from the HTTP status (a 4xx/5xx answer without
+    /// a JSON-RPC body), not read from a body.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub from_status: bool,
+    /// Captured as TLS plaintext.
+    #[serde(skip)]
+    pub tls: bool,
+}
+
+impl HttpInfo {
+    /// `sse` when the message came as an SSE event, else `http`.
+    pub fn transport(&self) -> &'static str {
+        if self.head.is_event_stream() {
+            "sse"
+        } else {
+            "http"
+        }
+    }
+}
 
 /// One end of a message: a process and the fd it used.
 #[derive(Debug, Clone, Serialize)]
@@ -106,6 +140,9 @@ pub struct McpEvent {
     /// Index within a JSON-RPC batch array.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_index: Option<u32>,
+    /// The HTTP message that carried it (transports `http` and `sse`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpInfo>,
     /// The raw message, only with `--capture-payloads` (capped).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload: Option<String>,

@@ -3,5 +3,5 @@
 mod event;
 mod output;
 
-pub use event::{Endpoint, McpEvent};
+pub use event::{Endpoint, HttpInfo, McpEvent};
 pub use output::{format_pretty, JsonlWriter, Sink, StdoutMode, VecSink};

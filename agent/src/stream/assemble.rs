@@ -35,6 +35,8 @@ pub struct Whole<'a> {
     pub egress: bool,
     /// Timestamp of the syscall exit.
     pub ts_ns: u64,
+    /// The TCP connection, as the kernel read it.
+    pub flow: mcpscope_common::Flow,
     /// Its bytes.
     pub segment: Segment<'a>,
 }
@@ -46,6 +48,7 @@ struct Partial {
     fd: u32,
     egress: bool,
     ts_ns: u64,
+    flow: mcpscope_common::Flow,
     total: u64,
     next: u64,
     lost: u64,
@@ -62,6 +65,7 @@ impl Partial {
             fd: self.fd,
             egress: self.egress,
             ts_ns: self.ts_ns,
+            flow: self.flow,
             segment: Segment {
                 data: &self.data,
                 missing_tail: self.total.saturating_sub(self.next),
@@ -103,6 +107,7 @@ impl Assembler {
                 fd,
                 egress,
                 ts_ns,
+                flow: c.flow,
                 segment,
             });
         }
@@ -116,6 +121,7 @@ impl Assembler {
             fd: c.fd,
             egress: c.egress,
             ts_ns: c.ts_ns,
+            flow: c.flow,
             total: c.total_len,
             next: 0,
             lost: 0,
@@ -197,6 +203,8 @@ mod tests {
             comm: Comm::default(),
             ino: 0,
             file_kind: 0,
+            flow: Default::default(),
+            tls: false,
             data,
         }
     }

@@ -5,7 +5,9 @@ pub mod assemble;
 pub mod channel;
 pub mod fdinfo;
 pub mod framer;
+pub mod http;
 pub mod peer;
+pub mod sse;
 
 /// How userspace steers the kernel's per-fd capture decision.
 pub trait StreamControl {

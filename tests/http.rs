@@ -1,0 +1,353 @@
+//! End-to-end over HTTP: the real probes see the official Python SDK client
+//! talk to real HTTP MCP servers (the Python SDK's MCPServer under uvicorn,
+//! and the npm reference server-everything) over Streamable HTTP, with SSE
+//! and JSON responses, in both protocol eras, and over the legacy HTTP+SSE
+//! transport; every message is reported once, paired, with its HTTP facts.
+//! Every server is bound to 127.0.0.1.
+
+use std::{
+    net::TcpStream,
+    path::Path,
+    process::{Child, Command, Stdio},
+};
+
+use mcpscope_e2e::{
+    assert_exactly_once_over, drive_http, env, free_port, pid, wait_for, Agent, Env, Stopped, Truth,
+};
+use serde_json::Value;
+
+/// A server process, killed when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Starts `cmd` (with `PORT` set) and waits until its port accepts.
+    fn start(cmd: &mut Command, port: u16) -> Server {
+        let child = cmd
+            .env("PORT", port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the server");
+        let mut s = Server { child, port };
+        wait_for("the server's port", 60, || {
+            assert!(
+                s.child.try_wait().unwrap().is_none(),
+                "the server exited before listening"
+            );
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        s
+    }
+
+    /// The Python SDK test server over `args` (`streamable-http PORT …`).
+    fn python(env: &Env, args: &[&str]) -> Server {
+        let port = free_port();
+        let mut cmd = Command::new(&env.python);
+        cmd.arg(env.test_file("mcp/py_server.py"))
+            .arg(args[0])
+            .arg(port.to_string())
+            .args(&args[1..]);
+        Server::start(&mut cmd, port)
+    }
+
+    /// server-everything in `mode` (`streamableHttp` or `sse`), its
+    /// `listen` pinned to 127.0.0.1 by a preload.
+    fn everything(env: &Env, mode: &str) -> Server {
+        let port = free_port();
+        let js = env
+            .node_modules
+            .join("@modelcontextprotocol/server-everything/dist/index.js");
+        let mut cmd = Command::new("node");
+        cmd.arg("--require")
+            .arg(env.test_file("mcp/listen_loopback.js"))
+            .arg(js)
+            .arg(mode);
+        Server::start(&mut cmd, port)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+/// A JWT-shaped bearer token (unsigned test claims) written to a file the
+/// driver reads, so it never appears on a command line.
+fn bearer_file(dir: &Path) -> (std::path::PathBuf, String) {
+    use base64::Engine;
+    let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let token = format!(
+        "{}.{}.{}",
+        e.encode(r#"{"alg":"RS256","typ":"JWT"}"#),
+        e.encode(
+            r#"{"iss":"https://idp.test","sub":"agent-42","aud":"mcp-test","client_id":"e2e","scope":"tools:call","exp":4102444800}"#
+        ),
+        e.encode("not-a-real-signature"),
+    );
+    let p = dir.join("bearer");
+    std::fs::write(&p, &token).unwrap();
+    (p, token)
+}
+
+/// Every message once, as HTTP or SSE over TCP, with the HTTP facts every
+/// event must carry.
+fn assert_http_once<'a>(stopped: &'a Stopped, truth: &Truth) -> Vec<&'a Value> {
+    let events = assert_exactly_once_over(stopped, truth, &["http", "sse"], "tcp");
+    for e in &events {
+        let http = &e["http"];
+        assert!(http.is_object(), "http facts on {e}");
+        let client_sent = pid(&e["from"]) == truth.client;
+        if client_sent {
+            assert_eq!(http["method"], "POST", "{e}");
+        } else {
+            assert_eq!(http["status"], 200, "{e}");
+        }
+    }
+    events
+}
+
+/// Requests after the handshake carry the session, all with the same
+/// fingerprint, and it is never the raw id.
+fn assert_one_session(events: &[&Value]) {
+    let ids: std::collections::HashSet<_> = events
+        .iter()
+        .filter(|e| e["method"] != "initialize")
+        .map(|e| e["http"]["session_id"].as_str().unwrap_or("MISSING"))
+        .collect();
+    assert_eq!(ids.len(), 1, "one MCP session: {ids:?}");
+    assert!(ids.iter().all(|i| i.len() == 16), "{ids:?}");
+    let sessions: std::collections::HashSet<_> = events.iter().map(|e| &e["session"]).collect();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+}
+
+fn no_raw_token(stopped: &Stopped, token: &str) {
+    let raw: String = stopped.events.iter().map(|e| e.to_string()).collect();
+    // Neither the token nor its signature part is written anywhere.
+    let sig = token.rsplit('.').next().unwrap();
+    for text in [&raw, &stopped.stderr] {
+        assert!(!text.contains(token), "the raw bearer token was written");
+        assert!(!text.contains(sig), "the token's signature was written");
+    }
+}
+
+#[test]
+fn python_sdk_streamable_http_sse_responses_every_message_once_with_credential() {
+    let Some(env) =
+        env("python_sdk_streamable_http_sse_responses_every_message_once_with_credential")
+    else {
+        return;
+    };
+    let dir = env.tmpdir("http-sse");
+    let (bearer, token) = bearer_file(&dir);
+    let server = Server::python(&env, &["streamable-http"]);
+    let agent = Agent::start(&env, &dir, &[]);
+    let truth = drive_http(
+        &env,
+        &dir,
+        "legacy",
+        "basic",
+        "python",
+        &server.url("/mcp"),
+        "streamable-http",
+        server.pid(),
+        Some(&bearer),
+    );
+    let stopped = agent.stop();
+    let events = assert_http_once(&stopped, &truth);
+    assert_one_session(&events);
+    for e in &events {
+        let from_client = pid(&e["from"]) == truth.client;
+        // SSE answers POSTs by default (the SDK's stream mode).
+        if !from_client {
+            assert_eq!(e["transport"], "sse", "{e}");
+        }
+        if from_client {
+            let cred = &e["http"]["credentials"][0];
+            assert_eq!(cred["header"], "authorization", "{e}");
+            assert_eq!(cred["scheme"], "bearer");
+            assert_eq!(cred["jwt"]["sub"], "agent-42");
+            assert_eq!(cred["jwt"]["iss"], "https://idp.test");
+            assert_eq!(cred["jwt"]["client_id"], "e2e");
+            assert_eq!(cred["jwt"]["scope"], "tools:call");
+            assert_eq!(cred["jwt"]["exp"], 4102444800u64);
+            assert_eq!(cred["fingerprint"].as_str().unwrap().len(), 16);
+        }
+    }
+    let last = events.last().unwrap();
+    assert_eq!(last["client"]["name"], "mcp", "{last}");
+    assert_eq!(last["server"]["name"], "mcpscope-test-server", "{last}");
+    no_raw_token(&stopped, &token);
+}
+
+#[test]
+fn python_sdk_streamable_http_json_responses_every_message_once() {
+    let Some(env) = env("python_sdk_streamable_http_json_responses_every_message_once") else {
+        return;
+    };
+    let dir = env.tmpdir("http-json");
+    let server = Server::python(&env, &["streamable-http", "json"]);
+    let agent = Agent::start(&env, &dir, &[]);
+    let truth = drive_http(
+        &env,
+        &dir,
+        "legacy",
+        "basic",
+        "python",
+        &server.url("/mcp"),
+        "streamable-http",
+        server.pid(),
+        None,
+    );
+    let stopped = agent.stop();
+    let events = assert_http_once(&stopped, &truth);
+    assert_one_session(&events);
+    for e in &events {
+        assert_eq!(e["transport"], "http", "{e}");
+        if pid(&e["from"]) == truth.server {
+            assert_eq!(e["http"]["content_type"], "application/json", "{e}");
+        }
+    }
+}
+
+#[test]
+fn python_sdk_2026_mode_over_http_records_mcp_headers() {
+    let Some(env) = env("python_sdk_2026_mode_over_http_records_mcp_headers") else {
+        return;
+    };
+    let dir = env.tmpdir("http-2026");
+    let server = Server::python(&env, &["streamable-http", "json", "stateless"]);
+    let agent = Agent::start(&env, &dir, &[]);
+    let truth = drive_http(
+        &env,
+        &dir,
+        "2026-07-28",
+        "basic",
+        "python",
+        &server.url("/mcp"),
+        "streamable-http",
+        server.pid(),
+        None,
+    );
+    let stopped = agent.stop();
+    let events = assert_http_once(&stopped, &truth);
+    let requests: Vec<_> = events.iter().filter(|e| e["kind"] == "request").collect();
+    assert!(!requests.is_empty());
+    for e in requests {
+        assert_eq!(e["protocol_version"], "2026-07-28", "{e}");
+        assert_eq!(e["http"]["protocol_version"], "2026-07-28", "{e}");
+        assert_eq!(
+            e["http"]["mcp_method"], e["method"],
+            "Mcp-Method next to the body's: {e}"
+        );
+        if e["method"] == "tools/call" {
+            assert_eq!(
+                e["http"]["mcp_name"], e["tool"],
+                "Mcp-Name next to the tool: {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn python_sdk_legacy_sse_transport_pairs_responses_from_the_get_stream() {
+    let Some(env) = env("python_sdk_legacy_sse_transport_pairs_responses_from_the_get_stream")
+    else {
+        return;
+    };
+    let dir = env.tmpdir("http-legacy-sse");
+    let server = Server::python(&env, &["sse"]);
+    let agent = Agent::start(&env, &dir, &[]);
+    let truth = drive_http(
+        &env,
+        &dir,
+        "legacy",
+        "basic",
+        "python",
+        &server.url("/sse"),
+        "sse",
+        server.pid(),
+        None,
+    );
+    let stopped = agent.stop();
+    let events = assert_exactly_once_over(&stopped, &truth, &["http", "sse"], "tcp");
+    for e in &events {
+        if pid(&e["from"]) == truth.server {
+            // Answers come on the GET stream, not on the POSTs.
+            assert_eq!(e["transport"], "sse", "{e}");
+        } else {
+            assert_eq!(e["http"]["method"], "POST", "{e}");
+        }
+        // The endpoint event's session binds the POSTs and the stream.
+        assert_eq!(
+            e["http"]["session_id"].as_str().map(str::len),
+            Some(16),
+            "{e}"
+        );
+    }
+    assert_one_session(&events);
+}
+
+#[test]
+fn server_everything_streamable_http_every_message_once() {
+    let Some(env) = env("server_everything_streamable_http_every_message_once") else {
+        return;
+    };
+    let dir = env.tmpdir("http-everything");
+    let server = Server::everything(&env, "streamableHttp");
+    let agent = Agent::start(&env, &dir, &[]);
+    let truth = drive_http(
+        &env,
+        &dir,
+        "legacy",
+        "basic",
+        "everything",
+        &server.url("/mcp"),
+        "streamable-http",
+        server.pid(),
+        None,
+    );
+    let stopped = agent.stop();
+    let events = assert_http_once(&stopped, &truth);
+    assert_one_session(&events);
+    assert!(events.iter().any(|e| e["server"]["name"]
+        .as_str()
+        .is_some_and(|n| n.contains("everything"))));
+}
+
+#[test]
+fn server_everything_legacy_sse_every_message_once() {
+    let Some(env) = env("server_everything_legacy_sse_every_message_once") else {
+        return;
+    };
+    let dir = env.tmpdir("http-everything-sse");
+    let server = Server::everything(&env, "sse");
+    let agent = Agent::start(&env, &dir, &[]);
+    let truth = drive_http(
+        &env,
+        &dir,
+        "legacy",
+        "basic",
+        "everything",
+        &server.url("/sse"),
+        "sse",
+        server.pid(),
+        None,
+    );
+    let stopped = agent.stop();
+    let events = assert_exactly_once_over(&stopped, &truth, &["http", "sse"], "tcp");
+    assert_one_session(&events);
+}
