@@ -132,3 +132,158 @@ fn process_killed_mid_message_is_reported_truncated_once() {
     assert_eq!(events[0]["truncated"], true);
     assert_eq!(events[0]["tool"], "slow");
 }
+
+// ---- HTTP on loopback TCP (tests/mcp/http_bad_input.py: a raw server
+// process and a raw client, both standard-library Python).
+
+fn run_http_case(case: &str) -> Option<(Stopped, Value, Vec<Value>)> {
+    let env = env(case)?;
+    let dir = env.tmpdir(case);
+    let agent = Agent::start(&env, &dir, &[]);
+    let out = Command::new("python3")
+        .arg(env.test_file("mcp/http_bad_input.py"))
+        .arg(case)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{case}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = agent.stop();
+    let pids = [
+        info["client"].as_u64().unwrap(),
+        info["server"].as_u64().unwrap(),
+    ];
+    let events = s.between(&pids).into_iter().cloned().collect();
+    Some((s, info, events))
+}
+
+/// (kind, id) of each event, in order.
+fn kinds(events: &[Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .map(|e| (e["kind"].as_str().unwrap().to_owned(), e["id"].to_string()))
+        .collect()
+}
+
+fn pairs(ids: &[u64]) -> Vec<(String, String)> {
+    ids.iter()
+        .flat_map(|i| {
+            [
+                ("request".into(), i.to_string()),
+                ("response".into(), i.to_string()),
+            ]
+        })
+        .collect()
+}
+
+#[test]
+fn http_truncated_head_is_dropped_and_exchanges_around_it_survive() {
+    let Some((s, _, events)) = run_http_case("truncated_http") else {
+        return;
+    };
+    assert_eq!(kinds(&events), pairs(&[1, 2]), "{events:?}");
+    assert!(events.iter().all(|e| e["transport"] == "http"));
+    assert!(s.counter("http_messages") >= 4, "{}", s.stderr);
+}
+
+#[test]
+fn http_50mb_chunked_body_is_bounded_reported_truncated_and_survived() {
+    let Some((s, info, events)) = run_http_case("chunked_50mb") else {
+        return;
+    };
+    // The giant request is one event, cut (8 MiB message limit, and the
+    // ring buffer may drop some of 100 MB in flight), with its id and tool
+    // salvaged from the head; the next exchange is whole.
+    let big: Vec<_> = events.iter().filter(|e| e["id"] == 1).collect();
+    assert_eq!(big.len(), 1, "{events:?}");
+    assert_eq!(big[0]["truncated"], true);
+    assert_eq!(big[0]["tool"], "big");
+    let lost = s.counter("gap_bytes");
+    if lost == 0 {
+        assert_eq!(
+            big[0]["bytes"], info["body_len"],
+            "true size when nothing was lost"
+        );
+    }
+    let after: Vec<_> = events.iter().filter(|e| e["id"] == 2).collect();
+    assert_eq!(after.len(), 2, "{events:?}");
+    assert!(
+        s.counter("http_oversized_bodies") + s.counter("http_resyncs") >= 1,
+        "{}",
+        s.stderr
+    );
+}
+
+#[test]
+fn http_invalid_chunk_size_is_counted_and_next_connection_survives() {
+    let Some((s, _, events)) = run_http_case("bad_chunk_size") else {
+        return;
+    };
+    assert_eq!(kinds(&events), pairs(&[2]), "{events:?}");
+    assert!(s.counter("http_bad_chunks") >= 1, "{}", s.stderr);
+}
+
+#[test]
+fn sse_with_mixed_line_endings_yields_every_event() {
+    let Some((s, _, events)) = run_http_case("sse_mixed_line_endings") else {
+        return;
+    };
+    let got: Vec<_> = events
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap(),
+                e["transport"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("request", "http"),
+            ("notification", "sse"),
+            ("response", "sse")
+        ],
+        "{events:?}"
+    );
+    assert_eq!(events[2]["id"], 5);
+    assert_eq!(events[2]["method"], "tools/call", "paired");
+    assert_eq!(events[2]["http"]["sse_id"], "2");
+    assert!(s.counter("sse_empty_events") >= 1, "the priming event");
+}
+
+#[test]
+fn http_pipelined_requests_are_each_reported_and_paired() {
+    let Some((_, _, events)) = run_http_case("pipelining") else {
+        return;
+    };
+    let mut got = kinds(&events);
+    got.sort();
+    let mut want = pairs(&[1, 2, 3]);
+    want.sort();
+    assert_eq!(got, want, "{events:?}");
+    assert!(events
+        .iter()
+        .filter(|e| e["kind"] == "response")
+        .all(|e| e["method"] == "tools/call" && e["latency_ms"].is_f64()));
+}
+
+#[test]
+fn garbage_after_a_tls_handshake_is_never_parsed_and_survived() {
+    let Some((_, _, events)) = run_http_case("garbage_after_tls_handshake") else {
+        return;
+    };
+    assert_eq!(kinds(&events), pairs(&[2]), "{events:?}");
+}
+
+#[test]
+fn server_closing_mid_sse_event_keeps_whole_events_and_counts_the_cut_one() {
+    let Some((s, _, events)) = run_http_case("server_closes_mid_stream") else {
+        return;
+    };
+    assert_eq!(kinds(&events), pairs(&[7]), "{events:?}");
+    assert!(s.counter("sse_cut_events") >= 1, "{}", s.stderr);
+}

@@ -351,3 +351,75 @@ fn server_everything_legacy_sse_every_message_once() {
     let events = assert_exactly_once_over(&stopped, &truth, &["http", "sse"], "tcp");
     assert_one_session(&events);
 }
+
+#[test]
+fn http_error_statuses_are_paired_errors_with_status_and_www_authenticate() {
+    let Some(env) = env("http_error_statuses_are_paired_errors_with_status_and_www_authenticate")
+    else {
+        return;
+    };
+    let dir = env.tmpdir("http-errors");
+    let port = free_port();
+    let mut cmd = Command::new(&env.python);
+    cmd.arg(env.test_file("mcp/py_server.py"))
+        .args(["streamable-http", &port.to_string()])
+        .env("MCPSCOPE_TEST_AUTH", "1");
+    let auth = Server::start(&mut cmd, port);
+    let stateful = Server::python(&env, &["streamable-http"]);
+    let stateless = Server::python(&env, &["streamable-http", "json", "stateless"]);
+    let agent = Agent::start(&env, &dir, &[]);
+    let out = Command::new(&env.python)
+        .arg(env.test_file("mcp/http_errors.py"))
+        .args([auth.port, stateful.port, stateless.port].map(|p| p.to_string()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let truth: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stopped = agent.stop();
+    let client = truth["pid"].as_u64().unwrap();
+    for a in truth["answers"].as_array().unwrap() {
+        let id = &a["id"];
+        let status = a["status"].as_u64().unwrap();
+        let request = stopped
+            .events
+            .iter()
+            .filter(|e| pid(&e["from"]) == client && e["kind"] == "request" && &e["id"] == id)
+            .collect::<Vec<_>>();
+        assert_eq!(request.len(), 1, "request {id} once: {request:?}");
+        let answers: Vec<_> = stopped
+            .events
+            .iter()
+            .filter(|e| pid(&e["to"]) == client && e["kind"] == "error" && &e["id"] == id)
+            .collect();
+        assert_eq!(answers.len(), 1, "one error answers {id}: {answers:?}");
+        let e = answers[0];
+        assert_eq!(e["http"]["status"], status, "{e}");
+        assert_eq!(e["method"], request[0]["method"], "paired: {e}");
+        assert!(e["latency_ms"].as_f64().is_some(), "{e}");
+        assert_eq!(e["is_error"], true);
+        match status {
+            401 => {
+                // No JSON-RPC body: the error is made from the status.
+                assert_eq!(e["error_type"], "401", "{e}");
+                assert_eq!(e["http"]["from_status"], true);
+                assert_eq!(e["http"]["www_authenticate"], a["www_authenticate"], "{e}");
+            }
+            400 => assert_eq!(e["error_code"], -32020, "HeaderMismatch: {e}"),
+            404 | 405 => assert_eq!(e["error_code"], -32600, "{e}"),
+            _ => panic!("unexpected status {status}"),
+        }
+    }
+    // The 400's request disagreed with its own Mcp-Method header: both are
+    // on the request's event.
+    let mismatched = stopped
+        .events
+        .iter()
+        .find(|e| pid(&e["from"]) == client && e["id"] == 3)
+        .unwrap();
+    assert_eq!(mismatched["method"], "tools/call");
+    assert_eq!(mismatched["http"]["mcp_method"], "tools/list");
+}

@@ -85,6 +85,26 @@ pub const COUNTERS: &[(&str, &str)] = &[
         "Requests cancelled by notifications/cancelled.",
     ),
     (
+        "mcpscope_http_messages_total",
+        "HTTP/1.1 requests and responses framed on captured streams.",
+    ),
+    (
+        "mcpscope_http_skipped_body_bytes_total",
+        "Body bytes of non-MCP HTTP messages, skipped unread.",
+    ),
+    (
+        "mcpscope_sse_events_total",
+        "SSE events with data (each one JSON-RPC message, or a legacy endpoint).",
+    ),
+    (
+        "mcpscope_sse_empty_events_total",
+        "SSE events without data (priming events, keep-alives).",
+    ),
+    (
+        "mcpscope_http_status_errors_total",
+        "JSON-RPC errors made from 4xx/5xx HTTP answers without a JSON-RPC body.",
+    ),
+    (
         "mcpscope_kube_watch_events_total",
         "Pod watch events applied (Kubernetes enrichment).",
     ),

@@ -15,6 +15,7 @@ use std::{
 use std::sync::Arc;
 
 mod http;
+pub use http::HttpTotals;
 use http::{Conn, Framing};
 
 type HttpCtx = crate::sink::HttpInfo;
@@ -423,6 +424,25 @@ impl<C: StreamControl> Pipeline<C> {
         m.set_parse_errors("jsonrpc", "invalid_json", s.parse_invalid_json);
         m.set_parse_errors("jsonrpc", "not_jsonrpc", s.parse_not_jsonrpc);
         m.set_parse_errors("jsonrpc", "empty_batch", s.parse_empty_batch);
+        let http = self.http_stats();
+        let (h, e) = (http.http, http.sse);
+        m.set_parse_errors("http", "bad_head", h.bad_heads);
+        m.set_parse_errors("http", "bad_chunk_size", h.bad_chunks);
+        m.set_parse_errors("http", "undecodable_body", h.decode_errors);
+        m.set_lost("framing", "http_resync", h.resyncs);
+        m.set_lost("framing", "http_body_oversized", h.oversized_bodies);
+        m.set_lost("framing", "sse_event_oversized", e.truncated);
+        m.set_lost("framing", "sse_event_cut", h.cut_sse_events);
+        m.set_lost("pairing", "http_request_evicted", http.requests_evicted);
+        m.set_bytes_lost("userspace", "http_resync", h.resync_bytes);
+        m.set_total("mcpscope_http_messages_total", h.messages);
+        m.set_total(
+            "mcpscope_http_skipped_body_bytes_total",
+            h.skipped_body_bytes,
+        );
+        m.set_total("mcpscope_sse_events_total", e.events);
+        m.set_total("mcpscope_sse_empty_events_total", e.empty_events);
+        m.set_total("mcpscope_http_status_errors_total", http.status_errors);
         m.set_total("mcpscope_ringbuf_records_total", s.records);
         m.set_total("mcpscope_truncated_messages_total", s.truncated_messages);
         m.set_total(
@@ -438,6 +458,17 @@ impl<C: StreamControl> Pipeline<C> {
         m.set_gauge("mcpscope_identity_cache_entries", procs as i64);
         m.set_gauge("mcpscope_partial_syscalls", self.assembler.len() as i64);
         m.sessions_active.set(sessions as i64);
+    }
+
+    /// HTTP and SSE framing counters, ended and live streams together.
+    pub fn http_stats(&self) -> HttpTotals {
+        let mut http = self.core.http_totals;
+        for st in self.streams.values() {
+            if let Framing::Http(f) = &st.framer {
+                http.add(f);
+            }
+        }
+        http
     }
 
     /// Counters.
@@ -744,7 +775,15 @@ impl Core {
         // The reading end's copy of a message already reported from its
         // writer is recognised from the raw bytes (length and head hash) and
         // dropped before any parsing: half of all lines on a pipe.
-        if !key.egress && !f.truncated && self.cfg.resolve_fds && f.bytes.first() != Some(&b'[') {
+        // An HTTP request is parsed at both ends all the same: each end
+        // keeps its ids to answer a body-less error status.
+        let http_request = http.is_some_and(|h| h.head.method.is_some());
+        if !key.egress
+            && !f.truncated
+            && !http_request
+            && self.cfg.resolve_fds
+            && f.bytes.first() != Some(&b'[')
+        {
             if let Some(channel) = join.channel {
                 if let Some(tag) =
                     self.channels
@@ -796,10 +835,15 @@ impl Core {
             let bi = batch.then_some(index);
             index += 1;
             match r {
-                Ok(msg) => {
+                Ok(mut msg) => {
                     ok = true;
                     if let Some(h) = http {
                         self.note_request_id(key, h, &msg);
+                        if msg.id.is_none() && msg.kind == Some(Kind::Error) {
+                            // `id: null` in the HTTP answer to one request
+                            // (a 404 for a gone session): that request's.
+                            msg.id = h.answers.clone();
+                        }
                     }
                     // Facts only for the writing end's copy: the reading end's copy is
                     // almost always dropped as its duplicate (a message seen only

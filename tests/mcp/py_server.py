@@ -6,7 +6,28 @@ import sys
 
 from mcp.server.mcpserver import MCPServer
 
-server = MCPServer("mcpscope-test-server")
+if os.environ.get("MCPSCOPE_TEST_AUTH") == "1":
+    # A protected resource server: every request needs a bearer token the
+    # verifier accepts (none does here), so requests get 401 with
+    # WWW-Authenticate from the SDK's own middleware.
+    from mcp.server.auth.provider import AccessToken
+    from mcp.server.auth.settings import AuthSettings
+
+    class RejectAll:
+        async def verify_token(self, token: str) -> AccessToken | None:
+            return None
+
+    _port = sys.argv[2] if len(sys.argv) > 2 else "8000"
+    server = MCPServer(
+        "mcpscope-test-server",
+        token_verifier=RejectAll(),
+        auth=AuthSettings(
+            issuer_url="https://idp.test",
+            resource_server_url=f"http://127.0.0.1:{_port}/mcp",
+        ),
+    )
+else:
+    server = MCPServer("mcpscope-test-server")
 
 
 @server.tool()

@@ -56,8 +56,10 @@ pub(super) struct Conn {
 
 /// Counters of HTTP streams that ended (live streams are added at export).
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct HttpTotals {
+pub struct HttpTotals {
+    /// HTTP framing.
     pub http: HttpStats,
+    /// SSE parsing.
     pub sse: SseStats,
     /// Requests dropped from a connection's in-flight queue.
     pub requests_evicted: u64,
@@ -67,7 +69,7 @@ pub(crate) struct HttpTotals {
 
 impl HttpTotals {
     /// Adds a framer's counters.
-    pub fn add(&mut self, f: &HttpFramer) {
+    pub(super) fn add(&mut self, f: &HttpFramer) {
         let (h, s) = (f.stats, f.sse_stats());
         let t = &mut self.http;
         t.messages += h.messages;
@@ -78,6 +80,7 @@ impl HttpTotals {
         t.decode_errors += h.decode_errors;
         t.oversized_bodies += h.oversized_bodies;
         t.skipped_body_bytes += h.skipped_body_bytes;
+        t.cut_sse_events += h.cut_sse_events;
         let u = &mut self.sse;
         u.events += s.events;
         u.empty_events += s.empty_events;
@@ -153,12 +156,17 @@ impl Core {
                     }
                 }
                 let (sse_event, sse_id) = m.sse.unwrap_or((None, None));
+                let answers = match &conn.answering {
+                    Some(r) if !request_side && r.ids.len() == 1 => r.ids.first().cloned(),
+                    _ => None,
+                };
                 let ctx = HttpCtx {
                     head,
                     sse_event: sse_event.map(Into::into),
                     sse_id: sse_id.map(Into::into),
                     from_status: false,
                     tls: task.tls,
+                    answers,
                 };
                 let frame = Frame {
                     bytes: m.bytes,
@@ -236,6 +244,7 @@ impl Core {
             sse_id: None,
             from_status: true,
             tls: task.tls,
+            answers: None,
         };
         for (i, id) in r.ids.into_iter().enumerate() {
             self.http_totals.status_errors += 1;

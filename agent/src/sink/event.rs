@@ -32,6 +32,10 @@ pub struct HttpInfo {
     /// Captured as TLS plaintext.
     #[serde(skip)]
     pub tls: bool,
+    /// For a response: the id of the one JSON-RPC request its HTTP request
+    /// carried (an error with `id: null` answers that request).
+    #[serde(skip)]
+    pub answers: Option<RpcId>,
 }
 
 impl HttpInfo {

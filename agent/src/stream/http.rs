@@ -45,6 +45,9 @@ pub struct HttpStats {
     pub oversized_bodies: u64,
     /// Bodies of non-MCP messages skipped unread.
     pub skipped_body_bytes: u64,
+    /// SSE events cut by the connection's end (or a gap) before their
+    /// blank line: never dispatched.
+    pub cut_sse_events: u64,
 }
 
 /// What the framer found, in stream order.
@@ -202,7 +205,17 @@ impl HttpFramer {
         self.state = State::Lost;
         self.reset_body();
         self.line.clear();
+        self.drop_sse_event();
+    }
+
+    /// Drops a half-received SSE event (counted), keeping the counters.
+    fn drop_sse_event(&mut self) {
+        if self.sse.buffered() > 0 {
+            self.stats.cut_sse_events += 1;
+        }
+        let stats = self.sse.stats;
         self.sse = SseParser::new(self.max);
+        self.sse.stats = stats;
     }
 
     /// Feeds one syscall's bytes (a syscall boundary is where a lost framer
@@ -244,6 +257,9 @@ impl HttpFramer {
     /// The connection ended: a body delimited by the connection's end is
     /// complete now; anything else unfinished is cut.
     pub fn finish(&mut self, emit: &mut dyn FnMut(HttpItem<'_>)) {
+        if self.content == Content::Sse {
+            self.drop_sse_event();
+        }
         match self.state {
             State::Body if self.delim == Delim::UntilClose => self.end_message(emit),
             State::Head | State::Lost => {}
