@@ -423,3 +423,47 @@ fn http_error_statuses_are_paired_errors_with_status_and_www_authenticate() {
     assert_eq!(mismatched["method"], "tools/call");
     assert_eq!(mismatched["http"]["mcp_method"], "tools/list");
 }
+
+#[test]
+fn non_mcp_http_on_the_host_is_never_reported_and_html_bodies_are_skipped_unread() {
+    let Some(env) =
+        env("non_mcp_http_on_the_host_is_never_reported_and_html_bodies_are_skipped_unread")
+    else {
+        return;
+    };
+    let dir = env.tmpdir("http-not-mcp");
+    let site = dir.join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    let page = format!("<html><body>{}</body></html>", "hello ".repeat(2000));
+    std::fs::write(site.join("index.html"), &page).unwrap();
+    std::fs::write(site.join("data.json"), r#"{"users":[{"id":1,"name":"a"}]}"#).unwrap();
+    let port = free_port();
+    let mut cmd = Command::new("python3");
+    cmd.args(["-m", "http.server", "--bind", "127.0.0.1"])
+        .arg(port.to_string())
+        .arg("--directory")
+        .arg(&site);
+    let server = Server::start(&mut cmd, port);
+    let agent = Agent::start(&env, &dir, &[]);
+    let fetch = format!(
+        "import http.client, os\n\
+         for path in ['/index.html', '/data.json'] * 3:\n\
+         \x20   c = http.client.HTTPConnection('127.0.0.1', {port}); c.request('GET', path); c.getresponse().read(); c.close()\n\
+         print(os.getpid())"
+    );
+    let out = Command::new("python3").args(["-c", &fetch]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let client: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let stopped = agent.stop();
+    let ours: Vec<_> = stopped
+        .events
+        .iter()
+        .filter(|e| [client, u64::from(server.pid())].iter().any(|p| pid(&e["from"]) == *p || pid(&e["to"]) == *p))
+        .collect();
+    assert!(ours.is_empty(), "non-MCP HTTP reported: {ours:?}");
+    assert!(
+        stopped.counter("http_skipped_body_bytes") >= 3 * page.len() as u64,
+        "HTML bodies skipped unread: {}",
+        stopped.stderr
+    );
+}
