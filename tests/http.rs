@@ -165,6 +165,7 @@ fn python_sdk_streamable_http_sse_responses_every_message_once_with_credential()
         "streamable-http",
         server.pid(),
         Some(&bearer),
+        None,
     );
     let stopped = agent.stop();
     let events = assert_http_once(&stopped, &truth);
@@ -211,6 +212,7 @@ fn python_sdk_streamable_http_json_responses_every_message_once() {
         "streamable-http",
         server.pid(),
         None,
+        None,
     );
     let stopped = agent.stop();
     let events = assert_http_once(&stopped, &truth);
@@ -240,6 +242,7 @@ fn python_sdk_2026_mode_over_http_records_mcp_headers() {
         &server.url("/mcp"),
         "streamable-http",
         server.pid(),
+        None,
         None,
     );
     let stopped = agent.stop();
@@ -281,6 +284,7 @@ fn python_sdk_legacy_sse_transport_pairs_responses_from_the_get_stream() {
         "sse",
         server.pid(),
         None,
+        None,
     );
     let stopped = agent.stop();
     let events = assert_exactly_once_over(&stopped, &truth, &["http", "sse"], "tcp");
@@ -319,6 +323,7 @@ fn server_everything_streamable_http_every_message_once() {
         "streamable-http",
         server.pid(),
         None,
+        None,
     );
     let stopped = agent.stop();
     let events = assert_http_once(&stopped, &truth);
@@ -345,6 +350,7 @@ fn server_everything_legacy_sse_every_message_once() {
         &server.url("/sse"),
         "sse",
         server.pid(),
+        None,
         None,
     );
     let stopped = agent.stop();
@@ -451,14 +457,25 @@ fn non_mcp_http_on_the_host_is_never_reported_and_html_bodies_are_skipped_unread
          \x20   c = http.client.HTTPConnection('127.0.0.1', {port}); c.request('GET', path); c.getresponse().read(); c.close()\n\
          print(os.getpid())"
     );
-    let out = Command::new("python3").args(["-c", &fetch]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("python3")
+        .args(["-c", &fetch])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let client: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     let stopped = agent.stop();
     let ours: Vec<_> = stopped
         .events
         .iter()
-        .filter(|e| [client, u64::from(server.pid())].iter().any(|p| pid(&e["from"]) == *p || pid(&e["to"]) == *p))
+        .filter(|e| {
+            [client, u64::from(server.pid())]
+                .iter()
+                .any(|p| pid(&e["from"]) == *p || pid(&e["to"]) == *p)
+        })
         .collect();
     assert!(ours.is_empty(), "non-MCP HTTP reported: {ours:?}");
     assert!(

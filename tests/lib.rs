@@ -483,7 +483,8 @@ pub fn drive_with_env(
 
 /// Runs the official Python SDK client against an HTTP server's MCP
 /// endpoint `url` (`transport`: `streamable-http` or `sse`), sending
-/// `Authorization: Bearer <token in bearer_file>` when given.
+/// `Authorization: Bearer <token in bearer_file>` when given, trusting the
+/// certificate `ca` (for a self-signed HTTPS server) when given.
 #[allow(clippy::too_many_arguments)]
 pub fn drive_http(
     env: &Env,
@@ -495,6 +496,7 @@ pub fn drive_http(
     transport: &str,
     server_pid: u32,
     bearer_file: Option<&Path>,
+    ca: Option<&Path>,
 ) -> Truth {
     let truth = dir.join(format!(
         "truth-{mode}-{scenario}-{transport}-{server_pid}.jsonl"
@@ -509,6 +511,9 @@ pub fn drive_http(
         .args(["--server-pid", &server_pid.to_string()]);
     if let Some(b) = bearer_file {
         cmd.arg("--bearer-file").arg(b);
+    }
+    if let Some(ca) = ca {
+        cmd.env("SSL_CERT_FILE", ca); // trust the test's self-signed server
     }
     let out = cmd
         .stdin(Stdio::null())

@@ -12,14 +12,15 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use mcpscope_common::{
-    counter, stream_key, RecordKind, StreamInfo, Syscall, SyscallArgs, CHUNK_SIZE, DATA_HEADER_LEN,
-    FILE_OTHER, FLAG_EGRESS, FLAG_TRUNCATED, MAX_CAPTURE_CAP, MAX_CHUNKS, MAX_IOV, STREAM_IGNORED,
-    STREAM_TRACKED,
+    counter, stream_key, DataHeader, RecordKind, SslConn, SslKey, StreamInfo, Syscall, SyscallArgs,
+    TlsThread, CHUNK_SIZE, DATA_HEADER_LEN, FILE_OTHER, FILE_SOCKET, FLAG_EGRESS, FLAG_TLS,
+    FLAG_TRUNCATED, MAX_CAPTURE_CAP, MAX_CHUNKS, MAX_IOV, STREAM_IGNORED, STREAM_TRACKED,
 };
 
 use crate::files::file_of;
 use crate::maps::{
-    count, CopyState, Scratch, AGENT_TGID, ARGS, CAPTURE_CAP, COUNTERS, EVENTS, SCRATCH, STREAMS,
+    count, CopyState, Scratch, AGENT_TGID, ARGS, CAPTURE_CAP, COUNTERS, EVENTS, SCRATCH, SSL_CONNS,
+    STREAMS, TLS_FDS, TLS_THREADS,
 };
 
 // Offsets in the syscall tracepoint record (see
@@ -134,6 +135,10 @@ fn on_exit(ctx: &TracePointContext) {
     let Some(sc) = Syscall::from_u32(args.syscall) else {
         return;
     };
+    if let Some(t) = TLS_THREADS.get_ptr_mut(pid_tgid) {
+        // SAFETY: this thread's own map value.
+        on_tls_thread_io(unsafe { &mut *t }, &args, sc, pid_tgid);
+    }
     // SAFETY: plain-data map value, copied out.
     let info = match unsafe { STREAMS.get(key) } {
         Some(i) if i.state == STREAM_TRACKED => *i,
@@ -163,6 +168,72 @@ fn on_exit(ctx: &TracePointContext) {
         }
     };
     copy_out(&args, sc, ret, pid_tgid, &info);
+}
+
+/// A thread that uses the TLS library moved bytes: a TCP read names the
+/// connection its next `SSL_read` decrypts; the first TCP write after an
+/// `SSL_write` names the connection of that plaintext (a `TlsBind` record).
+/// Only TLS threads get here, so the fd walk stays off other threads' path.
+#[inline(always)]
+fn on_tls_thread_io(t: &mut TlsThread, args: &SyscallArgs, sc: Syscall, pid_tgid: u64) {
+    let egress = sc.is_egress();
+    if egress && t.pending_ssl == 0 {
+        return;
+    }
+    let (kind, ino, flow) = file_of(args.fd);
+    if kind != FILE_SOCKET || flow.lport == 0 {
+        return; // not TCP (a pipe, the event loop's socketpair …)
+    }
+    if !egress {
+        t.read_fd = args.fd;
+        t.read_ino = ino;
+        t.read_flow = flow;
+        t.read_fresh = 1;
+        return;
+    }
+    let tgid = (pid_tgid >> 32) as u32;
+    let key = SslKey {
+        ssl: t.pending_ssl,
+        tgid,
+        _pad: 0,
+    };
+    let conn = SslConn {
+        fd: args.fd,
+        _pad: 0,
+        ino,
+        flow,
+    };
+    let _ = SSL_CONNS.insert(&key, &conn, 0);
+    t.pending_ssl = 0;
+    let _ = TLS_FDS.insert(
+        stream_key(tgid, args.fd),
+        STREAM_TRACKED,
+        BPF_NOEXIST as u64,
+    );
+    let bind = DataHeader {
+        kind: RecordKind::TlsBind as u32,
+        flags: FLAG_TLS | FLAG_EGRESS,
+        tgid,
+        tid: pid_tgid as u32,
+        fd: args.fd,
+        syscall: sc as u32,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        total_len: 0,
+        offset: 0,
+        len: 0,
+        cgroup_id: 0,
+        comm: [0; 16],
+        ino,
+        file_kind: FILE_SOCKET,
+        _pad: 0,
+        flow,
+    };
+    if EVENTS
+        .output::<DataHeader>(&bind, BPF_RB_NO_WAKEUP)
+        .is_err()
+    {
+        count(counter::RINGBUF_FULL_RECORDS, 1);
+    }
 }
 
 /// Cheap content test for an fd seen for the first time: the first
@@ -210,7 +281,13 @@ fn looks_like_mcp(args: &SyscallArgs, sc: Syscall) -> bool {
 /// Copies `ret` bytes (capped) from the syscall's buffer(s) into the ring
 /// buffer, one record per chunk, then a truncation marker if capped.
 #[inline(always)]
-fn copy_out(args: &SyscallArgs, sc: Syscall, ret: u64, pid_tgid: u64, info: &StreamInfo) {
+pub(crate) fn copy_out(
+    args: &SyscallArgs,
+    sc: Syscall,
+    ret: u64,
+    pid_tgid: u64,
+    info: &StreamInfo,
+) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -224,6 +301,9 @@ fn copy_out(args: &SyscallArgs, sc: Syscall, ret: u64, pid_tgid: u64, info: &Str
 
     s.hdr.kind = RecordKind::Data as u32;
     s.hdr.flags = if sc.is_egress() { FLAG_EGRESS } else { 0 };
+    if sc.is_tls() {
+        s.hdr.flags |= FLAG_TLS;
+    }
     s.hdr.tgid = (pid_tgid >> 32) as u32;
     s.hdr.tid = pid_tgid as u32;
     s.hdr.fd = args.fd;

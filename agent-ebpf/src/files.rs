@@ -44,7 +44,7 @@ const AF_INET6: u16 = 10;
 unsafe fn flow_of(file: u64, o: &FileOffsets) -> Option<Flow> {
     let socket = read_ptr(file, o.file_private_data)?;
     let sk = read_ptr(socket, o.socket_sk)?;
-    let at = |off: u32| (sk + off as u64);
+    let at = |off: u32| sk + off as u64;
     let family = bpf_probe_read_kernel(at(o.skc_family) as *const u16).ok()?;
     let addr_xor = match family {
         AF_INET => {

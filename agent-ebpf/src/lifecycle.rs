@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use mcpscope_common::{stream_key, ProcRecord, RecordKind};
 
-use crate::maps::{AGENT_TGID, EVENTS, EXIT_GROUP_DEAD_OFFSET, STREAMS};
+use crate::maps::{AGENT_TGID, EVENTS, EXIT_GROUP_DEAD_OFFSET, STREAMS, TLS_FDS};
 
 /// `sys_enter_close`: only fds we track produce a record (and leave the map),
 /// so closing ordinary files costs one hash lookup.
@@ -28,10 +28,14 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
     };
     let key = stream_key(tgid, fd as u32);
     // SAFETY: plain-data values.
-    if unsafe { STREAMS.get(key) }.is_none() {
+    // Verifier: two lookups whose results are combined (`a || b`) get
+    // merged by LLVM into `ptr | ptr`, which is prohibited; the
+    // short-circuit keeps the second lookup behind the first's null test.
+    if unsafe { STREAMS.get(key) }.is_none() && unsafe { TLS_FDS.get(key) }.is_none() {
         return 0;
     }
     let _ = STREAMS.remove(key);
+    let _ = TLS_FDS.remove(key);
     emit(RecordKind::Close, pid_tgid, fd as u32);
     0
 }

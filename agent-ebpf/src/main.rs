@@ -1,5 +1,6 @@
-//! mcpscope's kernel side. Syscall tracepoints only: this kernel family has no
-//! kprobes and refuses fentry/fexit, and tracepoints are a stable ABI.
+//! mcpscope's kernel side. Syscall tracepoints, plus uprobes on the TLS
+//! library for plaintext (`tls`): this kernel family has no kprobes and
+//! refuses fentry/fexit, and tracepoints are a stable ABI.
 //!
 //! Flow: `sys_enter_*` saves the buffer arguments per thread; `sys_exit_*`
 //! knows how many bytes moved, decides whether the fd is worth capturing and
@@ -16,6 +17,8 @@ mod files;
 mod lifecycle;
 #[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod tls;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -5,7 +5,10 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     Global,
 };
-use mcpscope_common::{counter, DataHeader, FileOffsets, StreamInfo, SyscallArgs, CHUNK_SIZE};
+use mcpscope_common::{
+    counter, DataHeader, FileOffsets, SslArgs, SslConn, SslKey, StreamInfo, SyscallArgs, TlsThread,
+    CHUNK_SIZE,
+};
 
 /// tgid of the agent itself: its own I/O is never captured.
 #[no_mangle]
@@ -38,6 +41,26 @@ pub static ARGS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(65536, 0)
 /// LRU: fds that vanish without `close` (exec, exit) age out by themselves.
 #[map]
 pub static STREAMS: LruHashMap<u64, StreamInfo> = LruHashMap::with_max_entries(65536, 0);
+
+/// `SSL_*` arguments between uprobe entry and return, keyed by pid_tgid.
+#[map]
+pub static SSL_ARGS: HashMap<u64, SslArgs> = HashMap::with_max_entries(16384, 0);
+
+/// Threads that called into the TLS library, and the connection their
+/// plaintext belongs to. LRU: threads end without telling us.
+#[map]
+pub static TLS_THREADS: LruHashMap<u64, TlsThread> = LruHashMap::with_max_entries(16384, 0);
+
+/// The socket of each `SSL *` seen (see `TlsThread`). LRU: `SSL_free` is
+/// not traced; stale pointers age out.
+#[map]
+pub static SSL_CONNS: LruHashMap<SslKey, SslConn> = LruHashMap::with_max_entries(65536, 0);
+
+/// TLS connections (tgid, fd) with plaintext captured: `STREAM_TRACKED`,
+/// or `STREAM_IGNORED` once userspace found them not MCP. Kept apart from
+/// `STREAMS` so the ciphertext syscalls on the same fd stay uncaptured.
+#[map]
+pub static TLS_FDS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
 
 /// Loss and volume counters, indexed by `mcpscope_common::counter`.
 #[map]

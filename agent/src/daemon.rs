@@ -76,7 +76,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             .with_context(|| format!("opening the audit trail in {}", cfg.dir.display()))?;
         sinks.push(Box::new(AuditSink::new(log)));
     }
-    let (probes, ring, control) = Probes::load(&opts.probes)?;
+    let (mut probes, ring, control) = Probes::load(&opts.probes)?;
+    let tls_files = probes.attach_tls();
     // Loading parsed the kernel's BTF (megabytes, now freed): give the freed
     // heap back to the system instead of carrying it as resident memory.
     // SAFETY: malloc_trim only releases free memory of this process's heap.
@@ -136,7 +137,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         world = world.with_pods(d.clone());
     }
     pipeline = pipeline.with_world(Box::new(world));
-    pipeline.record("agent_start", &agent_config(&opts, probes.attached));
+    let mut start = agent_config(&opts, probes.attached);
+    start["tls_files"] = serde_json::json!(tls_files);
+    pipeline.record("agent_start", &start);
     let mut losses = LossTracker::default();
     {
         let m = metrics.clone();
@@ -189,6 +192,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 }
                 pipeline.tick(now);
                 ticks += 1;
+                if ticks.is_multiple_of(250) {
+                    // New OpenSSL files (containers, runtimes) every 5 s.
+                    for f in probes.attach_tls() {
+                        pipeline.record("tls_attach", &serde_json::json!({ "file": f }));
+                    }
+                }
                 if ticks.is_multiple_of(50) {
                                         export(&pipeline, &probes, &metrics);
                     if let Some(d) = &pods {

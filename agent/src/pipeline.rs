@@ -15,6 +15,7 @@ use std::{
 use std::sync::Arc;
 
 mod http;
+mod tls;
 pub use http::HttpTotals;
 use http::{Conn, Framing};
 
@@ -323,6 +324,7 @@ pub struct Pipeline<C: StreamControl> {
     assembler: Assembler,
     streams: HashMap<StreamKey, Stream>,
     core: Core,
+    tls: tls::TlsHold,
 }
 
 impl<C: StreamControl> Pipeline<C> {
@@ -358,6 +360,7 @@ impl<C: StreamControl> Pipeline<C> {
             assembler: Assembler::default(),
             streams: HashMap::new(),
             core,
+            tls: tls::TlsHold::default(),
         }
     }
 
@@ -508,8 +511,16 @@ impl<C: StreamControl> Pipeline<C> {
     /// Feeds one decoded event.
     pub fn on_event(&mut self, ev: &RawEvent<'_>) {
         match ev {
+            RawEvent::Data(c) if c.tls && c.egress && c.fd == mcpscope_common::FD_UNBOUND => {
+                self.tls.hold(c)
+            }
             RawEvent::Data(c) => self.on_data(c),
             RawEvent::Proc(p) => self.on_proc(p),
+            RawEvent::TlsBind(b) => {
+                let mut tls = std::mem::take(&mut self.tls);
+                tls.bind(b, &mut |c| self.on_data(c));
+                self.tls = tls;
+            }
         }
     }
 
@@ -519,6 +530,7 @@ impl<C: StreamControl> Pipeline<C> {
             assembler,
             streams,
             core,
+            ..
         } = self;
         let task = c.task();
         assembler.push(c, &mut |w| on_whole(control, streams, core, w, task));
@@ -547,6 +559,10 @@ impl<C: StreamControl> Pipeline<C> {
                 self.core.procs.invalidate(p.tgid)
             }
             ProcKind::Exit => {
+                // Unbound TLS writes of the process go on before its streams end.
+                let mut tls = std::mem::take(&mut self.tls);
+                tls.forget_process(p.tgid, &mut |c| self.on_data(c));
+                self.tls = tls;
                 let keys: Vec<StreamKey> = self
                     .streams
                     .keys()
@@ -616,11 +632,15 @@ impl<C: StreamControl> Pipeline<C> {
     /// flushes syscalls whose remaining chunks were lost. `now_ns` is kernel
     /// CLOCK_MONOTONIC.
     pub fn tick(&mut self, now_ns: u64) {
+        let mut tls = std::mem::take(&mut self.tls);
+        tls.expire(now_ns, &mut |c| self.on_data(c));
+        self.tls = tls;
         let Self {
             control,
             assembler,
             streams,
             core,
+            ..
         } = self;
         assembler.flush_older(now_ns.saturating_sub(1_000_000_000), &mut |w| {
             on_whole(control, streams, core, w, Task::default())
@@ -629,8 +649,16 @@ impl<C: StreamControl> Pipeline<C> {
         core.flush();
     }
 
+    /// TLS write-binding counters.
+    pub fn tls_stats(&self) -> tls::TlsBindStats {
+        self.tls.stats
+    }
+
     /// Ends everything: flushes partial lines, held copies and sinks.
     pub fn finish(&mut self) {
+        let mut tls = std::mem::take(&mut self.tls);
+        tls.expire(u64::MAX, &mut |c| self.on_data(c));
+        self.tls = tls;
         let keys: Vec<StreamKey> = self.streams.keys().copied().collect();
         for k in keys {
             self.end_stream(k, Task::default(), u64::MAX / 2);
@@ -730,10 +758,21 @@ fn on_whole<C: StreamControl>(
                 Some(false) => bad += 1,
                 None => {}
             };
+            let resyncs = fr.stats.resyncs;
             fr.push(&seg.data[..at], &mut on_item);
             fr.gap(seg.missing_inner);
             fr.push(&seg.data[at..], &mut on_item);
             fr.gap(seg.missing_tail);
+            if fr.stats.resyncs != resyncs {
+                log::debug!(
+                    "HTTP framing lost on pid {} fd {} ({}, tls {}): {:?}",
+                    key.tgid,
+                    key.fd,
+                    if key.egress { "out" } else { "in" },
+                    task.tls,
+                    String::from_utf8_lossy(&seg.data[..seg.data.len().min(120)])
+                );
+            }
         }
     }
     stream.good += good;
@@ -744,7 +783,11 @@ fn on_whole<C: StreamControl>(
     if stream.good == 0 && stream.bad >= core.cfg.not_mcp_strikes {
         stream.ignored = true;
         core.stats.streams_ignored_not_mcp += 1;
-        control.ignore(key.tgid, key.fd);
+        if stream.task.tls {
+            control.ignore_tls(key.tgid, key.fd);
+        } else {
+            control.ignore(key.tgid, key.fd);
+        }
     }
 }
 

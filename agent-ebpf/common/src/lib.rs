@@ -42,6 +42,9 @@ pub enum RecordKind {
     Exit = 3,
     /// A tracked fd was closed ([`ProcRecord`], `fd` set).
     Close = 4,
+    /// A [`DataHeader`] without data: the TLS plaintext this thread wrote
+    /// since its last bind went out through socket `fd` (its `ino`, `flow`).
+    TlsBind = 5,
 }
 
 impl RecordKind {
@@ -52,6 +55,7 @@ impl RecordKind {
             2 => Some(Self::Exec),
             3 => Some(Self::Exit),
             4 => Some(Self::Close),
+            5 => Some(Self::TlsBind),
             _ => None,
         }
     }
@@ -69,6 +73,10 @@ pub enum Syscall {
     Sendto = 5,
     Recvmsg = 6,
     Sendmsg = 7,
+    /// OpenSSL `SSL_read` / `SSL_read_ex` (uprobe): TLS plaintext in.
+    SslRead = 8,
+    /// OpenSSL `SSL_write` / `SSL_write_ex` (uprobe): TLS plaintext out.
+    SslWrite = 9,
 }
 
 impl Syscall {
@@ -83,6 +91,8 @@ impl Syscall {
             5 => Self::Sendto,
             6 => Self::Recvmsg,
             7 => Self::Sendmsg,
+            8 => Self::SslRead,
+            9 => Self::SslWrite,
             _ => return None,
         })
     }
@@ -91,8 +101,13 @@ impl Syscall {
     pub const fn is_egress(self) -> bool {
         matches!(
             self,
-            Self::Write | Self::Writev | Self::Sendto | Self::Sendmsg
+            Self::Write | Self::Writev | Self::Sendto | Self::Sendmsg | Self::SslWrite
         )
+    }
+
+    /// True for TLS-library calls (plaintext), false for syscalls.
+    pub const fn is_tls(self) -> bool {
+        matches!(self, Self::SslRead | Self::SslWrite)
     }
 
     /// True when the buffer argument is an iovec array.
@@ -114,6 +129,8 @@ impl Syscall {
             Self::Sendto => "sendto",
             Self::Recvmsg => "recvmsg",
             Self::Sendmsg => "sendmsg",
+            Self::SslRead => "SSL_read",
+            Self::SslWrite => "SSL_write",
         }
     }
 }
@@ -331,6 +348,76 @@ pub const STREAM_TRACKED: u32 = 1;
 /// socket); skip it.
 pub const STREAM_IGNORED: u32 = 2;
 
+/// Arguments of an `SSL_read`/`SSL_write` call, saved at uprobe entry and
+/// consumed at its return, keyed by `pid_tgid`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SslArgs {
+    /// The `SSL *` (one per connection).
+    pub ssl: u64,
+    /// Plaintext buffer.
+    pub buf: u64,
+    /// `_ex` variants: where the byte count is written; 0 otherwise (the
+    /// return value is the count).
+    pub len_ptr: u64,
+    /// [`Syscall::SslRead`] or [`Syscall::SslWrite`].
+    pub syscall: u32,
+    /// Padding.
+    pub _pad: u32,
+}
+
+/// Per-thread TLS state: which connection this thread's plaintext belongs
+/// to. OpenSSL in Python and Node runs over memory BIOs (no `SSL_set_fd`):
+/// the first `SSL_read` after a TCP read decrypts that socket's data, and
+/// the next TCP write after an `SSL_write` carries what was encrypted. Each
+/// such observation ties the `SSL *` to its socket ([`SslConn`]), which
+/// then holds for every later call on that `SSL *` (a read served from
+/// already-buffered records follows no TCP read).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsThread {
+    /// The TCP socket this thread last read from (`u32::MAX`: none yet).
+    pub read_fd: u32,
+    /// 1 while no `SSL_read` has followed that TCP read.
+    pub read_fresh: u32,
+    /// Inode of `read_fd`.
+    pub read_ino: u64,
+    /// Connection of `read_fd`.
+    pub read_flow: Flow,
+    /// The `SSL *` whose plaintext was written while its socket was unknown
+    /// (0: none pending).
+    pub pending_ssl: u64,
+}
+
+/// The socket of one `SSL *`, as learned by [`TlsThread`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SslConn {
+    /// The socket.
+    pub fd: u32,
+    /// Padding.
+    pub _pad: u32,
+    /// Its inode.
+    pub ino: u64,
+    /// Its connection.
+    pub flow: Flow,
+}
+
+/// Key of the `SSL *` → socket map: pointers are per process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SslKey {
+    /// The `SSL *`.
+    pub ssl: u64,
+    /// Its process.
+    pub tgid: u32,
+    /// Padding.
+    pub _pad: u32,
+}
+
+/// fd of TLS plaintext whose socket is not known yet (see [`RecordKind::TlsBind`]).
+pub const FD_UNBOUND: u32 = u32::MAX;
+
 /// Key of the `STREAMS` map.
 pub const fn stream_key(tgid: u32, fd: u32) -> u64 {
     ((tgid as u64) << 32) | fd as u64
@@ -383,4 +470,8 @@ mod pod {
     unsafe impl aya::Pod for super::FileOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Flow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SslArgs {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TlsThread {}
 }

@@ -73,6 +73,20 @@ pub fn decode(buf: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
                 data: &buf[DATA_HEADER_LEN..DATA_HEADER_LEN + len],
             }))
         }
+        Some(RecordKind::TlsBind) => {
+            if buf.len() < DATA_HEADER_LEN {
+                return Err(DecodeError::Short(buf.len()));
+            }
+            let h: DataHeader = read(buf);
+            Ok(RawEvent::TlsBind(super::TlsBind {
+                tgid: h.tgid,
+                tid: h.tid,
+                fd: h.fd,
+                ino: h.ino,
+                flow: h.flow,
+                ts_ns: h.ts_ns,
+            }))
+        }
         Some(k) => {
             if buf.len() < std::mem::size_of::<ProcRecord>() {
                 return Err(DecodeError::Short(buf.len()));

@@ -6,7 +6,10 @@ use std::{fs, path::Path};
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{
+        uprobe::{UProbe, UProbeScope},
+        TracePoint,
+    },
     Ebpf, EbpfLoader,
 };
 use mcpscope_common::{counter, stream_key, StreamInfo, STREAM_IGNORED};
@@ -55,11 +58,14 @@ pub struct Probes {
     counters: PerCpuArray<MapData, u64>,
     /// Number of attached programs.
     pub attached: usize,
+    tls_seen: super::tls::Seen,
+    tls_files: Vec<String>,
 }
 
 /// Userspace's handle on the kernel's per-fd capture decisions.
 pub struct KernelControl {
     streams: BpfHashMap<MapData, u64, StreamInfo>,
+    tls_fds: BpfHashMap<MapData, u64, u32>,
 }
 
 impl Probes {
@@ -100,18 +106,86 @@ impl Probes {
                 .with_context(|| format!("attaching {prog} to {category}:{name}"))?;
             attached += 1;
         }
+        for prog in super::tls::UPROBES
+            .iter()
+            .map(|(p, _)| *p)
+            .chain(["ssl_return", super::tls::HANDSHAKE.0])
+        {
+            let up: &mut UProbe = ebpf
+                .program_mut(prog)
+                .with_context(|| format!("program {prog} missing from the eBPF object"))?
+                .try_into()?;
+            up.load()
+                .with_context(|| format!("the verifier rejected {prog}"))?;
+        }
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map")?)?;
         let streams = BpfHashMap::try_from(ebpf.take_map("STREAMS").context("STREAMS map")?)?;
+        let tls_fds = BpfHashMap::try_from(ebpf.take_map("TLS_FDS").context("TLS_FDS map")?)?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
         Ok((
             Self {
                 _ebpf: ebpf,
                 counters,
                 attached,
+                tls_seen: super::tls::Seen::default(),
+                tls_files: Vec::new(),
             },
             ring,
-            KernelControl { streams },
+            KernelControl { streams, tls_fds },
         ))
+    }
+
+    /// Finds OpenSSL files not seen before (see [`super::tls`]) and attaches
+    /// the TLS uprobes to each; returns the newly attached files. A file
+    /// that fails is logged and skipped (it stays seen: no retry storm).
+    pub fn attach_tls(&mut self) -> Vec<String> {
+        let mut new = Vec::new();
+        for path in self.tls_seen.new_candidates() {
+            match self.attach_tls_file(&path) {
+                Ok(n) => {
+                    log::info!("TLS: {n} uprobes on {}", path.display());
+                    let shown = fs::read_link(&path).unwrap_or(path);
+                    new.push(shown.display().to_string());
+                }
+                Err(e) => log::warn!("TLS: not attached to {}: {e:#}", path.display()),
+            }
+        }
+        self.tls_files.extend(new.iter().cloned());
+        new
+    }
+
+    /// Files with TLS uprobes attached.
+    pub fn tls_files(&self) -> &[String] {
+        &self.tls_files
+    }
+
+    fn attach_tls_file(&mut self, path: &Path) -> Result<usize> {
+        let mut n = 0;
+        let mut last_err = None;
+        let (hp, hs) = super::tls::HANDSHAKE;
+        let pairs = super::tls::UPROBES
+            .iter()
+            .flat_map(|(p, s)| [(*p, *s), ("ssl_return", *s)])
+            .chain([(hp, hs)]);
+        for (p, symbol) in pairs {
+            // A build without the `_ex` variants still gets the others.
+            let up: &mut UProbe = self
+                ._ebpf
+                .program_mut(p)
+                .with_context(|| format!("program {p}"))?
+                .try_into()?;
+            match up.attach(symbol, path, UProbeScope::AllProcesses) {
+                Ok(_) => n += 1,
+                Err(e) => {
+                    last_err = Some(anyhow::Error::new(e).context(format!("{p} at {symbol}")))
+                }
+            }
+        }
+        self.attached += n;
+        match (n, last_err) {
+            (0, Some(e)) => Err(e),
+            _ => Ok(n),
+        }
     }
 
     /// Per program: (name, runs, nanoseconds run), from the kernel's
@@ -158,8 +232,13 @@ impl crate::stream::StreamControl for KernelControl {
         let _ = self.streams.insert(stream_key(tgid, fd), info, 0);
     }
 
+    fn ignore_tls(&mut self, tgid: u32, fd: u32) {
+        let _ = self.tls_fds.insert(stream_key(tgid, fd), STREAM_IGNORED, 0);
+    }
+
     fn forget(&mut self, tgid: u32, fd: u32) {
         let _ = self.streams.remove(&stream_key(tgid, fd));
+        let _ = self.tls_fds.remove(&stream_key(tgid, fd));
     }
 }
 

@@ -6,6 +6,8 @@ mod decode;
 #[cfg(target_os = "linux")]
 pub mod loader;
 pub mod record;
+#[cfg(target_os = "linux")]
+pub mod tls;
 
 pub use decode::{decode, DecodeError};
 
@@ -16,6 +18,25 @@ pub enum RawEvent<'a> {
     Data(DataChunk<'a>),
     /// A process lifecycle or fd event.
     Proc(ProcEvent),
+    /// TLS plaintext written by thread `tid` went out through this socket.
+    TlsBind(TlsBind),
+}
+
+/// [`RawEvent::TlsBind`]: the socket of a thread's unbound TLS writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsBind {
+    /// Process id.
+    pub tgid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// The socket.
+    pub fd: u32,
+    /// Its inode.
+    pub ino: u64,
+    /// Its connection.
+    pub flow: mcpscope_common::Flow,
+    /// Kernel CLOCK_MONOTONIC, ns.
+    pub ts_ns: u64,
 }
 
 /// Bytes moved by one syscall (or one chunk of a large one).

@@ -13,6 +13,8 @@ pub mod sse;
 pub trait StreamControl {
     /// Stop capturing this fd (not MCP).
     fn ignore(&mut self, tgid: u32, fd: u32);
+    /// Stop capturing TLS plaintext of this fd (not MCP).
+    fn ignore_tls(&mut self, _tgid: u32, _fd: u32) {}
     /// Drop any decision for this fd (it was closed).
     fn forget(&mut self, tgid: u32, fd: u32);
 }

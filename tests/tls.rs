@@ -1,0 +1,199 @@
+//! End-to-end TLS: uprobes on OpenSSL give the plaintext of HTTPS MCP
+//! traffic on both ends — the Python SDK server under uvicorn (system
+//! `libssl.so.3`, memory BIOs), the Python SDK client (httpx, the same
+//! library), and the MCP Inspector CLI in node (OpenSSL linked statically
+//! into `/usr/bin/node`). Every message once, with `tls: true`. The
+//! certificate is made by `openssl` here; every server binds 127.0.0.1.
+
+use std::{
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+};
+
+use mcpscope_e2e::{
+    assert_exactly_once_over, drive_http, env, free_port, pid, wait_for, Agent, Env,
+};
+use serde_json::Value;
+
+/// A self-signed certificate for 127.0.0.1: (cert, key).
+fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// The Python SDK test server over HTTPS (uvicorn), killed on drop.
+struct HttpsServer {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl HttpsServer {
+    fn start(env: &Env, cert: &Path, key: &Path) -> Self {
+        let port = free_port();
+        let child = Command::new(&env.python)
+            .arg(env.test_file("mcp/py_server.py"))
+            .args(["https", &port.to_string()])
+            .arg(cert)
+            .arg(key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut s = HttpsServer { child, port };
+        wait_for("the HTTPS server's port", 60, || {
+            assert!(s.child.try_wait().unwrap().is_none(), "server exited");
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        s
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/mcp", self.port)
+    }
+}
+
+fn assert_all_tls(events: &[&Value]) {
+    for e in events {
+        assert_eq!(e["tls"], true, "{e}");
+        assert!(e["http"].is_object(), "{e}");
+    }
+}
+
+#[test]
+fn python_sdk_over_https_plaintext_from_both_ends_every_message_once() {
+    let Some(env) = env("python_sdk_over_https_plaintext_from_both_ends_every_message_once") else {
+        return;
+    };
+    let dir = env.tmpdir("tls-python");
+    let (cert, key) = certificate(&dir);
+    let server = HttpsServer::start(&env, &cert, &key);
+    let agent = Agent::start(&env, &dir, &[]);
+    let truth = drive_http(
+        &env,
+        &dir,
+        "legacy",
+        "basic",
+        "python",
+        &server.url(),
+        "streamable-http",
+        server.child.id(),
+        None,
+        Some(&cert),
+    );
+    let stopped = agent.stop();
+    let events = assert_exactly_once_over(&stopped, &truth, &["http", "sse"], "tcp");
+    assert_all_tls(&events);
+}
+
+#[test]
+fn inspector_cli_in_node_over_https_every_message_once() {
+    let Some(env) = env("inspector_cli_in_node_over_https_every_message_once") else {
+        return;
+    };
+    let dir = env.tmpdir("tls-node");
+    let (cert, key) = certificate(&dir);
+    let server = HttpsServer::start(&env, &cert, &key);
+    let agent = Agent::start(&env, &dir, &[]);
+    let cli = env
+        .node_modules
+        .join("@modelcontextprotocol/inspector/cli/build/index.js");
+    let child = Command::new("node")
+        .arg(cli)
+        .arg(server.url())
+        .args(["--transport", "http", "--method", "tools/call"])
+        .args([
+            "--tool-name",
+            "echo",
+            "--tool-arg",
+            "message=hello over tls",
+        ])
+        .env("NODE_EXTRA_CA_CERTS", &cert)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let node = u64::from(child.id());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Ground truth from the client: it printed the tool's answer.
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["structuredContent"]["result"], "hello over tls");
+    let stopped = agent.stop();
+    let server_pid = u64::from(server.child.id());
+    let events = stopped.between(&[node, server_pid]);
+    // The CLI's exchange: initialize, initialized, tools/list (the CLI
+    // checks the tool), tools/call — each once, answered and paired.
+    let summary: Vec<(String, String, bool)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_owned(),
+                e["method"].as_str().unwrap_or("").to_owned(),
+                pid(&e["from"]) == node,
+            )
+        })
+        .collect();
+    let want: Vec<(String, String, bool)> = [
+        ("request", "initialize", true),
+        ("response", "initialize", false),
+        ("notification", "notifications/initialized", true),
+        ("request", "tools/list", true),
+        ("response", "tools/list", false),
+        ("request", "tools/call", true),
+        ("response", "tools/call", false),
+    ]
+    .iter()
+    .map(|(k, m, f)| ((*k).to_owned(), (*m).to_owned(), *f))
+    .collect();
+    let mut sorted = summary.clone();
+    sorted.sort();
+    let mut want_sorted = want.clone();
+    want_sorted.sort();
+    assert_eq!(sorted, want_sorted, "{events:?}");
+    assert_all_tls(&events);
+    let call = events
+        .iter()
+        .find(|e| e["kind"] == "request" && e["method"] == "tools/call")
+        .unwrap();
+    assert_eq!(call["tool"], "echo");
+    assert_eq!(call["from"]["comm"], "node");
+    let answer = events
+        .iter()
+        .find(|e| e["kind"] == "response" && e["method"] == "tools/call")
+        .unwrap();
+    assert!(answer["latency_ms"].is_f64(), "paired: {answer}");
+}
