@@ -484,3 +484,43 @@ fn non_mcp_http_on_the_host_is_never_reported_and_html_bodies_are_skipped_unread
         stopped.stderr
     );
 }
+
+#[test]
+fn python_sdk_streamable_http_over_ipv6_loopback_every_message_once() {
+    let Some(env) = env("python_sdk_streamable_http_over_ipv6_loopback_every_message_once") else {
+        return;
+    };
+    let dir = env.tmpdir("http-ipv6");
+    let port = free_port();
+    let mut cmd = Command::new(&env.python);
+    cmd.arg(env.test_file("mcp/py_server.py"))
+        .args(["streamable-http", &port.to_string()])
+        .env("MCPSCOPE_TEST_HOST", "::1");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut server = Server { child, port };
+    wait_for("the IPv6 server's port", 60, || {
+        assert!(server.child.try_wait().unwrap().is_none(), "server exited");
+        TcpStream::connect(("::1", port)).ok()
+    });
+    let agent = Agent::start(&env, &dir, &[]);
+    let truth = drive_http(
+        &env,
+        &dir,
+        "legacy",
+        "basic",
+        "python",
+        &format!("http://[::1]:{port}/mcp"),
+        "streamable-http",
+        server.pid(),
+        None,
+        None,
+    );
+    let stopped = agent.stop();
+    let events = assert_http_once(&stopped, &truth);
+    assert_one_session(&events);
+}

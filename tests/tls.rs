@@ -58,8 +58,14 @@ impl Drop for HttpsServer {
 
 impl HttpsServer {
     fn start(env: &Env, cert: &Path, key: &Path) -> Self {
+        Self::start_with(env, cert, key, &[])
+    }
+
+    /// [`Self::start`] with extra environment for the server.
+    fn start_with(env: &Env, cert: &Path, key: &Path, vars: &[(&str, &Path)]) -> Self {
         let port = free_port();
         let child = Command::new(&env.python)
+            .envs(vars.iter().map(|(k, v)| (*k, *v)))
             .arg(env.test_file("mcp/py_server.py"))
             .args(["https", &port.to_string()])
             .arg(cert)
@@ -196,4 +202,120 @@ fn inspector_cli_in_node_over_https_every_message_once() {
         .find(|e| e["kind"] == "response" && e["method"] == "tools/call")
         .unwrap();
     assert!(answer["latency_ms"].is_f64(), "paired: {answer}");
+}
+
+#[test]
+fn https_connection_open_before_the_agent_is_captured_from_its_next_message() {
+    let Some(env) = env("https_connection_open_before_the_agent_is_captured_from_its_next_message")
+    else {
+        return;
+    };
+    use std::io::{BufRead, BufReader, Write};
+    let dir = env.tmpdir("tls-late");
+    let (cert, key) = certificate(&dir);
+    let server = HttpsServer::start(&env, &cert, &key);
+    let mut client = Command::new(&env.python)
+        .arg(env.test_file("mcp/tls_late.py"))
+        .arg(server.url())
+        .env("SSL_CERT_FILE", &cert)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "the client's session is up");
+    let agent = Agent::start(&env, &dir, &[]);
+    writeln!(client.stdin.take().unwrap(), "go").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert!(client.wait().unwrap().success());
+    let truth: Value = serde_json::from_str(&line).unwrap();
+    let stopped = agent.stop();
+    let client_pid = truth["pid"].as_u64().unwrap();
+    let events = stopped.between(&[client_pid, u64::from(server.child.id())]);
+    let got: Vec<_> = events
+        .iter()
+        .map(|e| (e["kind"].as_str().unwrap(), e["id"].clone()))
+        .collect();
+    let want: Vec<_> = truth["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let kind = if m.get("method").is_some() {
+                "request"
+            } else {
+                "response"
+            };
+            (kind, m["id"].clone())
+        })
+        .collect();
+    assert_eq!(
+        got, want,
+        "only the call after the agent started, once: {events:?}"
+    );
+    assert_all_tls(&events);
+    assert_eq!(events[0]["tool"], "echo");
+    assert_eq!(events[1]["method"], "tools/call", "paired");
+}
+
+/// A `libssl.so.3` copy the agent has never seen, loaded through
+/// `LD_LIBRARY_PATH` by the server and the client started after the agent:
+/// the periodic scan of `/proc/*/maps` attaches to it.
+#[test]
+fn a_libssl_loaded_after_the_agent_started_is_attached_and_captured() {
+    let Some(env) = env("a_libssl_loaded_after_the_agent_started_is_attached_and_captured") else {
+        return;
+    };
+    let dir = env.tmpdir("tls-new-lib");
+    let (cert, key) = certificate(&dir);
+    let libdir = dir.join("lib");
+    std::fs::create_dir_all(&libdir).unwrap();
+    std::fs::copy(
+        "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+        libdir.join("libssl.so.3"),
+    )
+    .unwrap();
+    let agent = Agent::start(&env, &dir, &[]);
+    let attached = || {
+        mcpscope_e2e::http_get(&agent.addr, "/metrics").and_then(|(_, body)| {
+            body.lines()
+                .find_map(|l| l.strip_prefix("mcpscope_tls_files_attached "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+    };
+    let before = attached().expect("the TLS gauge");
+    let server = HttpsServer::start_with(&env, &cert, &key, &[("LD_LIBRARY_PATH", &libdir)]);
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.child.id())).unwrap();
+    assert!(
+        maps.contains(&libdir.join("libssl.so.3").display().to_string()),
+        "the server runs on the copy"
+    );
+    // Readiness: the agent's gauge counts the new file.
+    wait_for("the agent to attach to the new libssl", 30, || {
+        attached().filter(|n| *n > before)
+    });
+    let truth = drive_http(
+        &env,
+        &dir,
+        "legacy",
+        "basic",
+        "python",
+        &server.url(),
+        "streamable-http",
+        server.child.id(),
+        None,
+        Some(&cert),
+    );
+    let stopped = agent.stop();
+    let events = assert_exactly_once_over(&stopped, &truth, &["http", "sse"], "tcp");
+    assert_all_tls(&events);
+    // The client runs on the system library (attached at start); the
+    // server's own copies prove the new attachment: it is the capturing
+    // end (with its fd) of what it sent.
+    for e in events.iter().filter(|e| pid(&e["from"]) == truth.server) {
+        assert!(e["from"]["fd"].is_u64(), "captured by the server: {e}");
+    }
 }

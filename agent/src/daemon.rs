@@ -147,6 +147,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
     metrics.set_gauge("mcpscope_probes_attached", probes.attached as i64);
     metrics.set_gauge(
+        "mcpscope_tls_files_attached",
+        probes.tls_files().len() as i64,
+    );
+    metrics.set_gauge(
         "mcpscope_ringbuf_size_bytes",
         i64::from(opts.probes.ringbuf_bytes),
     );
@@ -197,6 +201,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     for f in probes.attach_tls() {
                         pipeline.record("tls_attach", &serde_json::json!({ "file": f }));
                     }
+                    metrics.set_gauge("mcpscope_probes_attached", probes.attached as i64);
+                    metrics.set_gauge("mcpscope_tls_files_attached", probes.tls_files().len() as i64);
                 }
                 if ticks.is_multiple_of(50) {
                                         export(&pipeline, &probes, &metrics);

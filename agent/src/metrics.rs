@@ -150,6 +150,10 @@ pub const GAUGES: &[(&str, &str)] = &[
     ),
     ("mcpscope_probes_attached", "Kernel programs attached."),
     (
+        "mcpscope_tls_files_attached",
+        "OpenSSL files (libssl.so*, executables linking it statically) with TLS uprobes.",
+    ),
+    (
         "mcpscope_kube_pods",
         "Pods on this node known from the Kubernetes API.",
     ),

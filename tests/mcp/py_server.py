@@ -100,12 +100,13 @@ def review(code: str) -> str:
 if __name__ == "__main__":
     # argv: stdio | streamable-http PORT [json] [stateless] | sse PORT | https PORT CERT KEY
     transport = sys.argv[1] if len(sys.argv) > 1 else "stdio"
+    host = os.environ.get("MCPSCOPE_TEST_HOST", "127.0.0.1")  # ::1 for IPv6
     if transport == "stdio":
         server.run(transport="stdio")
     elif transport == "streamable-http":
         server.run(
             transport="streamable-http",
-            host="127.0.0.1",
+            host=host,
             port=int(sys.argv[2]),
             json_response="json" in sys.argv[3:],
             stateless_http="stateless" in sys.argv[3:],
