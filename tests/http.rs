@@ -428,6 +428,16 @@ fn http_error_statuses_are_paired_errors_with_status_and_www_authenticate() {
         .unwrap();
     assert_eq!(mismatched["method"], "tools/call");
     assert_eq!(mismatched["http"]["mcp_method"], "tools/list");
+    // … and the header_mismatch flag names it, once.
+    let flags: Vec<_> = stopped
+        .flags()
+        .into_iter()
+        .filter(|f| f["flag"] == "header_mismatch")
+        .collect();
+    assert_eq!(flags.len(), 1, "{flags:?}");
+    assert_eq!(flags[0]["evidence"][0]["seq"], mismatched["seq"]);
+    assert_eq!(flags[0]["details"]["header_method"], "tools/list");
+    assert_eq!(flags[0]["details"]["body_method"], "tools/call");
 }
 
 #[test]

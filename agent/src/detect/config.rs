@@ -217,6 +217,8 @@ pub struct DetectConfig {
     pub injection_marker: Switch,
     /// policy_violation (needs `--policy`).
     pub policy_violation: Switch,
+    /// header_mismatch (HTTP, 2026-07-28 `Mcp-Method`/`Mcp-Name`).
+    pub header_mismatch: Switch,
     /// State bounds.
     pub limits: Limits,
     /// The TOML this came from (recorded in the audit trail and captures).

@@ -374,6 +374,9 @@ impl Detectors {
                 self.drift(&server, tools, me.clone(), &mut out);
             }
         }
+        if self.cfg.header_mismatch.enabled {
+            header_mismatch(ev, &caller, &server, &me, &mut out);
+        }
         if self.cfg.secret_in_payload.enabled && !facts.secrets.is_empty() {
             let kinds: Vec<&str> = facts.secrets.iter().map(|s| s.kind).collect();
             let place = if ev.kind == Kind::Request {
@@ -917,3 +920,72 @@ fn server_name(ev: &McpEvent) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// `header_mismatch`: a request's 2026-07-28 `Mcp-Method`/`Mcp-Name` headers
+/// name another method or target than its body. A gateway or WAF that
+/// routes and authorizes on headers then acts on something else than the
+/// server executes; the spec makes servers reject it (-32020), so a
+/// mismatch seen on the wire is a broken or a deliberately confusing client.
+fn header_mismatch(
+    ev: &McpEvent,
+    caller: &Name,
+    server: &Name,
+    me: &Evidence,
+    out: &mut Vec<Flag>,
+) {
+    let Some(h) = ev.http.as_ref().filter(|_| ev.kind == Kind::Request) else {
+        return;
+    };
+    let h = &h.head;
+    let body_method = ev.method.as_deref();
+    let body_name = match body_method {
+        Some("tools/call") => ev.tool.as_deref(),
+        Some("prompts/get") => ev.prompt.as_deref(),
+        Some("resources/read" | "resources/subscribe" | "resources/unsubscribe") => {
+            ev.resource.as_deref()
+        }
+        _ => None,
+    };
+    let method_differs = h
+        .mcp_method
+        .as_deref()
+        .is_some_and(|m| Some(m) != body_method);
+    let name_differs = match (h.mcp_name.as_deref(), body_name) {
+        (Some(hn), Some(bn)) => hn != bn,
+        _ => false,
+    };
+    if !method_differs && !name_differs {
+        return;
+    }
+    let mut what = Vec::new();
+    if method_differs {
+        what.push(format!(
+            "Mcp-Method {:?} but the body calls {:?}",
+            h.mcp_method.as_deref().unwrap_or(""),
+            body_method.unwrap_or("")
+        ));
+    }
+    if name_differs {
+        what.push(format!(
+            "Mcp-Name {:?} but the body names {:?}",
+            h.mcp_name.as_deref().unwrap_or(""),
+            body_name.unwrap_or("")
+        ));
+    }
+    out.push(Flag {
+        flag: "header_mismatch",
+        severity: Severity::High,
+        message: format!(
+            "{caller} sent {server} a request whose {}",
+            what.join(", and ")
+        ),
+        caller: caller.to_string(),
+        server: server.to_string(),
+        tool: ev.tool.as_deref().map(String::from),
+        evidence: vec![me.clone()],
+        details: json!({
+            "header_method": h.mcp_method, "body_method": body_method,
+            "header_name": h.mcp_name, "body_name": body_name,
+        }),
+    });
+}

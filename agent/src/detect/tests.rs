@@ -509,3 +509,44 @@ fn state_is_bounded_and_evictions_counted() {
     assert!(s.d.stats.evicted > 0);
     assert!(s.d.dup.map.len() <= 16 && s.d.pending.map.len() <= 16);
 }
+
+#[test]
+fn header_mismatch_fires_on_disagreeing_mcp_headers_only() {
+    use crate::protocol::http::HttpHead;
+    use crate::sink::HttpInfo;
+    let mut s = Script::new(DetectConfig::default());
+    let mut with_headers = |method: Option<&str>, name: Option<&str>| {
+        let mut ev = s.event(Kind::Request, "h", 1, 1, "echo", 0);
+        let head = HttpHead {
+            method: Some("POST".into()),
+            mcp_method: method.map(Into::into),
+            mcp_name: name.map(Into::into),
+            ..HttpHead::default()
+        };
+        ev.http = Some(HttpInfo {
+            head: Arc::new(head),
+            sse_event: None,
+            sse_id: None,
+            from_status: false,
+            tls: false,
+            answers: None,
+        });
+        s.d.observe(&ev, 0, &MessageFacts::default())
+            .into_iter()
+            .filter(|f| f.flag == "header_mismatch")
+            .collect::<Vec<_>>()
+    };
+    assert!(with_headers(Some("tools/call"), Some("echo")).is_empty());
+    assert!(with_headers(None, None).is_empty(), "no headers: 2025 era");
+    let m = with_headers(Some("tools/list"), Some("echo"));
+    assert_eq!(m.len(), 1);
+    assert!(
+        m[0].message.contains("Mcp-Method \"tools/list\""),
+        "{}",
+        m[0].message
+    );
+    let n = with_headers(Some("tools/call"), Some("delete_everything"));
+    assert_eq!(n.len(), 1);
+    assert_eq!(n[0].details["header_name"], "delete_everything");
+    assert_eq!(n[0].details["body_name"], "echo");
+}
