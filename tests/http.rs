@@ -154,7 +154,8 @@ fn python_sdk_streamable_http_sse_responses_every_message_once_with_credential()
     let dir = env.tmpdir("http-sse");
     let (bearer, token) = bearer_file(&dir);
     let server = Server::python(&env, &["streamable-http"]);
-    let agent = Agent::start(&env, &dir, &[]);
+    let audit = dir.join("audit");
+    let agent = Agent::start(&env, &dir, &["--audit-dir", audit.to_str().unwrap()]);
     let truth = drive_http(
         &env,
         &dir,
@@ -192,6 +193,30 @@ fn python_sdk_streamable_http_sse_responses_every_message_once_with_credential()
     assert_eq!(last["client"]["name"], "mcp", "{last}");
     assert_eq!(last["server"]["name"], "mcpscope-test-server", "{last}");
     no_raw_token(&stopped, &token);
+    // The client's DELETE ended the session: one record, in the audit trail,
+    // from the client's copy, with the session's fingerprint.
+    let trail: Vec<Value> = std::fs::read_dir(&audit)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+        .flat_map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let text = serde_json::to_string(&trail).unwrap();
+    assert!(!text.contains(&token), "no raw token in the audit trail");
+    let deletes: Vec<_> = trail
+        .iter()
+        .filter(|r| r.to_string().contains("http_session_delete"))
+        .filter(|r| r.to_string().contains(&format!("\"pid\":{}", truth.client)))
+        .collect();
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    let sid = events.last().unwrap()["http"]["session_id"].as_str().unwrap();
+    assert!(deletes[0].to_string().contains(sid), "{}", deletes[0]);
 }
 
 #[test]

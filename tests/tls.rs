@@ -319,3 +319,78 @@ fn a_libssl_loaded_after_the_agent_started_is_attached_and_captured() {
         assert!(e["from"]["fd"].is_u64(), "captured by the server: {e}");
     }
 }
+
+/// The server runs in its own mount namespace where the system path of
+/// `libssl.so.3` is a bind mount of a copy: its `/proc/<pid>/maps` names the
+/// usual path, which in the agent's namespace is another file. Only
+/// `/proc/<pid>/root/<path>` reaches the library the server really runs.
+#[test]
+fn a_libssl_in_another_mount_namespace_is_attached_through_proc_root() {
+    let Some(env) = env("a_libssl_in_another_mount_namespace_is_attached_through_proc_root")
+    else {
+        return;
+    };
+    let dir = env.tmpdir("tls-mntns");
+    let (cert, key) = certificate(&dir);
+    let copy = dir.join("libssl.so.3");
+    let system = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
+    std::fs::copy(system, &copy).unwrap();
+    let agent = Agent::start(&env, &dir, &[]);
+    let attached = || {
+        mcpscope_e2e::http_get(&agent.addr, "/metrics").and_then(|(_, body)| {
+            body.lines()
+                .find_map(|l| l.strip_prefix("mcpscope_tls_files_attached "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+    };
+    let before = attached().expect("the TLS gauge");
+    let port = free_port();
+    let script = format!(
+        "mount --bind {copy} {system} && exec {python} {server} https {port} {cert} {key}",
+        copy = copy.display(),
+        python = env.python.display(),
+        server = env.test_file("mcp/py_server.py").display(),
+        cert = cert.display(),
+        key = key.display(),
+    );
+    let child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut server = HttpsServer { child, port };
+    wait_for("the namespaced HTTPS server's port", 60, || {
+        assert!(server.child.try_wait().unwrap().is_none(), "server exited");
+        TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let server_pid = server.child.id();
+    let maps = std::fs::read_to_string(format!("/proc/{server_pid}/maps")).unwrap();
+    assert!(maps.contains(system), "the server maps libssl by its usual path");
+    let theirs = std::fs::metadata(format!("/proc/{server_pid}/root{system}")).unwrap();
+    let ours = std::fs::metadata(system).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_ne!(theirs.ino(), ours.ino(), "another file behind the same path");
+    wait_for("the agent to attach through /proc/<pid>/root", 30, || {
+        attached().filter(|n| *n > before)
+    });
+    let truth = drive_http(
+        &env,
+        &dir,
+        "legacy",
+        "basic",
+        "python",
+        &server.url(),
+        "streamable-http",
+        server_pid,
+        None,
+        Some(&cert),
+    );
+    let stopped = agent.stop();
+    let events = assert_exactly_once_over(&stopped, &truth, &["http", "sse"], "tcp");
+    assert_all_tls(&events);
+    for e in events.iter().filter(|e| pid(&e["from"]) == truth.server) {
+        assert!(e["from"]["fd"].is_u64(), "captured by the server: {e}");
+    }
+}

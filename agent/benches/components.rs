@@ -1,13 +1,14 @@
-//! The hot path's parts one at a time: the newline framer, the JSON-RPC/MCP
-//! model (both eras), detector facts from a message's bytes, and the
-//! identity parsers. Throughput in bytes (or elements) per second.
+//! The hot path's parts one at a time: the newline framer, the HTTP/1.1 and
+//! SSE framers, the JSON-RPC/MCP model (both eras), detector facts from a
+//! message's bytes, and the identity parsers. Throughput in bytes (or
+//! elements) per second.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mcpscope::{
     detect::facts,
     identity::{container::parse_proc_cgroup, secrets::redact_cmdline},
     protocol::parse,
-    stream::framer::LineFramer,
+    stream::{framer::LineFramer, http::HttpFramer, sse::SseParser},
 };
 
 const REQUEST: &[u8] = br#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"read_file","arguments":{"path":"/srv/data/file-7.txt"}}}"#;
@@ -33,6 +34,67 @@ fn framer(c: &mut Criterion) {
             let mut n = 0usize;
             for chunk in stream.chunks(4096) {
                 f.push(chunk, &mut |_| n += 1);
+            }
+            n
+        })
+    });
+    g.finish();
+}
+
+/// A Streamable HTTP exchange as one connection carries it: a POST with a
+/// JSON body (and the SDK's headers, a bearer JWT among them), answered by
+/// an SSE stream, chunked.
+fn http_exchange(body_len: usize) -> (Vec<u8>, Vec<u8>) {
+    let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhZ2VudCIsImlzcyI6Imh0dHBzOi8vaWRwIn0.c2ln";
+    let mut req = format!(
+        "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1:8000\r\naccept: application/json, text/event-stream\r\n\
+content-type: application/json\r\nmcp-session-id: 7d766ea5acef1e2f7d766ea5acef1e2f\r\n\
+mcp-protocol-version: 2025-11-25\r\nauthorization: Bearer {jwt}\r\ncontent-length: {}\r\n\r\n",
+        REQUEST.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(REQUEST);
+    let event = [b"event: message\r\ndata: ".as_slice(), &response(body_len), b"\r\n\r\n"].concat();
+    let mut resp = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+mcp-session-id: 7d766ea5acef1e2f7d766ea5acef1e2f\r\ntransfer-encoding: chunked\r\n\r\n"
+        .to_vec();
+    resp.extend_from_slice(format!("{:x}\r\n", event.len()).as_bytes());
+    resp.extend_from_slice(&event);
+    resp.extend_from_slice(b"\r\n0\r\n\r\n");
+    (req, resp)
+}
+
+fn http(c: &mut Criterion) {
+    let mut g = c.benchmark_group("http");
+    let (req, resp) = http_exchange(500);
+    g.throughput(Throughput::Bytes(req.len() as u64));
+    g.bench_function("post_json_with_bearer_jwt", |b| {
+        let mut f = HttpFramer::new(8 << 20);
+        b.iter(|| {
+            let mut n = 0usize;
+            f.push(&req, &mut |_| n += 1);
+            n
+        })
+    });
+    g.throughput(Throughput::Bytes(resp.len() as u64));
+    g.bench_function("sse_response_chunked_600B", |b| {
+        let mut f = HttpFramer::new(8 << 20);
+        b.iter(|| {
+            let mut n = 0usize;
+            f.push(&resp, &mut |_| n += 1);
+            n
+        })
+    });
+    // SSE alone: 64 KiB of 600-byte events in 4 KiB reads.
+    let event = [b"data: ".as_slice(), &response(500), b"\n\n"].concat();
+    let stream: Vec<u8> = event.iter().copied().cycle().take(64 * 1024).collect();
+    g.throughput(Throughput::Bytes(stream.len() as u64));
+    g.bench_function("sse_events_600B_in_4KiB_reads", |b| {
+        let mut p = SseParser::new(8 << 20);
+        b.iter(|| {
+            let mut n = 0usize;
+            for chunk in stream.chunks(4096) {
+                p.push(chunk, &mut |_| n += 1);
             }
             n
         })
@@ -87,5 +149,5 @@ fn identity(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, framer, model, detector_facts, identity);
+criterion_group!(benches, framer, http, model, detector_facts, identity);
 criterion_main!(benches);

@@ -77,10 +77,13 @@ class _TapAdapter:
         return getattr(self.inner, name)
 
 
-http_transport.stream_within_origin = _tap_post(http_transport.stream_within_origin)
-http_transport.jsonrpc_message_adapter = _TapAdapter(http_transport.jsonrpc_message_adapter)
-sse_transport.request_within_origin = _tap_post(sse_transport.request_within_origin)
-mcp_types.jsonrpc_message_adapter = _TapAdapter(mcp_types.jsonrpc_message_adapter)
+def install_http_taps():
+    """Only for HTTP runs: the stdio transport parses through the same
+    adapter and is tapped at its line parser already."""
+    http_transport.stream_within_origin = _tap_post(http_transport.stream_within_origin)
+    http_transport.jsonrpc_message_adapter = _TapAdapter(http_transport.jsonrpc_message_adapter)
+    sse_transport.request_within_origin = _tap_post(sse_transport.request_within_origin)
+    mcp_types.jsonrpc_message_adapter = _TapAdapter(mcp_types.jsonrpc_message_adapter)
 
 
 def http_target(url, transport, bearer):
@@ -212,6 +215,7 @@ async def main():
     cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
     env = dict(kv.split("=", 1) for kv in a.server_env) or None
     if a.url:
+        install_http_taps()
         bearer = open(a.bearer_file).read().strip() if a.bearer_file else ""
         target = http_target(a.url, a.http_transport, bearer)
         server_pid.append(a.server_pid)
