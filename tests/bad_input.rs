@@ -137,9 +137,13 @@ fn process_killed_mid_message_is_reported_truncated_once() {
 // process and a raw client, both standard-library Python).
 
 fn run_http_case(case: &str) -> Option<(Stopped, Value, Vec<Value>)> {
+    run_http_case_with(case, &[])
+}
+
+fn run_http_case_with(case: &str, agent_args: &[&str]) -> Option<(Stopped, Value, Vec<Value>)> {
     let env = env(case)?;
     let dir = env.tmpdir(case);
-    let agent = Agent::start(&env, &dir, &[]);
+    let agent = Agent::start(&env, &dir, agent_args);
     let out = Command::new("python3")
         .arg(env.test_file("mcp/http_bad_input.py"))
         .arg(case)
@@ -191,30 +195,26 @@ fn http_truncated_head_is_dropped_and_exchanges_around_it_survive() {
 
 #[test]
 fn http_50mb_chunked_body_is_bounded_reported_truncated_and_survived() {
-    let Some((s, info, events)) = run_http_case("chunked_50mb") else {
+    // Both ends' copies (100 MB) fit a 256 MiB ring buffer, so nothing is
+    // lost and the assertions are exact: this tests the framer's bound,
+    // not the kernel's loss accounting (which the benchmarks drive).
+    let Some((s, info, events)) =
+        run_http_case_with("chunked_50mb", &["--ringbuf-size", "268435456"])
+    else {
         return;
     };
-    // The giant request is one event, cut (8 MiB message limit, and the
-    // ring buffer may drop some of 100 MB in flight), with its id and tool
-    // salvaged from the head; the next exchange is whole.
+    assert_eq!(s.counter("ringbuf_full_records"), 0, "{}", s.stderr);
+    // The giant request is one event, cut at the 8 MiB message limit with
+    // its id and tool salvaged from the head, its true size kept; memory
+    // stayed bounded; the next exchange is whole.
     let big: Vec<_> = events.iter().filter(|e| e["id"] == 1).collect();
     assert_eq!(big.len(), 1, "{events:?}");
     assert_eq!(big[0]["truncated"], true);
     assert_eq!(big[0]["tool"], "big");
-    let lost = s.counter("gap_bytes");
-    if lost == 0 {
-        assert_eq!(
-            big[0]["bytes"], info["body_len"],
-            "true size when nothing was lost"
-        );
-    }
+    assert_eq!(big[0]["bytes"], info["body_len"], "true size");
     let after: Vec<_> = events.iter().filter(|e| e["id"] == 2).collect();
     assert_eq!(after.len(), 2, "{events:?}");
-    assert!(
-        s.counter("http_oversized_bodies") + s.counter("http_resyncs") >= 1,
-        "{}",
-        s.stderr
-    );
+    assert!(s.counter("http_oversized_bodies") >= 1, "{}", s.stderr);
 }
 
 #[test]

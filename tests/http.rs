@@ -5,65 +5,32 @@
 //! transport; every message is reported once, paired, with its HTTP facts.
 //! Every server is bound to 127.0.0.1.
 
-use std::{
-    net::TcpStream,
-    path::Path,
-    process::{Child, Command, Stdio},
-};
+use std::{path::Path, process::Command};
 
 use mcpscope_e2e::{
-    assert_exactly_once_over, drive_http, env, free_port, pid, wait_for, Agent, Env, Stopped, Truth,
+    assert_exactly_once_over, drive_http, env, free_port, pid, Agent, Env, Listening, Stopped,
+    Truth,
 };
 use serde_json::Value;
 
-/// A server process, killed when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// Servers of these tests: [`Listening`] processes.
+struct Server;
 
 impl Server {
-    /// Starts `cmd` (with `PORT` set) and waits until its port accepts.
-    fn start(cmd: &mut Command, port: u16) -> Server {
-        let child = cmd
-            .env("PORT", port.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting the server");
-        let mut s = Server { child, port };
-        wait_for("the server's port", 60, || {
-            assert!(
-                s.child.try_wait().unwrap().is_none(),
-                "the server exited before listening"
-            );
-            TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        s
-    }
-
     /// The Python SDK test server over `args` (`streamable-http PORT …`).
-    fn python(env: &Env, args: &[&str]) -> Server {
+    fn python(env: &Env, args: &[&str]) -> Listening {
         let port = free_port();
         let mut cmd = Command::new(&env.python);
         cmd.arg(env.test_file("mcp/py_server.py"))
             .arg(args[0])
             .arg(port.to_string())
             .args(&args[1..]);
-        Server::start(&mut cmd, port)
+        Listening::start(&mut cmd, "127.0.0.1", port)
     }
 
     /// server-everything in `mode` (`streamableHttp` or `sse`), its
     /// `listen` pinned to 127.0.0.1 by a preload.
-    fn everything(env: &Env, mode: &str) -> Server {
+    fn everything(env: &Env, mode: &str) -> Listening {
         let port = free_port();
         let js = env
             .node_modules
@@ -73,16 +40,13 @@ impl Server {
             .arg(env.test_file("mcp/listen_loopback.js"))
             .arg(js)
             .arg(mode);
-        Server::start(&mut cmd, port)
+        Listening::start(&mut cmd, "127.0.0.1", port)
     }
+}
 
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
+/// `http://127.0.0.1:<port><path>` of a server.
+fn url(s: &Listening, path: &str) -> String {
+    format!("http://127.0.0.1:{}{path}", s.port)
 }
 
 /// A JWT-shaped bearer token (unsigned test claims) written to a file the
@@ -162,7 +126,7 @@ fn python_sdk_streamable_http_sse_responses_every_message_once_with_credential()
         "legacy",
         "basic",
         "python",
-        &server.url("/mcp"),
+        &url(&server, "/mcp"),
         "streamable-http",
         server.pid(),
         Some(&bearer),
@@ -215,7 +179,9 @@ fn python_sdk_streamable_http_sse_responses_every_message_once_with_credential()
         .filter(|r| r.to_string().contains(&format!("\"pid\":{}", truth.client)))
         .collect();
     assert_eq!(deletes.len(), 1, "{deletes:?}");
-    let sid = events.last().unwrap()["http"]["session_id"].as_str().unwrap();
+    let sid = events.last().unwrap()["http"]["session_id"]
+        .as_str()
+        .unwrap();
     assert!(deletes[0].to_string().contains(sid), "{}", deletes[0]);
 }
 
@@ -233,7 +199,7 @@ fn python_sdk_streamable_http_json_responses_every_message_once() {
         "legacy",
         "basic",
         "python",
-        &server.url("/mcp"),
+        &url(&server, "/mcp"),
         "streamable-http",
         server.pid(),
         None,
@@ -264,7 +230,7 @@ fn python_sdk_2026_mode_over_http_records_mcp_headers() {
         "2026-07-28",
         "basic",
         "python",
-        &server.url("/mcp"),
+        &url(&server, "/mcp"),
         "streamable-http",
         server.pid(),
         None,
@@ -305,7 +271,7 @@ fn python_sdk_legacy_sse_transport_pairs_responses_from_the_get_stream() {
         "legacy",
         "basic",
         "python",
-        &server.url("/sse"),
+        &url(&server, "/sse"),
         "sse",
         server.pid(),
         None,
@@ -344,7 +310,7 @@ fn server_everything_streamable_http_every_message_once() {
         "legacy",
         "basic",
         "everything",
-        &server.url("/mcp"),
+        &url(&server, "/mcp"),
         "streamable-http",
         server.pid(),
         None,
@@ -372,7 +338,7 @@ fn server_everything_legacy_sse_every_message_once() {
         "legacy",
         "basic",
         "everything",
-        &server.url("/sse"),
+        &url(&server, "/sse"),
         "sse",
         server.pid(),
         None,
@@ -395,7 +361,7 @@ fn http_error_statuses_are_paired_errors_with_status_and_www_authenticate() {
     cmd.arg(env.test_file("mcp/py_server.py"))
         .args(["streamable-http", &port.to_string()])
         .env("MCPSCOPE_TEST_AUTH", "1");
-    let auth = Server::start(&mut cmd, port);
+    let auth = Listening::start(&mut cmd, "127.0.0.1", port);
     let stateful = Server::python(&env, &["streamable-http"]);
     let stateless = Server::python(&env, &["streamable-http", "json", "stateless"]);
     let agent = Agent::start(&env, &dir, &[]);
@@ -484,7 +450,7 @@ fn non_mcp_http_on_the_host_is_never_reported_and_html_bodies_are_skipped_unread
         .arg(port.to_string())
         .arg("--directory")
         .arg(&site);
-    let server = Server::start(&mut cmd, port);
+    let server = Listening::start(&mut cmd, "127.0.0.1", port);
     let agent = Agent::start(&env, &dir, &[]);
     let fetch = format!(
         "import http.client, os\n\
@@ -531,17 +497,7 @@ fn python_sdk_streamable_http_over_ipv6_loopback_every_message_once() {
     cmd.arg(env.test_file("mcp/py_server.py"))
         .args(["streamable-http", &port.to_string()])
         .env("MCPSCOPE_TEST_HOST", "::1");
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut server = Server { child, port };
-    wait_for("the IPv6 server's port", 60, || {
-        assert!(server.child.try_wait().unwrap().is_none(), "server exited");
-        TcpStream::connect(("::1", port)).ok()
-    });
+    let server = Listening::start(&mut cmd, "::1", port);
     let agent = Agent::start(&env, &dir, &[]);
     let truth = drive_http(
         &env,

@@ -353,6 +353,69 @@ pub fn wait_for<T>(what: &str, secs: u64, mut check: impl FnMut() -> Option<T>) 
     }
 }
 
+/// A server process listening on a TCP port, killed when dropped.
+pub struct Listening {
+    /// The process.
+    pub child: Child,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Listening {
+    /// Spawns `cmd` (with `PORT` set, for servers that read it) and waits
+    /// until `host:port` accepts a connection — the readiness signal.
+    pub fn start(cmd: &mut Command, host: &str, port: u16) -> Listening {
+        let child = cmd
+            .env("PORT", port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the server");
+        let mut s = Listening { child, port };
+        wait_for("the server's port", 60, || {
+            assert!(
+                s.child.try_wait().unwrap().is_none(),
+                "the server exited before listening"
+            );
+            TcpStream::connect((host, port)).ok()
+        });
+        s
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// The agent's `mcpscope_tls_files_attached` gauge, read from `/metrics`.
+pub fn tls_files_attached(agent: &Agent) -> Option<u64> {
+    http_get(&agent.addr, "/metrics").and_then(|(_, body)| {
+        body.lines()
+            .find_map(|l| l.strip_prefix("mcpscope_tls_files_attached "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    })
+}
+
+/// A test that panics before `stop` must not leave its agent running (its
+/// probes would slow every later test): killed when dropped.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// A TCP port free on 127.0.0.1 right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -6,13 +6,13 @@
 //! certificate is made by `openssl` here; every server binds 127.0.0.1.
 
 use std::{
-    net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
 };
 
 use mcpscope_e2e::{
-    assert_exactly_once_over, drive_http, env, free_port, pid, wait_for, Agent, Env,
+    assert_exactly_once_over, drive_http, env, free_port, pid, tls_files_attached, wait_for, Agent,
+    Env, Listening,
 };
 use serde_json::Value;
 
@@ -43,49 +43,21 @@ fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
-/// The Python SDK test server over HTTPS (uvicorn), killed on drop.
-struct HttpsServer {
-    child: Child,
-    port: u16,
+/// The Python SDK test server over HTTPS (uvicorn), with extra environment.
+fn https_server(env: &Env, cert: &Path, key: &Path, vars: &[(&str, &Path)]) -> Listening {
+    let port = free_port();
+    let mut cmd = Command::new(&env.python);
+    cmd.envs(vars.iter().map(|(k, v)| (*k, *v)))
+        .arg(env.test_file("mcp/py_server.py"))
+        .args(["https", &port.to_string()])
+        .arg(cert)
+        .arg(key);
+    Listening::start(&mut cmd, "127.0.0.1", port)
 }
 
-impl Drop for HttpsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl HttpsServer {
-    fn start(env: &Env, cert: &Path, key: &Path) -> Self {
-        Self::start_with(env, cert, key, &[])
-    }
-
-    /// [`Self::start`] with extra environment for the server.
-    fn start_with(env: &Env, cert: &Path, key: &Path, vars: &[(&str, &Path)]) -> Self {
-        let port = free_port();
-        let child = Command::new(&env.python)
-            .envs(vars.iter().map(|(k, v)| (*k, *v)))
-            .arg(env.test_file("mcp/py_server.py"))
-            .args(["https", &port.to_string()])
-            .arg(cert)
-            .arg(key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut s = HttpsServer { child, port };
-        wait_for("the HTTPS server's port", 60, || {
-            assert!(s.child.try_wait().unwrap().is_none(), "server exited");
-            TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        s
-    }
-
-    fn url(&self) -> String {
-        format!("https://127.0.0.1:{}/mcp", self.port)
-    }
+/// `https://127.0.0.1:<port>/mcp`.
+fn url(s: &Listening) -> String {
+    format!("https://127.0.0.1:{}/mcp", s.port)
 }
 
 fn assert_all_tls(events: &[&Value]) {
@@ -102,7 +74,7 @@ fn python_sdk_over_https_plaintext_from_both_ends_every_message_once() {
     };
     let dir = env.tmpdir("tls-python");
     let (cert, key) = certificate(&dir);
-    let server = HttpsServer::start(&env, &cert, &key);
+    let server = https_server(&env, &cert, &key, &[]);
     let agent = Agent::start(&env, &dir, &[]);
     let truth = drive_http(
         &env,
@@ -110,9 +82,9 @@ fn python_sdk_over_https_plaintext_from_both_ends_every_message_once() {
         "legacy",
         "basic",
         "python",
-        &server.url(),
+        &url(&server),
         "streamable-http",
-        server.child.id(),
+        server.pid(),
         None,
         Some(&cert),
     );
@@ -128,14 +100,14 @@ fn inspector_cli_in_node_over_https_every_message_once() {
     };
     let dir = env.tmpdir("tls-node");
     let (cert, key) = certificate(&dir);
-    let server = HttpsServer::start(&env, &cert, &key);
+    let server = https_server(&env, &cert, &key, &[]);
     let agent = Agent::start(&env, &dir, &[]);
     let cli = env
         .node_modules
         .join("@modelcontextprotocol/inspector/cli/build/index.js");
     let child = Command::new("node")
         .arg(cli)
-        .arg(server.url())
+        .arg(url(&server))
         .args(["--transport", "http", "--method", "tools/call"])
         .args([
             "--tool-name",
@@ -159,7 +131,7 @@ fn inspector_cli_in_node_over_https_every_message_once() {
     let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(printed["structuredContent"]["result"], "hello over tls");
     let stopped = agent.stop();
-    let server_pid = u64::from(server.child.id());
+    let server_pid = u64::from(server.pid());
     let events = stopped.between(&[node, server_pid]);
     // The CLI's exchange: initialize, initialized, tools/list (the CLI
     // checks the tool), tools/call — each once, answered and paired.
@@ -213,10 +185,10 @@ fn https_connection_open_before_the_agent_is_captured_from_its_next_message() {
     use std::io::{BufRead, BufReader, Write};
     let dir = env.tmpdir("tls-late");
     let (cert, key) = certificate(&dir);
-    let server = HttpsServer::start(&env, &cert, &key);
+    let server = https_server(&env, &cert, &key, &[]);
     let mut client = Command::new(&env.python)
         .arg(env.test_file("mcp/tls_late.py"))
-        .arg(server.url())
+        .arg(url(&server))
         .env("SSL_CERT_FILE", &cert)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -234,7 +206,7 @@ fn https_connection_open_before_the_agent_is_captured_from_its_next_message() {
     let truth: Value = serde_json::from_str(&line).unwrap();
     let stopped = agent.stop();
     let client_pid = truth["pid"].as_u64().unwrap();
-    let events = stopped.between(&[client_pid, u64::from(server.child.id())]);
+    let events = stopped.between(&[client_pid, u64::from(server.pid())]);
     let got: Vec<_> = events
         .iter()
         .map(|e| (e["kind"].as_str().unwrap(), e["id"].clone()))
@@ -279,16 +251,10 @@ fn a_libssl_loaded_after_the_agent_started_is_attached_and_captured() {
     )
     .unwrap();
     let agent = Agent::start(&env, &dir, &[]);
-    let attached = || {
-        mcpscope_e2e::http_get(&agent.addr, "/metrics").and_then(|(_, body)| {
-            body.lines()
-                .find_map(|l| l.strip_prefix("mcpscope_tls_files_attached "))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        })
-    };
+    let attached = || tls_files_attached(&agent);
     let before = attached().expect("the TLS gauge");
-    let server = HttpsServer::start_with(&env, &cert, &key, &[("LD_LIBRARY_PATH", &libdir)]);
-    let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.child.id())).unwrap();
+    let server = https_server(&env, &cert, &key, &[("LD_LIBRARY_PATH", &libdir)]);
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap();
     assert!(
         maps.contains(&libdir.join("libssl.so.3").display().to_string()),
         "the server runs on the copy"
@@ -303,9 +269,9 @@ fn a_libssl_loaded_after_the_agent_started_is_attached_and_captured() {
         "legacy",
         "basic",
         "python",
-        &server.url(),
+        &url(&server),
         "streamable-http",
-        server.child.id(),
+        server.pid(),
         None,
         Some(&cert),
     );
@@ -326,8 +292,7 @@ fn a_libssl_loaded_after_the_agent_started_is_attached_and_captured() {
 /// `/proc/<pid>/root/<path>` reaches the library the server really runs.
 #[test]
 fn a_libssl_in_another_mount_namespace_is_attached_through_proc_root() {
-    let Some(env) = env("a_libssl_in_another_mount_namespace_is_attached_through_proc_root")
-    else {
+    let Some(env) = env("a_libssl_in_another_mount_namespace_is_attached_through_proc_root") else {
         return;
     };
     let dir = env.tmpdir("tls-mntns");
@@ -336,13 +301,7 @@ fn a_libssl_in_another_mount_namespace_is_attached_through_proc_root() {
     let system = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
     std::fs::copy(system, &copy).unwrap();
     let agent = Agent::start(&env, &dir, &[]);
-    let attached = || {
-        mcpscope_e2e::http_get(&agent.addr, "/metrics").and_then(|(_, body)| {
-            body.lines()
-                .find_map(|l| l.strip_prefix("mcpscope_tls_files_attached "))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        })
-    };
+    let attached = || tls_files_attached(&agent);
     let before = attached().expect("the TLS gauge");
     let port = free_port();
     let script = format!(
@@ -353,25 +312,23 @@ fn a_libssl_in_another_mount_namespace_is_attached_through_proc_root() {
         cert = cert.display(),
         key = key.display(),
     );
-    let child = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut server = HttpsServer { child, port };
-    wait_for("the namespaced HTTPS server's port", 60, || {
-        assert!(server.child.try_wait().unwrap().is_none(), "server exited");
-        TcpStream::connect(("127.0.0.1", port)).ok()
-    });
-    let server_pid = server.child.id();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let server = Listening::start(&mut cmd, "127.0.0.1", port);
+    let server_pid = server.pid();
     let maps = std::fs::read_to_string(format!("/proc/{server_pid}/maps")).unwrap();
-    assert!(maps.contains(system), "the server maps libssl by its usual path");
+    assert!(
+        maps.contains(system),
+        "the server maps libssl by its usual path"
+    );
     let theirs = std::fs::metadata(format!("/proc/{server_pid}/root{system}")).unwrap();
     let ours = std::fs::metadata(system).unwrap();
     use std::os::unix::fs::MetadataExt;
-    assert_ne!(theirs.ino(), ours.ino(), "another file behind the same path");
+    assert_ne!(
+        theirs.ino(),
+        ours.ino(),
+        "another file behind the same path"
+    );
     wait_for("the agent to attach through /proc/<pid>/root", 30, || {
         attached().filter(|n| *n > before)
     });
@@ -381,7 +338,7 @@ fn a_libssl_in_another_mount_namespace_is_attached_through_proc_root() {
         "legacy",
         "basic",
         "python",
-        &server.url(),
+        &url(&server),
         "streamable-http",
         server_pid,
         None,

@@ -54,10 +54,16 @@ mcp-protocol-version: 2025-11-25\r\nauthorization: Bearer {jwt}\r\ncontent-lengt
     )
     .into_bytes();
     req.extend_from_slice(REQUEST);
-    let event = [b"event: message\r\ndata: ".as_slice(), &response(body_len), b"\r\n\r\n"].concat();
-    let mut resp = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+    let event = [
+        b"event: message\r\ndata: ".as_slice(),
+        &response(body_len),
+        b"\r\n\r\n",
+    ]
+    .concat();
+    let mut resp =
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
 mcp-session-id: 7d766ea5acef1e2f7d766ea5acef1e2f\r\ntransfer-encoding: chunked\r\n\r\n"
-        .to_vec();
+            .to_vec();
     resp.extend_from_slice(format!("{:x}\r\n", event.len()).as_bytes());
     resp.extend_from_slice(&event);
     resp.extend_from_slice(b"\r\n0\r\n\r\n");

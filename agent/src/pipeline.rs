@@ -760,9 +760,9 @@ fn on_whole<C: StreamControl>(
             };
             let resyncs = fr.stats.resyncs;
             fr.push(&seg.data[..at], &mut on_item);
-            fr.gap(seg.missing_inner);
+            fr.gap(seg.missing_inner, &mut on_item);
             fr.push(&seg.data[at..], &mut on_item);
-            fr.gap(seg.missing_tail);
+            fr.gap(seg.missing_tail, &mut on_item);
             if fr.stats.resyncs != resyncs {
                 log::debug!(
                     "HTTP framing lost on pid {} fd {} ({}, tls {}): {:?}",

@@ -176,8 +176,10 @@ impl HttpFramer {
         self.sse.stats
     }
 
-    /// `lost` bytes are missing from the stream here.
-    pub fn gap(&mut self, lost: u64) {
+    /// `lost` bytes are missing from the stream here. When the loss leaves
+    /// the body it fell in, that message is reported cut (its head may
+    /// still name `id`, `method` and tool) before the framer resyncs.
+    pub fn gap(&mut self, lost: u64, emit: &mut dyn FnMut(HttpItem<'_>)) {
         if lost == 0 {
             return;
         }
@@ -192,11 +194,21 @@ impl HttpFramer {
                         *left -= lost;
                     }
                     (_, Delim::UntilClose) => {}
-                    _ => self.lose(),
+                    _ => {
+                        self.body_lost = true;
+                        self.end_message(emit);
+                        self.lose();
+                    }
                 }
             }
             State::Lost => {}
-            _ => self.lose(),
+            State::Head => self.lose(),
+            // Between chunks, or in an SSE body: the message is cut here.
+            _ => {
+                self.body_lost = true;
+                self.end_message(emit);
+                self.lose();
+            }
         }
     }
 

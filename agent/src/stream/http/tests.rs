@@ -185,8 +185,40 @@ fn a_gap_inside_a_body_cuts_the_message_only() {
         }
     };
     f.push(&POST[..split], &mut on);
-    f.gap(3);
+    f.gap(3, &mut on);
     f.push(&POST[split + 3..], &mut on);
     f.push(POST, &mut on);
     assert_eq!(out, [(true, 14), (false, 14)]);
+}
+
+#[test]
+fn a_gap_beyond_the_body_reports_the_cut_message_then_resyncs() {
+    let head =
+        b"POST /mcp HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n";
+    let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"big","arguments":{"d":"xxxx"#;
+    let mut f = HttpFramer::new(1 << 20);
+    let mut out = Vec::new();
+    let mut on = |i: HttpItem<'_>| match i {
+        HttpItem::Message(m) => out.push(format!("M{} {}", m.truncated, m.bytes.len())),
+        HttpItem::End(_) => out.push("E".into()),
+        HttpItem::Head(_) => out.push("H".into()),
+        HttpItem::Endpoint(_) => {}
+    };
+    f.push(head, &mut on);
+    f.push(body, &mut on);
+    f.gap(200_000, &mut on); // more than the rest of the body
+    f.push(b"xxxx garbage", &mut on);
+    f.push(POST, &mut on);
+    assert_eq!(
+        out,
+        [
+            "H",
+            &format!("Mtrue {}", body.len()),
+            "E",
+            "H",
+            "Mfalse 14",
+            "E"
+        ]
+    );
+    assert_eq!(f.stats.resyncs, 1);
 }
