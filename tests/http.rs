@@ -8,8 +8,8 @@
 use std::{path::Path, process::Command};
 
 use mcpscope_e2e::{
-    assert_exactly_once_over, drive_http, env, free_port, pid, Agent, Env, Listening, Stopped,
-    Truth,
+    assert_exactly_once_over, drive_http, env, free_port, pid, Agent, Env, HttpClient, Listening,
+    Stopped, Truth,
 };
 use serde_json::Value;
 
@@ -123,14 +123,10 @@ fn python_sdk_streamable_http_sse_responses_every_message_once_with_credential()
     let truth = drive_http(
         &env,
         &dir,
-        "legacy",
-        "basic",
-        "python",
-        &url(&server, "/mcp"),
-        "streamable-http",
-        server.pid(),
-        Some(&bearer),
-        None,
+        &HttpClient {
+            bearer_file: Some(&bearer),
+            ..HttpClient::new(url(&server, "/mcp"), server.pid())
+        },
     );
     let stopped = agent.stop();
     let events = assert_http_once(&stopped, &truth);
@@ -196,14 +192,7 @@ fn python_sdk_streamable_http_json_responses_every_message_once() {
     let truth = drive_http(
         &env,
         &dir,
-        "legacy",
-        "basic",
-        "python",
-        &url(&server, "/mcp"),
-        "streamable-http",
-        server.pid(),
-        None,
-        None,
+        &HttpClient::new(url(&server, "/mcp"), server.pid()),
     );
     let stopped = agent.stop();
     let events = assert_http_once(&stopped, &truth);
@@ -227,14 +216,10 @@ fn python_sdk_2026_mode_over_http_records_mcp_headers() {
     let truth = drive_http(
         &env,
         &dir,
-        "2026-07-28",
-        "basic",
-        "python",
-        &url(&server, "/mcp"),
-        "streamable-http",
-        server.pid(),
-        None,
-        None,
+        &HttpClient {
+            mode: "2026-07-28",
+            ..HttpClient::new(url(&server, "/mcp"), server.pid())
+        },
     );
     let stopped = agent.stop();
     let events = assert_http_once(&stopped, &truth);
@@ -268,14 +253,10 @@ fn python_sdk_legacy_sse_transport_pairs_responses_from_the_get_stream() {
     let truth = drive_http(
         &env,
         &dir,
-        "legacy",
-        "basic",
-        "python",
-        &url(&server, "/sse"),
-        "sse",
-        server.pid(),
-        None,
-        None,
+        &HttpClient {
+            transport: "sse",
+            ..HttpClient::new(url(&server, "/sse"), server.pid())
+        },
     );
     let stopped = agent.stop();
     let events = assert_exactly_once_over(&stopped, &truth, &["http", "sse"], "tcp");
@@ -307,14 +288,10 @@ fn server_everything_streamable_http_every_message_once() {
     let truth = drive_http(
         &env,
         &dir,
-        "legacy",
-        "basic",
-        "everything",
-        &url(&server, "/mcp"),
-        "streamable-http",
-        server.pid(),
-        None,
-        None,
+        &HttpClient {
+            server_kind: "everything",
+            ..HttpClient::new(url(&server, "/mcp"), server.pid())
+        },
     );
     let stopped = agent.stop();
     let events = assert_http_once(&stopped, &truth);
@@ -335,14 +312,11 @@ fn server_everything_legacy_sse_every_message_once() {
     let truth = drive_http(
         &env,
         &dir,
-        "legacy",
-        "basic",
-        "everything",
-        &url(&server, "/sse"),
-        "sse",
-        server.pid(),
-        None,
-        None,
+        &HttpClient {
+            server_kind: "everything",
+            transport: "sse",
+            ..HttpClient::new(url(&server, "/sse"), server.pid())
+        },
     );
     let stopped = agent.stop();
     let events = assert_exactly_once_over(&stopped, &truth, &["http", "sse"], "tcp");
@@ -502,14 +476,7 @@ fn python_sdk_streamable_http_over_ipv6_loopback_every_message_once() {
     let truth = drive_http(
         &env,
         &dir,
-        "legacy",
-        "basic",
-        "python",
-        &format!("http://[::1]:{port}/mcp"),
-        "streamable-http",
-        server.pid(),
-        None,
-        None,
+        &HttpClient::new(format!("http://[::1]:{port}/mcp"), server.pid()),
     );
     let stopped = agent.stop();
     let events = assert_http_once(&stopped, &truth);

@@ -544,23 +544,52 @@ pub fn drive_with_env(
     read_truth(&truth)
 }
 
-/// Runs the official Python SDK client against an HTTP server's MCP
-/// endpoint `url` (`transport`: `streamable-http` or `sse`), sending
-/// `Authorization: Bearer <token in bearer_file>` when given, trusting the
-/// certificate `ca` (for a self-signed HTTPS server) when given.
-#[allow(clippy::too_many_arguments)]
-pub fn drive_http(
-    env: &Env,
-    dir: &Path,
-    mode: &str,
-    scenario: &str,
-    server_kind: &str,
-    url: &str,
-    transport: &str,
-    server_pid: u32,
-    bearer_file: Option<&Path>,
-    ca: Option<&Path>,
-) -> Truth {
+/// One run of the official Python SDK client (`basic` scenario) against an
+/// HTTP server's MCP endpoint.
+pub struct HttpClient<'a> {
+    /// `legacy`, `auto` or `2026-07-28`.
+    pub mode: &'a str,
+    /// `python` or `everything`: which tools the scenario calls.
+    pub server_kind: &'a str,
+    /// The MCP endpoint.
+    pub url: String,
+    /// `streamable-http` or `sse` (legacy HTTP+SSE).
+    pub transport: &'a str,
+    /// The server's pid, for the truth file.
+    pub server_pid: u32,
+    /// A file holding a bearer token to send as `Authorization`.
+    pub bearer_file: Option<&'a Path>,
+    /// A certificate to trust (a self-signed HTTPS server).
+    pub ca: Option<&'a Path>,
+}
+
+impl<'a> HttpClient<'a> {
+    /// `legacy` mode over Streamable HTTP, against the Python SDK test server.
+    pub fn new(url: String, server_pid: u32) -> Self {
+        HttpClient {
+            mode: "legacy",
+            server_kind: "python",
+            url,
+            transport: "streamable-http",
+            server_pid,
+            bearer_file: None,
+            ca: None,
+        }
+    }
+}
+
+/// Runs `c` and returns the client's ground truth.
+pub fn drive_http(env: &Env, dir: &Path, c: &HttpClient<'_>) -> Truth {
+    let HttpClient {
+        mode,
+        server_kind,
+        ref url,
+        transport,
+        server_pid,
+        bearer_file,
+        ca,
+    } = *c;
+    let scenario = "basic";
     let truth = dir.join(format!(
         "truth-{mode}-{scenario}-{transport}-{server_pid}.jsonl"
     ));

@@ -12,7 +12,7 @@ use std::{
 
 use mcpscope_e2e::{
     assert_exactly_once_over, drive_http, env, free_port, pid, tls_files_attached, wait_for, Agent,
-    Env, Listening,
+    Env, HttpClient, Listening,
 };
 use serde_json::Value;
 
@@ -60,6 +60,14 @@ fn url(s: &Listening) -> String {
     format!("https://127.0.0.1:{}/mcp", s.port)
 }
 
+/// The server is the capturing end (with its fd) of everything it sent:
+/// its TLS library was attached.
+fn assert_server_captured(events: &[&Value], server: u64) {
+    for e in events.iter().filter(|e| pid(&e["from"]) == server) {
+        assert!(e["from"]["fd"].is_u64(), "captured by the server: {e}");
+    }
+}
+
 fn assert_all_tls(events: &[&Value]) {
     for e in events {
         assert_eq!(e["tls"], true, "{e}");
@@ -79,14 +87,10 @@ fn python_sdk_over_https_plaintext_from_both_ends_every_message_once() {
     let truth = drive_http(
         &env,
         &dir,
-        "legacy",
-        "basic",
-        "python",
-        &url(&server),
-        "streamable-http",
-        server.pid(),
-        None,
-        Some(&cert),
+        &HttpClient {
+            ca: Some(&cert),
+            ..HttpClient::new(url(&server), server.pid())
+        },
     );
     let stopped = agent.stop();
     let events = assert_exactly_once_over(&stopped, &truth, &["http", "sse"], "tcp");
@@ -266,24 +270,17 @@ fn a_libssl_loaded_after_the_agent_started_is_attached_and_captured() {
     let truth = drive_http(
         &env,
         &dir,
-        "legacy",
-        "basic",
-        "python",
-        &url(&server),
-        "streamable-http",
-        server.pid(),
-        None,
-        Some(&cert),
+        &HttpClient {
+            ca: Some(&cert),
+            ..HttpClient::new(url(&server), server.pid())
+        },
     );
     let stopped = agent.stop();
     let events = assert_exactly_once_over(&stopped, &truth, &["http", "sse"], "tcp");
     assert_all_tls(&events);
     // The client runs on the system library (attached at start); the
-    // server's own copies prove the new attachment: it is the capturing
-    // end (with its fd) of what it sent.
-    for e in events.iter().filter(|e| pid(&e["from"]) == truth.server) {
-        assert!(e["from"]["fd"].is_u64(), "captured by the server: {e}");
-    }
+    // server's own copies prove the new attachment.
+    assert_server_captured(&events, truth.server);
 }
 
 /// The server runs in its own mount namespace where the system path of
@@ -335,19 +332,13 @@ fn a_libssl_in_another_mount_namespace_is_attached_through_proc_root() {
     let truth = drive_http(
         &env,
         &dir,
-        "legacy",
-        "basic",
-        "python",
-        &url(&server),
-        "streamable-http",
-        server_pid,
-        None,
-        Some(&cert),
+        &HttpClient {
+            ca: Some(&cert),
+            ..HttpClient::new(url(&server), server_pid)
+        },
     );
     let stopped = agent.stop();
     let events = assert_exactly_once_over(&stopped, &truth, &["http", "sse"], "tcp");
     assert_all_tls(&events);
-    for e in events.iter().filter(|e| pid(&e["from"]) == truth.server) {
-        assert!(e["from"]["fd"].is_u64(), "captured by the server: {e}");
-    }
+    assert_server_captured(&events, truth.server);
 }
