@@ -757,7 +757,7 @@ fn write_markdown(r: &Report) -> Result<()> {
     }
     writeln!(
         md,
-        "\nCriterion micro-benchmarks (framer, JSON-RPC/MCP parsing, the whole pipeline, audit queries) are in `target/criterion`; `cargo xtask bench criterion` runs only them."
+        "\nCriterion micro-benchmarks (newline framer, HTTP/1.1 and SSE framers, JSON-RPC/MCP parsing, detector facts, identity parsers, the whole pipeline, audit queries) are in `target/criterion`; `cargo xtask bench criterion` runs only them."
     )?;
     fs::write(root().join("BENCHMARKS.md"), md)?;
     Ok(())
