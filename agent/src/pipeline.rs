@@ -1094,8 +1094,8 @@ impl Core {
                     ends.hash(&mut h);
                 }
                 // One-sided HTTP: the MCP session binds its connections.
-                _ => match c.http.as_ref().and_then(|h| h.head.session_id.as_deref()) {
-                    Some(sid) => (c.key.tgid, sid).hash(&mut h),
+                _ => match c.http.as_ref().and_then(|h| h.session_key.as_deref()) {
+                    Some(sid) => one_sided_http_session(c.key.tgid, sid).hash(&mut h),
                     None => (c.key.tgid, c.key.fd, c.kind).hash(&mut h),
                 },
             }
@@ -1160,6 +1160,30 @@ impl Core {
             session.server.clone(),
             session.name.clone(),
         );
+        // One-sided HTTP: an answer that names a session its request did
+        // not have (the initialize response) opens that session with what
+        // the handshake told, so later requests carrying it keep the
+        // client and server names.
+        let named = c.http.as_ref().and_then(|h| {
+            let sid = h.head.session_id.as_deref()?;
+            (h.session_key.as_deref() != Some(sid)).then_some(sid)
+        });
+        if let (Some(sid), false) = (named, from_pid != 0 && to_pid != 0) {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            one_sided_http_session(c.key.tgid, sid).hash(&mut h);
+            let key = h.finish();
+            self.sessions.entry(key).or_insert_with(|| Session {
+                name: format!("http:{key:016x}"),
+                pids: [from_pid, to_pid],
+                start_ns: sent,
+                net,
+                client_pid: Some(c.key.tgid),
+                protocol_version: protocol_version.clone(),
+                client: client.clone(),
+                server: server.clone(),
+                ..Session::default()
+            });
+        }
 
         self.seq += 1;
         let seq = self.seq;
@@ -1369,6 +1393,12 @@ pub fn monotonic_now_ns() -> u64 {
     // SAFETY: valid clock id and out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// What keys a one-sided HTTP session: the capturing process and the MCP
+/// session id's fingerprint.
+fn one_sided_http_session(tgid: u32, sid: &str) -> (u32, &str) {
+    (tgid, sid)
 }
 
 fn m_is_error(m: &Message) -> bool {

@@ -58,3 +58,106 @@ fn both_ends_of_two_pipes_pair_every_response_once() {
     );
     assert_eq!(p.pair_stats().evicted, 0);
 }
+
+/// An HTTP client whose server is not on this host: only the client's
+/// copies exist (synthetic records, as the kernel writes them). The
+/// initialize response names the session its request did not have yet;
+/// later requests carry it on a new connection. Every response pairs.
+#[test]
+fn one_sided_http_client_pairs_across_connections_by_mcp_session() {
+    let sink = Arc::new(Mutex::new(VecSink::default()));
+    let mut p = Pipeline::new(
+        PipelineConfig::default(),
+        NoControl,
+        vec![Box::new(Shared(sink.clone()))],
+        0,
+    )
+    .with_world(Box::new(ReplayWorld::default()));
+    let post = |body: &str, sid: Option<&str>| {
+        let sid = sid.map_or(String::new(), |s| format!("Mcp-Session-Id: {s}\r\n"));
+        format!(
+            "POST /mcp HTTP/1.1\r\nHost: mcp.example\r\nContent-Type: application/json\r\n\
+Accept: application/json, text/event-stream\r\n{sid}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let answer = |body: &str, sid: &str| {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: {sid}\r\n\
+Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"far-client","version":"1"}}}"#;
+    let init_ok = r#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"far-server","version":"1"}}}"#;
+    let call =
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{}}}"#;
+    let call_ok = r#"{"jsonrpc":"2.0","id":2,"result":{"content":[]}}"#;
+    let ms = 1_000_000;
+    // A TCP socket's record: the kernel read its ports (local 40000+fd,
+    // remote 443) and addresses.
+    let tcp = |fd: u32, ts: u64, data: &str, egress: bool| {
+        let mut r = data_record(100, fd, 8000 + u64::from(fd), ts, data.as_bytes(), egress);
+        let mut h: mcpscope_common::DataHeader =
+            unsafe { std::ptr::read_unaligned(r.as_ptr() as *const _) };
+        h.file_kind = mcpscope_common::FILE_SOCKET;
+        h.flow = mcpscope_common::Flow {
+            lport: 40000 + fd as u16,
+            rport: 443,
+            addr_xor: 0x0a00_0001 ^ 0xc0a8_0001,
+        };
+        // SAFETY: a POD header written back over itself.
+        unsafe { std::ptr::write_unaligned(r.as_mut_ptr() as *mut _, h) };
+        r
+    };
+    for r in [
+        // Connection 1 (fd 5): initialize, no session yet.
+        tcp(5, ms, &post(init, None), true),
+        tcp(5, 2 * ms, &answer(init_ok, "s-123"), false),
+        // Connection 2 (fd 6): a call in the session.
+        tcp(6, 3 * ms, &post(call, Some("s-123")), true),
+        tcp(6, 4 * ms, &answer(call_ok, "s-123"), false),
+    ] {
+        p.on_record(&r);
+    }
+    p.finish();
+    let events = &sink.lock().unwrap().0;
+    let got: Vec<_> = events
+        .iter()
+        .map(|e| {
+            (
+                e.kind,
+                e.method.as_deref(),
+                e.latency_ms.is_some(),
+                e.transport,
+            )
+        })
+        .collect();
+    use mcpscope::protocol::Kind::{Request, Response};
+    assert_eq!(
+        got,
+        [
+            (Request, Some("initialize"), false, "http"),
+            (Response, Some("initialize"), true, "http"),
+            (Request, Some("tools/call"), false, "http"),
+            (Response, Some("tools/call"), true, "http"),
+        ],
+        "every response paired"
+    );
+    // The session's fingerprint, never the id itself.
+    let sid = events[1]
+        .http
+        .as_ref()
+        .unwrap()
+        .head
+        .session_id
+        .clone()
+        .unwrap();
+    assert_eq!(sid.len(), 16);
+    assert_ne!(&*sid, "s-123");
+    assert_eq!(events[2].session, events[3].session);
+    assert_eq!(
+        events[3].client.as_ref().map(|c| c.name.as_str()),
+        Some("far-client")
+    );
+}

@@ -530,6 +530,7 @@ fn header_mismatch_fires_on_disagreeing_mcp_headers_only() {
             from_status: false,
             tls: false,
             answers: None,
+            session_key: None,
         });
         s.d.observe(&ev, 0, &MessageFacts::default())
             .into_iter()

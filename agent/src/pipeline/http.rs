@@ -156,6 +156,14 @@ impl Core {
                     }
                 }
                 let (sse_event, sse_id) = m.sse.unwrap_or((None, None));
+                let session_key = if request_side {
+                    m.head.session_id.clone()
+                } else {
+                    conn.answering
+                        .as_ref()
+                        .and_then(|r| r.head.session_id.clone())
+                        .or_else(|| conn.session.clone())
+                };
                 let answers = match &conn.answering {
                     Some(r) if !request_side && r.ids.len() == 1 => r.ids.first().cloned(),
                     _ => None,
@@ -167,6 +175,7 @@ impl Core {
                     from_status: false,
                     tls: task.tls,
                     answers,
+                    session_key,
                 };
                 let frame = Frame {
                     bytes: m.bytes,
@@ -245,6 +254,7 @@ impl Core {
             from_status: true,
             tls: task.tls,
             answers: None,
+            session_key: r.head.session_id.clone(),
         };
         for (i, id) in r.ids.into_iter().enumerate() {
             self.http_totals.status_errors += 1;

@@ -36,6 +36,12 @@ pub struct HttpInfo {
     /// carried (an error with `id: null` answers that request).
     #[serde(skip)]
     pub answers: Option<RpcId>,
+    /// The MCP session that pairs this message when only this end is seen:
+    /// a request's own, a response's request's (an initialize response
+    /// names the session its request did not have yet), or the legacy
+    /// stream's `endpoint` session.
+    #[serde(skip)]
+    pub session_key: Option<Box<str>>,
 }
 
 impl HttpInfo {

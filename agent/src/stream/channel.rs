@@ -230,6 +230,11 @@ impl<T> Channels<T> {
     /// Held copies whose window passed, with the other end as known.
     pub fn expire(&mut self, now_ns: u64, out: &mut dyn FnMut(Emit<T>)) {
         let max_awaiting = self.max_awaiting;
+        // Copies due on different channels leave in the order they were
+        // captured: a one-sided HTTP exchange has its request and its
+        // response on two channels, and the response must not come first.
+        let mut due: Vec<(u64, Emit<T>)> = Vec::new();
+        let mut out_in_order = |ts: u64, e: Emit<T>| due.push((ts, e));
         for ch in self.map.values_mut() {
             while ch.held.front().is_some_and(|h| h.deadline <= now_ns) {
                 let h = ch.held.pop_front().expect("present");
@@ -241,12 +246,16 @@ impl<T> Channels<T> {
                         self.stats.unconfirmed += 1;
                     }
                     ch.awaiting_read.push_back((h.copy.key, h.copy.tag));
-                    out((h.copy.item, ch.reader, None));
+                    out_in_order(h.copy.ts_ns, (h.copy.item, ch.reader, None));
                 } else {
                     self.stats.reader_only += 1;
-                    out((h.copy.item, ch.writer, None));
+                    out_in_order(h.copy.ts_ns, (h.copy.item, ch.writer, None));
                 }
             }
+        }
+        due.sort_by_key(|(ts, _)| *ts);
+        for (_, e) in due {
+            out(e);
         }
     }
 
