@@ -764,13 +764,14 @@ fn on_whole<C: StreamControl>(
             fr.push(&seg.data[at..], &mut on_item);
             fr.gap(seg.missing_tail, &mut on_item);
             if fr.stats.resyncs != resyncs {
+                // Never the bytes: they may hold a credential header.
                 log::debug!(
-                    "HTTP framing lost on pid {} fd {} ({}, tls {}): {:?}",
+                    "HTTP framing lost on pid {} fd {} ({}, tls {}) at a {}-byte segment",
                     key.tgid,
                     key.fd,
                     if key.egress { "out" } else { "in" },
                     task.tls,
-                    String::from_utf8_lossy(&seg.data[..seg.data.len().min(120)])
+                    seg.data.len()
                 );
             }
         }
