@@ -515,8 +515,8 @@ pub fn drive_with_env(
     server_env: &[&str],
 ) -> Truth {
     let truth = dir.join(format!("truth-{mode}-{}.jsonl", scenario.replace(':', "-")));
-    let out = Command::new(&env.python)
-        .arg(env.test_file("mcp/driver.py"))
+    let mut cmd = Command::new(&env.python);
+    cmd.arg(env.test_file("mcp/driver.py"))
         .args(["--truth"])
         .arg(&truth)
         .args([
@@ -531,17 +531,8 @@ pub fn drive_with_env(
         ])
         .args(server_env.iter().flat_map(|kv| ["--server-env", kv]))
         .arg("--")
-        .args(server)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running the MCP client driver");
-    assert!(
-        out.status.success(),
-        "driver failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    read_truth(&truth)
+        .args(server);
+    run_driver(&mut cmd, &truth)
 }
 
 /// One run of the official Python SDK client (`basic` scenario) against an
@@ -607,6 +598,11 @@ pub fn drive_http(env: &Env, dir: &Path, c: &HttpClient<'_>) -> Truth {
     if let Some(ca) = ca {
         cmd.env("SSL_CERT_FILE", ca); // trust the test's self-signed server
     }
+    run_driver(&mut cmd, &truth)
+}
+
+/// Runs a driver command to its end and reads the truth file it wrote.
+fn run_driver(cmd: &mut Command, truth: &Path) -> Truth {
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -617,7 +613,7 @@ pub fn drive_http(env: &Env, dir: &Path, c: &HttpClient<'_>) -> Truth {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    read_truth(&truth)
+    read_truth(truth)
 }
 
 /// Reads a truth file written by `tests/mcp/driver.py`.

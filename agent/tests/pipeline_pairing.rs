@@ -20,16 +20,22 @@ impl Sink for Shared {
     }
 }
 
-#[test]
-fn both_ends_of_two_pipes_pair_every_response_once() {
+/// A replay pipeline (no /proc) whose events land in the returned sink.
+fn pipeline() -> (Pipeline<NoControl>, Arc<Mutex<VecSink>>) {
     let sink = Arc::new(Mutex::new(VecSink::default()));
-    let mut p = Pipeline::new(
+    let p = Pipeline::new(
         PipelineConfig::default(),
         NoControl,
         vec![Box::new(Shared(sink.clone()))],
         0,
     )
     .with_world(Box::new(ReplayWorld::default()));
+    (p, sink)
+}
+
+#[test]
+fn both_ends_of_two_pipes_pair_every_response_once() {
+    let (mut p, sink) = pipeline();
     let n = 5000u64;
     for i in 0..n {
         let req = format!(
@@ -65,14 +71,7 @@ fn both_ends_of_two_pipes_pair_every_response_once() {
 /// later requests carry it on a new connection. Every response pairs.
 #[test]
 fn one_sided_http_client_pairs_across_connections_by_mcp_session() {
-    let sink = Arc::new(Mutex::new(VecSink::default()));
-    let mut p = Pipeline::new(
-        PipelineConfig::default(),
-        NoControl,
-        vec![Box::new(Shared(sink.clone()))],
-        0,
-    )
-    .with_world(Box::new(ReplayWorld::default()));
+    let (mut p, sink) = pipeline();
     let post = |body: &str, sid: Option<&str>| {
         let sid = sid.map_or(String::new(), |s| format!("Mcp-Session-Id: {s}\r\n"));
         format!(

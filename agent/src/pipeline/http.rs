@@ -183,8 +183,8 @@ impl Core {
                     len: m.len,
                 };
                 let ok = self.on_frame(key, meta, task, ts_ns, frame, Some(&ctx));
-                if ok {
-                    let conn = self.conns.entry(ck).or_default();
+                // on_frame may have added the request's ids: look it up again.
+                if let (true, Some(conn)) = (ok, self.conns.get_mut(&ck)) {
                     if request_side {
                         if let Some(r) = conn.requests.back_mut() {
                             r.mcp = true;
