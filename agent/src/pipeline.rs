@@ -438,6 +438,9 @@ impl<C: StreamControl> Pipeline<C> {
         m.set_lost("framing", "sse_event_cut", h.cut_sse_events);
         m.set_lost("pairing", "http_request_evicted", http.requests_evicted);
         m.set_bytes_lost("userspace", "http_resync", h.resync_bytes);
+        let t = self.tls.stats;
+        m.set_lost("tls", "write_held_evicted", t.evicted);
+        m.set_lost("tls", "write_socket_unknown", t.unbound);
         m.set_total("mcpscope_http_messages_total", h.messages);
         m.set_total(
             "mcpscope_http_skipped_body_bytes_total",
