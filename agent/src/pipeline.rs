@@ -140,11 +140,13 @@ impl Join {
     ) -> Self {
         const UNIX: u64 = 1 << 62;
         const TCP: u64 = 2 << 62;
-        if let (FdKind::Tcp(ino), true) = (kind, flow.lport != 0) {
+        if let (FdKind::Tcp(_), true) = (kind, flow.lport != 0) {
             // The kernel read the connection: both ends name the direction
             // of flow the same way, so no /proc lookup can race a short
-            // connection's close. The peer process is still looked up (it
-            // may be remote), else found from its own copy.
+            // connection's close. The peer process is not looked up: its
+            // own copy names it (a remote peer has none). A lookup reads
+            // /proc/net/tcp, which walks the kernel's whole established
+            // hash — milliseconds on a large host, per connection.
             let (from, to) = if egress {
                 (flow.lport, flow.rport)
             } else {
@@ -154,7 +156,7 @@ impl Join {
             (from, to, flow.addr_xor).hash(&mut h);
             return Join {
                 channel: Some((h.finish() >> 2) | TCP),
-                other_end: world.tcp_peer(tgid, ino).map(OtherEnd::Socket),
+                other_end: None,
             };
         }
         let socket = |ino: u64, peer: Option<u64>, tag: u64| Join {
@@ -882,7 +884,7 @@ impl Core {
             let bi = batch.then_some(index);
             index += 1;
             match r {
-                Ok(mut msg) => {
+                Ok((mut msg, raw)) => {
                     ok = true;
                     if let Some(h) = http {
                         self.note_request_id(key, h, &msg);
@@ -898,7 +900,7 @@ impl Core {
                     let facts = (detecting && key.egress).then(|| {
                         let response = matches!(msg.kind, Some(Kind::Response | Kind::Error));
                         Box::new(crate::detect::facts::extract(
-                            f.bytes,
+                            raw,
                             msg.method.as_deref(),
                             response,
                             None,
