@@ -7,7 +7,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mcpscope::{
     detect::facts,
     identity::{container::parse_proc_cgroup, secrets::redact_cmdline},
-    protocol::parse,
+    protocol::{parse, parse_raw},
     stream::{framer::LineFramer, http::HttpFramer, sse::SseParser},
 };
 
@@ -126,12 +126,15 @@ fn detector_facts(c: &mut Criterion) {
     let mut g = c.benchmark_group("detector_facts");
     let resp = response(500);
     g.throughput(Throughput::Bytes(REQUEST.len() as u64));
+    // The parser's raw parts are an input here (parsing is `model`'s figure).
+    let (_, req_raw) = parse_raw(REQUEST).expect("valid");
     g.bench_function("request", |b| {
-        b.iter(|| facts::extract(REQUEST, Some("tools/call"), false, None))
+        b.iter(|| facts::extract(req_raw, Some("tools/call"), false, None))
     });
+    let (_, resp_raw) = parse_raw(&resp).expect("valid");
     g.throughput(Throughput::Bytes(resp.len() as u64));
     g.bench_function("response_600B", |b| {
-        b.iter(|| facts::extract(&resp, None, true, Some("tools/call")))
+        b.iter(|| facts::extract(resp_raw, None, true, Some("tools/call")))
     });
     g.finish();
 }

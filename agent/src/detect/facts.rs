@@ -10,6 +10,9 @@ use std::{
 };
 
 use regex::bytes::Regex;
+
+use super::canonical;
+use crate::protocol::RawParts;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -243,14 +246,21 @@ enum Anchors {
 
 impl Anchors {
     fn any_in(&self, line: &[u8]) -> bool {
+        hidden_characters_possible(line) || self.any_word_in(line)
+    }
+
+    fn any_word_in(&self, line: &[u8]) -> bool {
         thread_local! {
             static LOWER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         LOWER.with(|buf| {
             let mut lower = buf.borrow_mut();
-            lower.clear();
-            lower.extend_from_slice(line);
-            lower.make_ascii_lowercase();
+            lower.resize(line.len(), 0);
+            // Branch-free over two slices, so the copy and the case fold
+            // vectorise.
+            for (l, &b) in lower.iter_mut().zip(line) {
+                *l = b | (u8::from(b.wrapping_sub(b'A') < 26) << 5);
+            }
             match self {
                 Anchors::Packed(s) => s.find(&lower[..]).is_some(),
                 Anchors::Automaton(a) => a.is_match(&lower[..]),
@@ -259,11 +269,60 @@ impl Anchors {
     }
 }
 
+/// The literal anchor of one injection marker: its longest word when that
+/// has four or more letters (`instructions` stands for six markers), else
+/// the whole marker. Anchors are few and at least three bytes long: the
+/// packed searcher fingerprints every pattern by the shortest one's
+/// length, and two-byte fingerprints (`to`, `pa`, `se`) hit everywhere in
+/// JSON, each hit a verification.
+fn marker_anchor(marker: &str) -> &str {
+    let mut words = marker.split(|c: char| !c.is_ascii_alphanumeric());
+    let first = words.next().unwrap_or("");
+    let longest = words.fold(first, |best, w| if w.len() > best.len() { w } else { best });
+    if longest.len() >= 4 {
+        longest
+    } else {
+        marker
+    }
+}
+
+/// Whether `line` may hold a tag or zero-width character, raw or as a
+/// JSON `\u` escape (`\uDB40…`, `\u200B`–`D`, `\u2060`, `\uFEFF`): by their
+/// rare lead bytes (memchr), then exactly. Apart from the packed searcher:
+/// these ten patterns among the words would make it take its slower (fat)
+/// form, which costs more than these two passes.
+fn hidden_characters_possible(line: &[u8]) -> bool {
+    memchr::memchr3_iter(0xF3, 0xE2, 0xEF, line).any(|i| {
+        matches!(
+            line[i..],
+            [0xF3, 0xA0, 0x80 | 0x81, ..]
+                | [0xE2, 0x80, 0x8B..=0x8D, ..]
+                | [0xE2, 0x81, 0xA0, ..]
+                | [0xEF, 0xBB, 0xBF, ..]
+        )
+    }) || {
+        static ESCAPE: OnceLock<memchr::memmem::Finder<'static>> = OnceLock::new();
+        let escape = ESCAPE.get_or_init(|| memchr::memmem::Finder::new(br"\u"));
+        escape.find_iter(line).any(|i| {
+            let Some(&[b'u', a, b, c, d]) = line.get(i + 1..i + 6) else {
+                return false;
+            };
+            matches!(
+                [a, b, c, d].map(|x| x.to_ascii_lowercase()),
+                [b'd', b'b', b'4', b'0']
+                    | [b'2', b'0', b'0', b'b'..=b'd']
+                    | [b'2', b'0', b'6', b'0']
+                    | [b'f', b'e', b'f', b'f']
+            )
+        })
+    }
+}
+
 fn anchors() -> &'static Anchors {
     static A: OnceLock<Anchors> = OnceLock::new();
     A.get_or_init(|| {
         let mut pats: Vec<Vec<u8>> = [
-            // Credential shapes (secret_patterns).
+            // Credential shapes (secret_patterns), lower-case.
             "akia",
             "asia",
             "-----begin",
@@ -280,30 +339,19 @@ fn anchors() -> &'static Anchors {
             "apikey",
             "secret",
             "token",
-            "password",
-            "passwd",
-            "access_key",
-            "access-key",
-            "accesskey",
+            "passw",
+            "access",
         ]
         .iter()
         .map(|p| p.as_bytes().to_vec())
         .collect();
-        // Injection markers, tag and zero-width characters, \u escapes.
-        pats.extend(markers().iter().map(|m| m.as_bytes().to_vec()));
-        pats.extend(
-            [
-                &b"\xF3\xA0\x80"[..],
-                b"\xF3\xA0\x81",
-                b"\xE2\x80\x8B",
-                b"\xE2\x80\x8C",
-                b"\xE2\x80\x8D",
-                b"\xE2\x81\xA0",
-                b"\xEF\xBB\xBF",
-                b"\\u",
-            ]
-            .map(<[u8]>::to_vec),
-        );
+        // Injection markers.
+        for m in markers() {
+            let a = marker_anchor(m).as_bytes().to_vec();
+            if !pats.contains(&a) {
+                pats.push(a);
+            }
+        }
         match aho_corasick::packed::Searcher::new(pats.iter()) {
             Some(s) => Anchors::Packed(s),
             None => Anchors::Automaton(
@@ -341,33 +389,15 @@ fn prefilter() -> &'static regex::bytes::RegexSet {
     })
 }
 
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow, default)]
-    params: Option<Params<'a>>,
-    #[serde(borrow, default)]
-    result: Option<&'a serde_json::value::RawValue>,
-}
-
-#[derive(Deserialize)]
-struct Params<'a> {
-    #[serde(borrow, default)]
-    arguments: Option<&'a serde_json::value::RawValue>,
-}
-
-fn hash_bytes(b: &[u8]) -> u64 {
-    let mut h = rustc_hash::FxHasher::default();
-    b.hash(&mut h);
-    h.finish()
-}
-
-/// Computes the facts of one parsed message from its raw line.
+/// Computes the facts of one parsed message from its raw parts (the
+/// parser's: the message is not parsed again).
 pub fn extract(
-    line: &[u8],
+    raw: RawParts<'_>,
     method: Option<&str>,
     is_response: bool,
     request_method: Option<&str>,
 ) -> MessageFacts {
+    let line = raw.bytes;
     // Anchors first (fast, most messages stop here), then the exact set.
     let matched = anchors().any_in(line).then(|| prefilter().matches(line));
     let hit = |i: usize| matched.as_ref().is_some_and(|m| m.matched(i));
@@ -383,26 +413,24 @@ pub fn extract(
     let marker_possible = matched
         .as_ref()
         .is_some_and(|m| m.iter().any(|i| i >= secret_kinds));
-    let needs_tree = method == Some("tools/call") || is_response;
-    if !needs_tree {
-        return f;
-    }
-    let Ok(env) = serde_json::from_slice::<Envelope<'_>>(line) else {
-        return f;
-    };
     if method == Some("tools/call") {
         // Canonical: key order and whitespace do not change the hash.
-        let args = env
-            .params
-            .and_then(|p| p.arguments)
-            .map(|a| serde_json::from_str::<Value>(a.get()).unwrap_or(Value::Null));
-        f.args_hash = Some(hash_value(&args.unwrap_or(Value::Null)));
+        f.args_hash = Some(
+            raw.arguments
+                .map_or(canonical::NULL, |a| canonical::hash(a.get())),
+        );
     }
     if is_response {
         // Results of one server for one call are byte-identical when equal;
         // hashing the raw bytes avoids building a tree for every response.
-        f.result_hash = env.result.map(|r| hash_bytes(r.get().as_bytes()));
-        let is_list = memchr::memmem::find(line, b"\"inputSchema\"").is_some();
+        f.result_hash = raw
+            .result
+            .map(|r| canonical::bytes_hash(r.get().as_bytes()));
+        static INPUT_SCHEMA: OnceLock<memchr::memmem::Finder<'static>> = OnceLock::new();
+        let is_list = INPUT_SCHEMA
+            .get_or_init(|| memchr::memmem::Finder::new(b"\"inputSchema\""))
+            .find(line)
+            .is_some();
         if !is_list && !marker_possible {
             return f;
         }
@@ -452,11 +480,21 @@ mod tests {
 
     #[test]
     fn argument_hash_ignores_key_order_and_whitespace() {
-        let a = extract(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":1,"b":[1,2]}}}"#, Some("tools/call"), false, None);
-        let b = extract(br#"{"id":9,"jsonrpc":"2.0","method":"tools/call","params":{"arguments":{ "b":[1,2], "a":1 },"name":"x"}}"#, Some("tools/call"), false, None);
-        assert_eq!(a.args_hash, b.args_hash);
-        let c = extract(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":2,"b":[1,2]}}}"#, Some("tools/call"), false, None);
-        assert_ne!(a.args_hash, c.args_hash);
+        let call = |line: &[u8]| {
+            let (_, raw) = crate::protocol::parse_raw(line).expect("valid");
+            extract(raw, Some("tools/call"), false, None).args_hash
+        };
+        let a = call(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":1,"b":[1,2]}}}"#);
+        let b = call(br#"{"id":9,"jsonrpc":"2.0","method":"tools/call","params":{"arguments":{ "b":[1,2], "a":1 },"name":"x"}}"#);
+        assert_eq!(a, b);
+        let c = call(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":2,"b":[1,2]}}}"#);
+        assert_ne!(a, c);
+        // Escapes are decoded before hashing; an absent object is `null`.
+        let d = call(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"\u0061":1,"b":[1,2]}}}"#);
+        assert_eq!(a, d);
+        let none = call(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#);
+        let null = call(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":null}}"#);
+        assert_eq!(none, null);
     }
 
     #[test]
@@ -494,6 +532,45 @@ mod tests {
                 "zero_width_run",
                 "unicode_tag_characters"
             ]
+        );
+    }
+
+    #[test]
+    fn anchors_cover_every_pattern_and_skip_plain_text() {
+        let mut samples: Vec<String> = vec![
+            "AKIAIOSFODNN7EXAMPLE".into(),
+            "ASIAIOSFODNN7EXAMPLE".into(),
+            "-----BEGIN OPENSSH PRIVATE KEY-----".into(),
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJlX2hlcmU".into(),
+            "ghs_abcdefghijklmnopqrstuvwxyz0123456789".into(),
+            "github_pat_abcdefghijklmnopqrstuvwxyz0123456789ABCD".into(),
+            "xoxb-1234567890-abcdef".into(),
+            "API-KEY: Zx9Qm2Lp8Rt4Vw6Yb1Nc3Kd5Hf7Jg0".into(),
+            "Access_Key=Zx9Qm2Lp8Rt4Vw6Yb1Nc3Kd5Hf7Jg0".into(),
+            "PASSWD = 'Zx9Qm2Lp8Rt4Vw6Yb1Nc3Kd5Hf7Jg0'".into(),
+            "tag \u{E0041}".into(),
+            "zero\u{200B}\u{200C}\u{200D}width".into(),
+            "joiner\u{2060} bom\u{FEFF}".into(),
+            r#"escaped \uDB40\uDC41 and \u200b"#.into(),
+        ];
+        // Every marker, in upper case as an attacker might write it.
+        samples.extend(
+            markers()
+                .iter()
+                .map(|m| format!("text {} text", m.to_uppercase())),
+        );
+        for sample in &samples {
+            let line = sample.as_bytes();
+            assert!(
+                prefilter().matches(line).matched_any(),
+                "the exact set matches {sample:?}"
+            );
+            assert!(anchors().any_in(line), "an anchor covers {sample:?}");
+        }
+        let plain = r#"{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"The quick brown fox \"jumps\" over the lazy dog \u00e9 \u2019 \ud83d\ude00 caf\u00e9 ’ — 😀 42 files read."}]}}"#;
+        assert!(
+            !anchors().any_in(plain.as_bytes()),
+            "plain text, typographic quotes, emoji and other escapes pass"
         );
     }
 

@@ -141,8 +141,25 @@ struct ErrorObj<'a> {
     message: Option<Cow<'a, str>>,
 }
 
+/// The parts of one message the detectors read, borrowed from the bytes
+/// the parser already validated (so nothing is parsed twice).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawParts<'a> {
+    /// The message's own bytes (one element of a batch, not the batch).
+    pub bytes: &'a [u8],
+    /// `params.arguments` of a request.
+    pub arguments: Option<&'a RawValue>,
+    /// `result` of a response.
+    pub result: Option<&'a RawValue>,
+}
+
 /// Parses one JSON-RPC message (not a batch).
 pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
+    parse_raw(bytes).map(|(m, _)| m)
+}
+
+/// Parses one JSON-RPC message (not a batch) and returns its raw parts too.
+pub fn parse_raw(bytes: &[u8]) -> Result<(Message, RawParts<'_>), ParseError> {
     let env: Envelope<'_> = serde_json::from_slice(bytes).map_err(|e| {
         if e.is_data() {
             ParseError::NotJsonRpc
@@ -150,18 +167,25 @@ pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
             ParseError::Json
         }
     })?;
-    from_envelope(env)
+    let mut raw = RawParts {
+        bytes,
+        arguments: None,
+        result: env.result,
+    };
+    let m = from_envelope(env, &mut raw)?;
+    Ok((m, raw))
 }
 
 /// Parses a line that may be a batch (a JSON array, allowed by 2025-03-26).
-/// Calls `each` per element in order and returns how many were parsed.
-pub fn parse_batch(
-    bytes: &[u8],
-    each: &mut dyn FnMut(Result<Message, ParseError>),
+/// Calls `each` per element in order, with the element's raw parts, and
+/// returns how many were parsed.
+pub fn parse_batch<'a>(
+    bytes: &'a [u8],
+    each: &mut dyn FnMut(Result<(Message, RawParts<'a>), ParseError>),
 ) -> Result<usize, ParseError> {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'[') {
-        each(parse(bytes));
+        each(parse_raw(bytes));
         return Ok(1);
     }
     let items: Vec<&RawValue> = serde_json::from_slice(bytes).map_err(|_| ParseError::Json)?;
@@ -169,7 +193,7 @@ pub fn parse_batch(
         return Err(ParseError::EmptyBatch);
     }
     for item in &items {
-        each(parse(item.get().as_bytes()));
+        each(parse_raw(item.get().as_bytes()));
     }
     Ok(items.len())
 }
@@ -190,7 +214,7 @@ fn parse_id(raw: &RawValue) -> Option<RpcId> {
     }
 }
 
-fn from_envelope(env: Envelope<'_>) -> Result<Message, ParseError> {
+fn from_envelope<'a>(env: Envelope<'a>, raw: &mut RawParts<'a>) -> Result<Message, ParseError> {
     if let Some(v) = &env.jsonrpc {
         if v != "2.0" {
             return Err(ParseError::NotJsonRpc);
@@ -207,7 +231,7 @@ fn from_envelope(env: Envelope<'_>) -> Result<Message, ParseError> {
             Kind::Notification
         });
         m.method = Some(method.as_ref().into());
-        mcp::read_params(&mut m, env.params);
+        raw.arguments = mcp::read_params(&mut m, env.params);
     } else if let Some(err) = env.error {
         m.kind = Some(Kind::Error);
         m.is_error = true;
@@ -295,7 +319,7 @@ mod tests {
         let mut got = Vec::new();
         let n = parse_batch(
             br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#,
-            &mut |m| got.push(m.unwrap().kind),
+            &mut |m| got.push(m.unwrap().0.kind),
         )
         .unwrap();
         assert_eq!(n, 2);

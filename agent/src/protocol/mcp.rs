@@ -78,6 +78,8 @@ struct Params<'a> {
     #[serde(default, borrow)]
     name: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
+    arguments: Option<&'a RawValue>,
+    #[serde(default, borrow)]
     uri: Option<Cow<'a, str>>,
     #[serde(default, borrow, rename = "protocolVersion")]
     protocol_version: Option<Cow<'a, str>>,
@@ -127,9 +129,13 @@ fn name(s: &str) -> Box<str> {
     bounded(s, MAX_NAME).into()
 }
 
-/// Fills the MCP facts of a request or notification from its params.
-pub(super) fn read_params(m: &mut Message, params: Option<&RawValue>) {
-    let Some(raw) = params else { return };
+/// Fills the MCP facts of a request or notification from its params;
+/// returns its raw `arguments` (tools/call, prompts/get).
+pub(super) fn read_params<'a>(
+    m: &mut Message,
+    params: Option<&'a RawValue>,
+) -> Option<&'a RawValue> {
+    let raw = params?;
     // Params that are not an object (or malformed for MCP) leave the
     // message as plain JSON-RPC: unknown shapes are kept, not dropped.
     let p: Params<'_> = serde_json::from_str(raw.get()).unwrap_or_default();
@@ -157,6 +163,7 @@ pub(super) fn read_params(m: &mut Message, params: Option<&RawValue>) {
         m.progress_token = meta.progress_token.is_some();
         m.traceparent = meta.traceparent.as_deref().map(|t| bounded(t, 128).into());
     }
+    p.arguments
 }
 
 /// Fills the MCP facts of a result.

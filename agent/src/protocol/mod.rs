@@ -6,7 +6,9 @@ pub mod mcp;
 pub mod pairing;
 mod salvage;
 
-pub use jsonrpc::{parse, parse_batch, Kind, Message, ParseError, PeerInfo, RpcId};
+pub use jsonrpc::{
+    parse, parse_batch, parse_raw, Kind, Message, ParseError, PeerInfo, RawParts, RpcId,
+};
 pub use salvage::salvage;
 
 /// The first `cap` bytes of a message as text (lossy), for `payload`.
