@@ -2,13 +2,14 @@
 //! time and deterministically (kernel timestamps only), each with the
 //! evidence that proves it.
 
+pub mod canonical;
 pub mod config;
 pub mod facts;
 pub mod policy;
+mod state;
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
-    hash::Hash,
+    collections::{HashMap, VecDeque},
     path::PathBuf,
 };
 
@@ -18,6 +19,7 @@ use serde_json::{json, Value};
 pub use config::DetectConfig;
 use facts::{MessageFacts, ToolDef};
 use policy::Policy;
+use state::{Id, Lru, Map, Name, Names};
 
 use crate::{
     protocol::{Kind, RpcId},
@@ -90,107 +92,28 @@ pub struct DetectStats {
     pub flags: u64,
 }
 
-/// A bounded map: past `cap` keys, the least recently touched goes.
-/// Eviction is O(1) amortised: touches are queued and stale queue entries
-/// skipped, so a flood of unique keys cannot make each message O(cap).
-struct Lru<K, V> {
-    map: HashMap<K, (V, u64)>,
-    order: VecDeque<(K, u64)>,
-    cap: usize,
-    clock: u64,
-}
-
-impl<K: Hash + Eq + Clone, V> Lru<K, V> {
-    fn new(cap: usize) -> Self {
-        Self {
-            map: HashMap::new(),
-            order: VecDeque::new(),
-            cap,
-            clock: 0,
-        }
-    }
-
-    fn get_or(&mut self, k: &K, make: impl FnOnce() -> V, evicted: &mut u64) -> &mut V {
-        self.clock += 1;
-        let clock = self.clock;
-        if !self.map.contains_key(k) && self.map.len() >= self.cap {
-            while let Some((old, t)) = self.order.pop_front() {
-                if self.map.get(&old).is_some_and(|(_, touched)| *touched == t) {
-                    self.map.remove(&old);
-                    *evicted += 1;
-                    break;
-                }
-            }
-        }
-        self.order.push_back((k.clone(), clock));
-        if self.order.len() > 4 * self.cap.max(16) {
-            // Drop stale touches (keys touched again later, or removed).
-            let map = &self.map;
-            self.order
-                .retain(|(key, t)| map.get(key).is_some_and(|(_, touched)| touched == t));
-        }
-        let e = self.map.entry(k.clone()).or_insert_with(|| (make(), clock));
-        e.1 = clock;
-        &mut e.0
-    }
-
-    fn remove(&mut self, k: &K) -> Option<V> {
-        self.map.remove(k).map(|(v, _)| v)
-    }
-}
-
-type CallKey = (Name, Name, Name, u64);
-
-/// An identity, server or tool name as a state key: shared (cloning is a
-/// reference count) and hashed once, so keys cost no allocation or string
-/// hashing per message.
-#[derive(Clone, Debug)]
-struct Name(std::sync::Arc<str>, u64);
-
-impl Name {
-    fn new(s: &str) -> Self {
-        Name(s.into(), hash_str(s))
-    }
-}
-
-impl std::ops::Deref for Name {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for Name {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl PartialEq for Name {
-    fn eq(&self, o: &Self) -> bool {
-        self.1 == o.1 && (std::sync::Arc::ptr_eq(&self.0, &o.0) || self.0 == o.0)
-    }
-}
-
-impl Eq for Name {}
-
-impl Hash for Name {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        h.write_u64(self.1);
-    }
-}
-
-fn hash_str(s: &str) -> u64 {
-    let mut h = rustc_hash::FxHasher::default();
-    s.hash(&mut h);
-    std::hash::Hasher::finish(&h)
-}
+/// A tools/call's key: caller, server, tool, canonical arguments hash.
+type CallKey = (Id, Id, Id, u64);
 
 #[derive(Default)]
 struct DupState {
     calls: VecDeque<Evidence>,
     last_error: Option<bool>,
     fired: Option<Severity>,
+}
+
+/// What is known about one call (caller, server, tool, arguments).
+#[derive(Default)]
+struct CallState {
+    dup: DupState,
+    storm: StormState,
+}
+
+/// What is known about one caller and one server.
+#[derive(Default)]
+struct PairState {
+    rate: RateState,
+    errors: ErrState,
 }
 
 #[derive(Default)]
@@ -201,7 +124,8 @@ struct StormState {
 
 #[derive(Default)]
 struct LoopState {
-    sigs: VecDeque<((u64, u64, u64), Evidence, Name)>,
+    /// (tool, arguments hash, result hash), the response, the tool's name.
+    sigs: VecDeque<((Id, u64, u64), Evidence, Name)>,
     fired: bool,
 }
 
@@ -240,6 +164,9 @@ struct SizeState {
 /// A tools/call request waiting for its response.
 struct Pending {
     key: CallKey,
+    caller: Name,
+    server: Name,
+    tool: Name,
     evidence: Evidence,
 }
 
@@ -248,39 +175,31 @@ pub struct Detectors {
     cfg: DetectConfig,
     policy: Option<Policy>,
     state_dir: Option<PathBuf>,
+    names: Names,
     /// By (session hash, request seq).
     pending: Lru<(u64, u64), Pending>,
-    dup: Lru<CallKey, DupState>,
-    storms: Lru<CallKey, StormState>,
+    calls: Lru<CallKey, CallState>,
     /// By session hash.
     loops: Lru<u64, LoopState>,
-    rates: Lru<(Name, Name), RateState>,
-    errors: Lru<(Name, Name), ErrState>,
-    sizes: Lru<(Name, Name), SizeState>,
-    seen: HashSet<u64>,
-    unlisted_fired: HashSet<(Name, Name)>,
+    /// By (caller, server).
+    pairs: Lru<(Id, Id), PairState>,
+    /// By (server, tool).
+    sizes: Lru<(Id, Id), SizeState>,
+    /// (caller, server, tool or 0) pairs already used.
+    seen: Lru<(Id, Id, Id), ()>,
+    /// (server, tool) of calls to unlisted tools already flagged.
+    unlisted_fired: Lru<(Id, Id), ()>,
     /// When each caller was first seen: its learning period starts there
     /// (so other MCP traffic on the host does not end it early).
-    first_ts: Lru<Name, u64>,
+    first_ts: Lru<Id, u64>,
     baselines: HashMap<String, Vec<ToolDef>>,
+    /// `baselines` by ids: server → tool → write-class.
+    listed: Map<Id, Map<Id, bool>>,
     /// Counters.
     pub stats: DetectStats,
 }
 
 const S: u64 = 1_000_000_000;
-
-fn endpoint_name(
-    ev: &Option<crate::sink::Endpoint>,
-    info: &Option<crate::protocol::PeerInfo>,
-) -> Name {
-    let exe = ev
-        .as_ref()
-        .map_or("?", |e| e.process.exe.as_deref().unwrap_or(&e.process.comm));
-    match info {
-        Some(i) => Name::new(&format!("{}@{exe}", i.name)),
-        None => Name::new(exe),
-    }
-}
 
 impl Detectors {
     /// Detectors with `cfg`, an optional policy, and a directory where
@@ -292,23 +211,55 @@ impl Detectors {
             .and_then(|d| std::fs::read(d.join("tool_baselines.json")).ok())
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        Self {
+        let mut d = Self {
+            names: Names::new(4 * cap),
             pending: Lru::new(cap),
-            dup: Lru::new(cap),
-            storms: Lru::new(cap),
+            calls: Lru::new(cap),
             loops: Lru::new(cap),
-            rates: Lru::new(cap),
-            errors: Lru::new(cap),
+            pairs: Lru::new(cap),
             sizes: Lru::new(cap),
-            seen: HashSet::new(),
-            unlisted_fired: HashSet::new(),
-            first_ts: Lru::new(cfg.limits.max_keys),
-            baselines,
+            seen: Lru::new(cap),
+            unlisted_fired: Lru::new(cap),
+            first_ts: Lru::new(cap),
+            baselines: HashMap::new(),
+            listed: Map::default(),
             stats: DetectStats::default(),
             cfg,
             policy,
             state_dir,
+        };
+        d.set_baselines(baselines);
+        d
+    }
+
+    fn set_baselines(&mut self, b: HashMap<String, Vec<ToolDef>>) {
+        self.listed.clear();
+        for (server, tools) in &b {
+            self.list(server, tools);
         }
+        self.baselines = b;
+    }
+
+    /// Indexes `server`'s tools by id (see `listed`).
+    fn list(&mut self, server: &str, tools: &[ToolDef]) {
+        let by_id = tools
+            .iter()
+            .map(|t| (self.names.id_of(&t.name), t.write))
+            .collect();
+        self.listed.insert(self.names.id_of(server), by_id);
+    }
+
+    /// The name of an endpoint, with its MCP client or server info.
+    fn endpoint_name(
+        &mut self,
+        end: &Option<crate::sink::Endpoint>,
+        info: &Option<crate::protocol::PeerInfo>,
+    ) -> Name {
+        let exe = end
+            .as_ref()
+            .map_or("?", |e| e.process.exe.as_deref().unwrap_or(&e.process.comm));
+        self.names
+            .endpoint(info.as_ref().map(|i| i.name.as_str()), exe)
     }
 
     /// Tool-definition baselines (server → tools), as persisted.
@@ -318,7 +269,7 @@ impl Detectors {
 
     /// Replaces the baselines (replay starts from the live run's).
     pub fn with_baselines(mut self, b: HashMap<String, Vec<ToolDef>>) -> Self {
-        self.baselines = b;
+        self.set_baselines(b);
         self
     }
 
@@ -333,25 +284,26 @@ impl Detectors {
         };
         let (caller, server) = match ev.kind {
             Kind::Request | Kind::Notification => (
-                endpoint_name(&ev.from, &ev.client),
-                endpoint_name(&ev.to, &ev.server),
+                self.endpoint_name(&ev.from, &ev.client),
+                self.endpoint_name(&ev.to, &ev.server),
             ),
             _ => (
-                endpoint_name(&ev.to, &ev.client),
-                endpoint_name(&ev.from, &ev.server),
+                self.endpoint_name(&ev.to, &ev.client),
+                self.endpoint_name(&ev.from, &ev.server),
             ),
         };
-        let tool = Name::new(ev.tool.as_deref().unwrap_or(""));
-        let session = hash_str(&ev.session);
+        let tool = self.names.tool(ev.tool.as_deref().unwrap_or(""));
+        let session = self.names.id_of(&ev.session);
         if ev.kind == Kind::Request {
             if ev.method.as_deref() == Some("tools/call") {
-                let key: CallKey = (
-                    caller.clone(),
-                    server.clone(),
-                    tool.clone(),
-                    facts.args_hash.unwrap_or(0),
-                );
-                self.on_call(&key, session, me.clone(), ev, &mut out);
+                let p = Pending {
+                    key: (caller.id, server.id, tool.id, facts.args_hash.unwrap_or(0)),
+                    caller: caller.clone(),
+                    server: server.clone(),
+                    tool: tool.clone(),
+                    evidence: me.clone(),
+                };
+                self.on_call(p, session, ev, &mut out);
             }
             self.rate(&caller, &server, me.clone(), ts_ns, &mut out);
             self.first_seen(
@@ -434,31 +386,19 @@ impl Detectors {
         out
     }
 
-    fn on_call(
-        &mut self,
-        key: &CallKey,
-        session: u64,
-        me: Evidence,
-        ev: &McpEvent,
-        out: &mut Vec<Flag>,
-    ) {
-        let (caller, server, tool, _) = key.clone();
+    fn on_call(&mut self, call: Pending, session: u64, ev: &McpEvent, out: &mut Vec<Flag>) {
+        let me = call.evidence.clone();
+        let (caller, server, tool) = (call.caller.clone(), call.server.clone(), call.tool.clone());
+        let key = call.key;
         let ts = me.ts_ns;
-        self.pending.get_or(
-            &(session, me.seq),
-            || Pending {
-                key: key.clone(),
-                evidence: me.clone(),
-            },
-            &mut self.stats.evicted,
-        );
+        let listed = self.listed.get(&server.id);
+        let listed_write = listed.and_then(|t| t.get(&tool.id)).copied();
+        let unlisted = listed.is_some() && listed_write.is_none();
+        self.pending
+            .get_or((session, me.seq), || call, &mut self.stats.evicted);
         if let Some(p) = &self.policy {
             if self.cfg.policy_violation.enabled {
-                let write = self
-                    .baselines
-                    .get(&*server)
-                    .and_then(|t| t.iter().find(|d| d.name == *tool))
-                    .map_or_else(|| facts::write_by_name(&tool), |d| d.write);
+                let write = listed_write.unwrap_or_else(|| facts::write_by_name(&tool));
                 if let Some(why) = p.check(ev, &server_name(ev), &tool, write) {
                     out.push(Flag {
                         flag: "policy_violation",
@@ -475,31 +415,34 @@ impl Detectors {
                 }
             }
         }
-        if let Some(listed) = self.baselines.get(&*server) {
-            if self.cfg.first_seen.enabled
-                && !listed.iter().any(|d| d.name == *tool)
-                && self.unlisted_fired.insert((server.clone(), tool.clone()))
-            {
-                out.push(Flag {
-                    flag: "first_seen",
-                    severity: Severity::Medium,
-                    message: format!("{caller} called {tool}, which {server} did not list in its last tools/list"),
-                    caller: caller.to_string(),
-                    server: server.to_string(),
-                    tool: Some(tool.to_string()),
-                    evidence: vec![me.clone()],
-                    details: json!({ "reason": "tool_not_listed" }),
-                });
-            }
+        if unlisted
+            && self.cfg.first_seen.enabled
+            && self
+                .unlisted_fired
+                .insert_new((server.id, tool.id), (), &mut self.stats.evicted)
+        {
+            out.push(Flag {
+                flag: "first_seen",
+                severity: Severity::Medium,
+                message: format!(
+                    "{caller} called {tool}, which {server} did not list in its last tools/list"
+                ),
+                caller: caller.to_string(),
+                server: server.to_string(),
+                tool: Some(tool.to_string()),
+                evidence: vec![me.clone()],
+                details: json!({ "reason": "tool_not_listed" }),
+            });
         }
         if !self.cfg.duplicate_call.enabled {
             return;
         }
         let window = self.cfg.duplicate_call.window_s * S;
         let min = self.cfg.duplicate_call.min_count as usize;
-        let d = self
-            .dup
-            .get_or(key, DupState::default, &mut self.stats.evicted);
+        let d = &mut self
+            .calls
+            .get_or(key, CallState::default, &mut self.stats.evicted)
+            .dup;
         while d.calls.front().is_some_and(|e| e.ts_ns + window < ts) {
             d.calls.pop_front();
         }
@@ -548,19 +491,26 @@ impl Detectors {
         facts: &MessageFacts,
         out: &mut Vec<Flag>,
     ) {
-        let (caller, server, tool, args) = p.key.clone();
+        let (caller, server, tool) = (&p.caller, &p.server, &p.tool);
+        let args = p.key.3;
         let ts = me.ts_ns;
         let failed = ev.is_error;
-        if let Some(d) = self.dup.map.get_mut(&p.key) {
-            d.0.last_error = Some(failed);
+        let call = if self.cfg.retry_storm.enabled {
+            Some(
+                self.calls
+                    .get_or(p.key, CallState::default, &mut self.stats.evicted),
+            )
+        } else {
+            self.calls.get_mut(&p.key)
+        };
+        if let Some(c) = call {
+            c.dup.last_error = Some(failed);
         }
         // retry_storm: the same failing call, again and again.
         if self.cfg.retry_storm.enabled {
             let window = self.cfg.retry_storm.window_s * S;
             let min = self.cfg.retry_storm.min_failures as usize;
-            let st = self
-                .storms
-                .get_or(&p.key, StormState::default, &mut self.stats.evicted);
+            let st = &mut self.calls.get_mut(&p.key).expect("made above").storm;
             if failed {
                 while st.failures.front().is_some_and(|e| e.ts_ns + window < ts) {
                     st.failures.pop_front();
@@ -591,21 +541,18 @@ impl Detectors {
             let (maxp, k) = (self.cfg.loop_.max_period, self.cfg.loop_.min_repeats);
             let l = self
                 .loops
-                .get_or(&session, LoopState::default, &mut self.stats.evicted);
-            let tool_id = {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                tool.hash(&mut h);
-                std::hash::Hasher::finish(&h)
-            };
-            let sig = (tool_id, args, facts.result_hash.unwrap_or(0));
+                .get_or(session, LoopState::default, &mut self.stats.evicted);
+            let sig = (tool.id, args, facts.result_hash.unwrap_or(0));
             l.sigs.push_back((sig, me.clone(), tool.clone()));
             if l.sigs.len() > maxp * k {
                 l.sigs.pop_front();
             }
             let n = l.sigs.len();
+            // Period `per`, repeated `k` times: the last per·k signatures
+            // each equal the one `per` later (most periods fail at once).
             let found = (1..=maxp).find(|&per| {
                 per * k <= n
-                    && (0..per * k).all(|i| l.sigs[n - 1 - i].0 == l.sigs[n - 1 - (i % per)].0)
+                    && (per..per * k).all(|i| l.sigs[n - 1 - i].0 == l.sigs[n - 1 - i + per].0)
                     && {
                         // A period-p cycle is not really a shorter one.
                         per == 1
@@ -642,11 +589,14 @@ impl Detectors {
         if self.cfg.error_burst.enabled {
             let c = &self.cfg.error_burst;
             let (window, min, ratio) = (c.window_s * S, c.min_calls as usize, c.ratio);
-            let e = self.errors.get_or(
-                &(caller.clone(), server.clone()),
-                ErrState::default,
-                &mut self.stats.evicted,
-            ); // Amortised O(1) per message: counts kept as calls enter and leave.
+            let e = &mut self
+                .pairs
+                .get_or(
+                    (caller.id, server.id),
+                    PairState::default,
+                    &mut self.stats.evicted,
+                )
+                .errors; // Amortised O(1) per message: counts kept as calls enter and leave.
             e.outcomes.push_back((ts, failed));
             if failed {
                 e.errors += 1;
@@ -690,7 +640,7 @@ impl Detectors {
         if self.cfg.large_response.enabled && !failed {
             let c = &self.cfg.large_response;
             let s = self.sizes.get_or(
-                &(server.clone(), tool.clone()),
+                (server.id, tool.id),
                 SizeState::default,
                 &mut self.stats.evicted,
             );
@@ -728,17 +678,20 @@ impl Detectors {
         if !self.cfg.rate_spike.enabled {
             return;
         }
-        let c = self.cfg.rate_spike.clone();
+        let c = &self.cfg.rate_spike;
         let bucket_ns = (c.bucket_s * 1e9) as u64;
         let b = ts / bucket_ns.max(1);
-        let r = self.rates.get_or(
-            &(caller.clone(), server.clone()),
-            || RateState {
-                bucket: b,
-                ..RateState::default()
-            },
-            &mut self.stats.evicted,
-        );
+        let r = &mut self
+            .pairs
+            .get_or(
+                (caller.id, server.id),
+                PairState::default,
+                &mut self.stats.evicted,
+            )
+            .rate;
+        if r.buckets_seen == 0 && r.count == 0 {
+            r.bucket = b; // a new pair: its first bucket
+        }
         if b != r.bucket {
             // Close the finished bucket (and the empty ones after it) into the baseline.
             let fold = |x: f64, r: &mut RateState| {
@@ -803,14 +756,17 @@ impl Detectors {
         if !self.cfg.first_seen.enabled {
             return;
         }
-        let since = *self.first_ts.get_or(caller, || ts, &mut self.stats.evicted);
+        let since = *self
+            .first_ts
+            .get_or(caller.id, || ts, &mut self.stats.evicted);
         let learned = ts.saturating_sub(since) as f64 / 1e9 >= self.cfg.first_seen.learning_s;
         let mut check = |item: &str, out: &mut Vec<Flag>| {
-            // Hashed key: no allocation for the (frequent) already-seen case;
-            // the names come hashed.
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (caller.1, server.1, if item.is_empty() { 0 } else { tool.1 }).hash(&mut h);
-            if self.seen.insert(std::hash::Hasher::finish(&h)) && learned {
+            let key = (
+                caller.id,
+                server.id,
+                if item.is_empty() { 0 } else { tool.id },
+            );
+            if self.seen.insert_new(key, (), &mut self.stats.evicted) && learned {
                 let what = if item.is_empty() {
                     format!("server {server}")
                 } else {
@@ -835,6 +791,7 @@ impl Detectors {
 
     fn drift(&mut self, server: &str, tools: &[ToolDef], me: Evidence, out: &mut Vec<Flag>) {
         let Some(old) = self.baselines.get(server) else {
+            self.list(server, tools);
             self.baselines.insert(server.to_owned(), tools.to_vec());
             self.save_baselines();
             return;
@@ -893,6 +850,7 @@ impl Detectors {
             evidence: vec![me],
             details: json!({ "added": added, "removed": removed, "changed": changed }),
         });
+        self.list(server, tools);
         self.baselines.insert(server.to_owned(), tools.to_vec());
         self.save_baselines();
     }

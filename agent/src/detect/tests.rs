@@ -507,7 +507,7 @@ fn state_is_bounded_and_evictions_counted() {
         s.call("s", 1, i, &format!("tool{i}"), i as u64, S);
     }
     assert!(s.d.stats.evicted > 0);
-    assert!(s.d.dup.map.len() <= 16 && s.d.pending.map.len() <= 16);
+    assert!(s.d.calls.map.len() <= 16 && s.d.pending.map.len() <= 16);
 }
 
 #[test]
@@ -550,4 +550,43 @@ fn header_mismatch_fires_on_disagreeing_mcp_headers_only() {
     assert_eq!(n.len(), 1);
     assert_eq!(n[0].details["header_name"], "delete_everything");
     assert_eq!(n[0].details["body_name"], "echo");
+}
+
+#[test]
+fn a_call_to_a_tool_the_server_did_not_list_is_flagged_once() {
+    let listed = |write| ToolDef {
+        name: "echo".into(),
+        description: 1,
+        schema: 1,
+        write,
+    };
+    let mut s = Script::new(DetectConfig::default());
+    // The server's tools/list, seen live (no baseline before it).
+    let mut ev = s.event(Kind::Response, "s", 1, 1, "", S);
+    ev.method = Some("tools/list".into());
+    let facts = MessageFacts {
+        tools: Some(vec![listed(false)]),
+        ..MessageFacts::default()
+    };
+    assert!(s.d.observe(&ev, S, &facts).is_empty());
+    s.call("s", 1, 2, "echo", 1, 2 * S);
+    s.call("s", 1, 3, "rm_rf", 1, 3 * S);
+    s.call("s", 1, 4, "rm_rf", 2, 4 * S);
+    let unlisted: Vec<_> = s
+        .flags
+        .iter()
+        .filter(|f| f.details["reason"] == "tool_not_listed")
+        .collect();
+    assert_eq!(unlisted.len(), 1, "{:?}", s.names());
+    assert_eq!(unlisted[0].tool.as_deref(), Some("rm_rf"));
+    // Baselines handed over (as replay does) index the same way.
+    let mut s = Script {
+        d: Detectors::new(DetectConfig::default(), None, None)
+            .with_baselines([("srv@/bin/p1001".to_owned(), vec![listed(true)])].into()),
+        seq: 0,
+        flags: vec![],
+    };
+    s.call("s", 1, 2, "echo", 1, S);
+    s.call("s", 1, 3, "other", 1, 2 * S);
+    assert_eq!(s.count("first_seen"), 1, "{:?}", s.names());
 }

@@ -1,0 +1,232 @@
+//! Detector state: bounded least-recently-used maps keyed by plain
+//! integers, and the names (identities, servers, tools) those integers
+//! stand for. Keys are `Copy`: a message costs hash-map probes, never a
+//! string hash, an allocation or a reference count per state lookup.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fmt,
+    hash::{BuildHasher, Hash},
+    sync::Arc,
+};
+
+/// Hash maps of detector state. foldhash is seeded per process, so keys
+/// chosen by a remote peer (tool names, arguments) cannot be crafted to
+/// collide.
+pub(super) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A name's key: the seeded 64-bit hash of its text. Two names with equal
+/// ids are one name for the detectors (a collision is negligible, 2⁻⁶⁴
+/// per pair, and cannot be steered: the seed is random per process).
+pub(super) type Id = u64;
+
+/// An identity, server or tool name: its id, and its text for flags.
+#[derive(Clone, Debug)]
+pub(super) struct Name {
+    pub id: Id,
+    pub text: Arc<str>,
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Names by the parts they are made of, so that the frequent case — a
+/// name seen before — costs one probe: no formatting, no allocation.
+pub(super) struct Names {
+    seed: foldhash::fast::RandomState,
+    by_parts: Map<u64, Name>,
+    limit: usize,
+}
+
+impl Names {
+    /// Names, remembering at most `limit` (then forgetting all: a cache,
+    /// no state is lost — ids are a function of the text).
+    pub fn new(limit: usize) -> Self {
+        Self {
+            seed: foldhash::fast::RandomState::default(),
+            by_parts: Map::default(),
+            limit: limit.max(64),
+        }
+    }
+
+    /// The id of `text` (what [`Name::id`] holds).
+    pub fn id_of(&self, text: &str) -> Id {
+        self.seed.hash_one(text)
+    }
+
+    /// An endpoint's name: `client@exe` with an MCP client/server name,
+    /// else the executable.
+    pub fn endpoint(&mut self, peer: Option<&str>, exe: &str) -> Name {
+        let key = self.seed.hash_one((1u8, peer, exe));
+        // The key is a seeded 64-bit hash of the parts: like ids, equal
+        // keys are equal parts (the length check is a cheap belt).
+        let len = peer.map_or(exe.len(), |p| p.len() + 1 + exe.len());
+        if let Some(n) = self.by_parts.get(&key).filter(|n| n.text.len() == len) {
+            return n.clone();
+        }
+        let text = match peer {
+            Some(p) => format!("{p}@{exe}"),
+            None => exe.to_owned(),
+        };
+        self.insert(key, text)
+    }
+
+    /// A tool's name.
+    pub fn tool(&mut self, tool: &str) -> Name {
+        let key = self.seed.hash_one((2u8, tool));
+        if let Some(n) = self
+            .by_parts
+            .get(&key)
+            .filter(|n| n.text.len() == tool.len())
+        {
+            return n.clone();
+        }
+        self.insert(key, tool.to_owned())
+    }
+
+    fn insert(&mut self, key: u64, text: String) -> Name {
+        if self.by_parts.len() >= self.limit {
+            self.by_parts.clear();
+        }
+        let n = Name {
+            id: self.id_of(&text),
+            text: text.into(),
+        };
+        self.by_parts.insert(key, n.clone());
+        n
+    }
+}
+
+/// A bounded map: past `cap` keys, the least recently touched goes.
+/// Eviction is O(1) amortised: touches are queued and stale queue entries
+/// skipped, so a flood of unique keys cannot make each message O(cap).
+///
+/// Recency is kept to within `cap / 8` touches: a key touched again that
+/// soon after its queued touch is not queued again (a hot key would
+/// otherwise fill the queue with stale entries, one per message). The
+/// key evicted is then at most that much younger than the true least
+/// recently used one.
+pub(super) struct Lru<K, V> {
+    pub map: Map<K, (V, u64)>,
+    order: VecDeque<(K, u64)>,
+    cap: usize,
+    clock: u64,
+}
+
+impl<K: Hash + Eq + Copy, V> Lru<K, V> {
+    /// At most `cap` keys.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            map: Map::default(),
+            order: VecDeque::new(),
+            cap,
+            clock: 0,
+        }
+    }
+
+    /// The value of `k`, made if absent (evicting the least recently
+    /// touched key when full, counted in `evicted`); touches `k`.
+    pub fn get_or(&mut self, k: K, make: impl FnOnce() -> V, evicted: &mut u64) -> &mut V {
+        self.clock += 1;
+        let clock = self.clock;
+        if let Some(e) = self.map.get_mut(&k) {
+            if clock - e.1 <= (self.cap as u64 / 8).max(1) {
+                // Touched recently: its queued touch stands (see above).
+                // (Looked up again: the borrow checker does not let this
+                // branch return `e` while the others use the map.)
+                return &mut self.map.get_mut(&k).expect("present").0;
+            }
+        } else if self.map.len() >= self.cap {
+            self.evict_one(evicted);
+        }
+        // Stale touches at the front (keys touched again later, or
+        // removed) go as new ones come: the queue stays short.
+        while let Some((old, t)) = self.order.front() {
+            if self.map.get(old).is_some_and(|(_, touched)| touched == t) {
+                break;
+            }
+            self.order.pop_front();
+        }
+        self.order.push_back((k, clock));
+        if self.order.len() > 4 * self.cap.max(16) {
+            // Stale touches behind a live one.
+            let map = &self.map;
+            self.order
+                .retain(|(key, t)| map.get(key).is_some_and(|(_, touched)| touched == t));
+        }
+        let e = self.map.entry(k).or_insert_with(|| (make(), clock));
+        e.1 = clock;
+        &mut e.0
+    }
+
+    fn evict_one(&mut self, evicted: &mut u64) {
+        while let Some((old, t)) = self.order.pop_front() {
+            if self.map.get(&old).is_some_and(|(_, touched)| *touched == t) {
+                self.map.remove(&old);
+                *evicted += 1;
+                return;
+            }
+        }
+    }
+
+    /// Touches `k`, adding it with `v` if absent; says whether it was.
+    pub fn insert_new(&mut self, k: K, v: V, evicted: &mut u64) -> bool {
+        let new = !self.map.contains_key(&k);
+        self.get_or(k, || v, evicted);
+        new
+    }
+
+    /// The value of `k`, if present (not a touch).
+    pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
+        self.map.get_mut(k).map(|(v, _)| v)
+    }
+
+    /// Removes `k`.
+    pub fn remove(&mut self, k: &K) -> Option<V> {
+        self.map.remove(k).map(|(v, _)| v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_interned_by_parts_and_keyed_by_text() {
+        let mut n = Names::new(64);
+        let a = n.endpoint(Some("claude"), "/usr/bin/node");
+        assert_eq!(&*a, "claude@/usr/bin/node");
+        assert_eq!(a.id, n.id_of("claude@/usr/bin/node"));
+        let b = n.endpoint(Some("claude"), "/usr/bin/node");
+        assert!(
+            Arc::ptr_eq(&a.text, &b.text),
+            "a second sighting allocates nothing"
+        );
+        assert_eq!(&*n.endpoint(None, "/usr/bin/node"), "/usr/bin/node");
+        assert_ne!(n.tool("echo").id, n.tool("echo2").id);
+        assert_eq!(n.tool("echo").id, n.id_of("echo"));
+    }
+
+    #[test]
+    fn lru_evicts_the_least_recently_touched_and_counts_it() {
+        let mut l: Lru<u32, u32> = Lru::new(2);
+        let mut evicted = 0;
+        *l.get_or(1, || 10, &mut evicted) += 1;
+        l.get_or(2, || 20, &mut evicted);
+        l.get_or(1, || 0, &mut evicted); // 2 is now the oldest
+        l.get_or(3, || 30, &mut evicted);
+        assert_eq!(evicted, 1);
+        assert_eq!(l.get_mut(&1).copied(), Some(11));
+        assert!(l.get_mut(&2).is_none());
+    }
+}
