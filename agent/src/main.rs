@@ -88,6 +88,9 @@ enum Command {
         /// Also write JSONL events to this file.
         #[arg(long, short = 'o')]
         output: Option<PathBuf>,
+        /// Do not run the detectors (even if the live run did).
+        #[arg(long)]
+        no_detect: bool,
     },
 }
 
@@ -327,7 +330,8 @@ fn main() -> ExitCode {
             file,
             stdout,
             output,
-        } => replay(&file, stdout, output),
+            no_detect,
+        } => replay(&file, stdout, output, !no_detect),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -459,6 +463,7 @@ fn replay(
     file: &std::path::Path,
     stdout: StdoutMode,
     output: Option<PathBuf>,
+    detect: bool,
 ) -> anyhow::Result<()> {
     use mcpscope::{
         capture::record::{self, Frame},
@@ -501,7 +506,7 @@ fn replay(
         StdoutMode::None => {}
     }
     let mut p = Pipeline::new(cfg, NoControl, sinks, offset).with_world(Box::new(world));
-    if let Some(dc) = dcfg {
+    if let Some(dc) = dcfg.filter(|_| detect) {
         // The live run's detectors, from its starting baselines; nothing persisted.
         p = p.with_detectors(
             Detectors::new(dc, dpolicy, None).with_baselines(dbase.unwrap_or_default()),

@@ -129,6 +129,29 @@ impl Agent {
             .collect()
     }
 
+    /// CPU time of all the agent's threads so far, ns (schedstat).
+    fn cpu_ns(&self) -> Result<f64> {
+        let mut ns = 0.0;
+        for t in fs::read_dir(format!("/proc/{}/task", self.pid()))? {
+            let stat = fs::read_to_string(t?.path().join("schedstat"))?;
+            ns += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .context("schedstat")?;
+        }
+        Ok(ns)
+    }
+
+    /// Sum of a counter over its labels.
+    fn total(&self, name: &str) -> f64 {
+        self.metric(name)
+            .into_iter()
+            .filter(|(k, _)| k == name || k.starts_with(&format!("{name}{{")))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
     fn stop(mut self) -> Result<()> {
         // SAFETY: signalling our own child.
         unsafe { libc_kill(self.child.id() as i32, 15) };
@@ -210,12 +233,84 @@ fn py_server() -> Vec<String> {
 
 /// Calls per second of the official Python SDK client against `server`.
 fn sdk_calls(server: &[String], kind: &str, file: &Path, strace: bool) -> Result<f64> {
-    let head = sdk_run(server, kind, file, strace)?;
+    let head = sdk_run(server, kind, file, strace, None)?;
     json_number(&head, "calls_per_s")
 }
 
+/// An MCP server over HTTP(S) for the bench: its URL, the certificate to
+/// trust, and the process (killed on drop).
+struct HttpServer {
+    url: String,
+    ca: Option<PathBuf>,
+    child: Child,
+}
+
+impl HttpServer {
+    /// The Python SDK test server: `streamable-http PORT` or `https PORT CERT KEY`.
+    fn start(tls: bool) -> Result<HttpServer> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut cmd = Command::new(python());
+        cmd.arg(root().join("tests/mcp/py_server.py"));
+        let ca = if tls {
+            let dir = target().join("bench/tls");
+            fs::create_dir_all(&dir)?;
+            let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+            run(Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .stderr(Stdio::null()))?;
+            cmd.args(["https", &port.to_string()]).arg(&cert).arg(&key);
+            Some(cert)
+        } else {
+            cmd.args(["streamable-http", &port.to_string()]);
+            None
+        };
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        let scheme = if tls { "https" } else { "http" };
+        let server = HttpServer {
+            url: format!("{scheme}://127.0.0.1:{port}/mcp"),
+            ca,
+            child,
+        };
+        // Ready when it accepts connections.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("{} not listening after 60 s", server.url);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(server)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs the bench scenario; returns the truth header (pids, calls/s).
-fn sdk_run(server: &[String], kind: &str, file: &Path, strace: bool) -> Result<String> {
+/// With `http`, the client calls that server instead of starting `server`.
+fn sdk_run(
+    server: &[String],
+    kind: &str,
+    file: &Path,
+    strace: bool,
+    http: Option<&HttpServer>,
+) -> Result<String> {
     let truth = target().join("bench/truth.jsonl");
     let mut cmd = if strace {
         let mut c = Command::new("strace");
@@ -245,10 +340,19 @@ fn sdk_run(server: &[String], kind: &str, file: &Path, strace: bool) -> Result<S
             kind,
             "--bench-file",
         ])
-        .arg(file)
-        .arg("--")
-        .args(server)
-        .stderr(Stdio::null());
+        .arg(file);
+    match http {
+        Some(h) => {
+            cmd.args(["--url", &h.url]);
+            if let Some(ca) = &h.ca {
+                cmd.env("SSL_CERT_FILE", ca); // trust the bench's self-signed server
+            }
+        }
+        None => {
+            cmd.arg("--").args(server);
+        }
+    }
+    cmd.stderr(Stdio::null());
     run(&mut cmd)?;
     let head = fs::read_to_string(&truth)?;
     Ok(head.lines().next().unwrap_or("").to_owned())
@@ -317,6 +421,52 @@ fn worst_case(r: &mut Report) -> Result<()> {
     Ok(())
 }
 
+/// The detectors' share of the live agent's CPU per message: the agent,
+/// with its default output (JSONL on stdout, here /dev/null), under the
+/// worst-case ping-pong, started with and without `--no-detect` in
+/// alternation; CPU time of all its threads ÷ messages it reported.
+fn detector_cost_live(r: &mut Report) -> Result<()> {
+    step("detectors: the live agent's CPU per message, with and without them");
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        for detect in [true, false] {
+            let extra: &[&str] = if detect { &[] } else { &["--no-detect"] };
+            let agent = Agent::start(extra, Stdio::null())?;
+            let (cpu0, msgs0) = (agent.cpu_ns()?, agent.total("mcp_messages_total"));
+            let pairs = pingpong(false)? * PINGPONG_SECS.parse::<f64>()?;
+            // Until the agent has reported what the pair sent.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while agent.total("mcp_messages_total") - msgs0 < 2.0 * pairs * 0.99
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let msgs = agent.total("mcp_messages_total") - msgs0;
+            let per_msg = (agent.cpu_ns()? - cpu0) / msgs.max(1.0) / 1e3;
+            agent.stop()?;
+            if detect { &mut with } else { &mut without }.push(per_msg);
+        }
+    }
+    let (w, wo) = (stats(&with), stats(&without));
+    let added = w.0 / wo.0 - 1.0;
+    r.add(
+        "detectors' added cost per message, live agent (default JSONL output, worst-case workload)",
+        format!(
+            "{:+.1} % ({:.2} µs of agent CPU per message with, {:.2} µs without; medians of {ROUNDS}, spread {:.2}–{:.2} / {:.2}–{:.2})",
+            added * 100.0,
+            w.0,
+            wo.0,
+            w.1,
+            w.2,
+            wo.1,
+            wo.2
+        ),
+        "≤ +10 %",
+        Some(added <= 0.10),
+    );
+    Ok(())
+}
+
 fn realistic(r: &mut Report) -> Result<()> {
     step("realistic: the official Python SDK client calling real stdio servers");
     let dir = target().join("bench/files");
@@ -359,6 +509,37 @@ fn realistic(r: &mut Report) -> Result<()> {
         );
         r.add(
             &format!("{name}: ratio under strace ÷ without"),
+            format!("{:.3}", s.0 / a.0),
+            "(for comparison)",
+            None,
+        );
+    }
+    step("realistic: the official Python SDK client and server over Streamable HTTP and HTTPS");
+    for (name, tls) in [
+        ("Python SDK over Streamable HTTP, echo", false),
+        ("Python SDK over HTTPS (TLS uprobes), echo", true),
+    ] {
+        let server = HttpServer::start(tls)?;
+        let [a, b, s] = overhead(name, ROUNDS_REALISTIC, |strace| {
+            let head = sdk_run(&[], "python", &file, strace, Some(&server))?;
+            json_number(&head, "calls_per_s")
+        })?;
+        let ratio = b.0 / a.0;
+        r.add(&format!("{name}: calls/s without"), spread(a), "", None);
+        r.add(
+            &format!("{name}: calls/s with mcpscope"),
+            spread(b),
+            "",
+            None,
+        );
+        r.add(
+            &format!("{name}: ratio with ÷ without"),
+            format!("{ratio:.3}"),
+            "≥ 0.97",
+            Some(ratio >= 0.97),
+        );
+        r.add(
+            &format!("{name}: ratio under strace (client only) ÷ without"),
             format!("{:.3}", s.0 / a.0),
             "(for comparison)",
             None,
@@ -463,7 +644,7 @@ fn latency(r: &mut Report) -> Result<()> {
         lat
     });
     let py = py_server();
-    let head = sdk_run(&py, "python", Path::new(""), false)?;
+    let head = sdk_run(&py, "python", Path::new(""), false, None)?;
     agent.stop()?;
     // Only the workload's messages: other MCP traffic on the host is
     // reported too, but its timing is not this measurement's.
@@ -657,9 +838,8 @@ fn loss(r: &mut Report) -> Result<()> {
     Ok(())
 }
 
-/// Records a capture of ping-pong runs with these argument sizes, replays
-/// it, and returns (messages, messages/s, MB/s) of the replay.
-fn replay_of(name: &str, sizes: &[&str]) -> Result<(f64, f64, f64)> {
+/// Records a capture of 0.5 s ping-pong runs with these argument sizes.
+fn record(name: &str, sizes: &[&str]) -> Result<PathBuf> {
     let capture = target().join(format!("bench/capture-{name}.bin"));
     let _ = fs::remove_file(&capture);
     let agent = Agent::start(
@@ -675,9 +855,28 @@ fn replay_of(name: &str, sizes: &[&str]) -> Result<(f64, f64, f64)> {
         output(Command::new(pingpong_bin()).args(["client", "0.5", size]))?;
     }
     agent.stop()?;
-    let out = Command::new(build::agent_binary())
-        .args(["replay", "--stdout", "none"])
-        .arg(&capture)
+    Ok(capture)
+}
+
+/// One replay's summary: messages, messages/s, MB/s.
+struct Replayed {
+    messages: f64,
+    per_s: f64,
+    mb_per_s: f64,
+}
+
+/// Replays `capture` on one core, with or without the detectors, with no
+/// output or with the default one (JSONL events on stdout, here /dev/null).
+fn replay_run(capture: &Path, detect: bool, jsonl: bool) -> Result<Replayed> {
+    let mut c = Command::new(build::agent_binary());
+    c.args(["replay", "--stdout", if jsonl { "json" } else { "none" }]);
+    if !detect {
+        c.arg("--no-detect");
+    }
+    let out = c
+        .arg(capture)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .output()?;
     let err = String::from_utf8_lossy(&out.stderr);
     let line = err
@@ -689,30 +888,82 @@ fn replay_of(name: &str, sizes: &[&str]) -> Result<(f64, f64, f64)> {
             .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
             .unwrap_or(0.0)
     };
-    Ok((
-        field("messages"),
-        field("messages_per_s"),
-        field("mb_per_s"),
-    ))
+    Ok(Replayed {
+        messages: field("messages"),
+        per_s: field("messages_per_s"),
+        mb_per_s: field("mb_per_s"),
+    })
 }
 
 fn replay(r: &mut Report) -> Result<()> {
     step("pipeline: `mcpscope replay` of recorded captures, one core, detectors on");
-    let (msgs, per_s, mb) = replay_of("typical", &["200", "2000"])?;
+    let typical = record("typical", &["200", "2000"])?;
+    // Medians of a few runs, with their spread: this VM is noisy.
+    let runs = |capture: &Path| -> Result<(Replayed, (f64, f64, f64))> {
+        let mut per_s = Vec::new();
+        let mut last = None;
+        for _ in 0..ROUNDS {
+            let run = replay_run(capture, true, false)?;
+            per_s.push(run.per_s);
+            last = Some(run);
+        }
+        Ok((last.expect("ROUNDS > 0"), stats(&per_s)))
+    };
+    let (t, (median, lo, hi)) = runs(&typical)?;
     r.add(
         "replay, typical messages (200 B and 2 KB arguments)",
-        format!("{per_s:.0} messages/s, {mb:.0} MB/s over {msgs:.0} messages"),
+        format!(
+            "{median:.0} messages/s (min {lo:.0}, max {hi:.0}; {ROUNDS} runs), {:.0} MB/s, over {:.0} messages",
+            t.mb_per_s * median / t.per_s,
+            t.messages
+        ),
         "≥ 300,000 messages/s",
-        Some(per_s >= 300_000.0),
+        Some(median >= 300_000.0),
     );
-    let (msgs, per_s, mb) = replay_of("large", &["20000", "200000"])?;
+    let large = record("large", &["20000", "200000"])?;
+    let (l, (median, lo, hi)) = runs(&large)?;
     r.add(
         "replay, large messages (20 KB and 200 KB arguments)",
-        format!("{per_s:.0} messages/s, {mb:.0} MB/s over {msgs:.0} messages"),
+        format!(
+            "{median:.0} messages/s (min {lo:.0}, max {hi:.0}; {ROUNDS} runs), {:.0} MB/s, over {:.0} messages",
+            l.mb_per_s * median / l.per_s,
+            l.messages
+        ),
         "",
         None,
     );
     r.notes.push("Replay: each capture holds 0.5 s ping-pong runs per argument size, recorded live (both ends of both pipes, as the agent sees them); the replay runs decode → reassembly → framing → two-ends join → JSON-RPC/MCP parse → pairing → identity → detectors → metrics, with no output sink, on one core.".to_string());
+    detector_cost(r, &typical)
+}
+
+/// The detectors' share of the userspace cost per message: the typical
+/// capture replayed with and without them, alternating, with no output
+/// and with the default output.
+fn detector_cost(r: &mut Report, capture: &Path) -> Result<()> {
+    step("detectors: replay with and without them, alternating");
+    for (jsonl, what) in [
+        (false, "the pipeline alone (no output)"),
+        (true, "with the default output (JSONL events)"),
+    ] {
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS_REALISTIC {
+            with.push(1e6 / replay_run(capture, true, jsonl)?.per_s);
+            without.push(1e6 / replay_run(capture, false, jsonl)?.per_s);
+        }
+        let (w, wo) = (stats(&with).0, stats(&without).0);
+        let added = w / wo - 1.0;
+        r.add(
+            &format!("detectors' added cost per message, {what}"),
+            format!(
+                "{:+.1} % ({:.2} µs with, {:.2} µs without; medians of {ROUNDS_REALISTIC})",
+                added * 100.0,
+                w,
+                wo
+            ),
+            "≤ +10 %",
+            Some(added <= 0.10),
+        );
+    }
     Ok(())
 }
 
@@ -767,7 +1018,7 @@ fn write_markdown(r: &Report) -> Result<()> {
 /// `agent` for the agent measurements alone, anything else filters criterion.
 pub fn all(only: Option<&str>) -> Result<()> {
     build::all()?;
-    if only != Some("agent") {
+    if !matches!(only, Some("agent" | "replay" | "realistic")) {
         step("criterion benchmarks (reports in target/criterion)");
         let mut c = Command::new("cargo");
         c.current_dir(root()).args(["bench", "-p", "mcpscope"]);
@@ -791,6 +1042,22 @@ pub fn all(only: Option<&str>) -> Result<()> {
     ]))?;
     fs::create_dir_all(target().join("bench"))?;
     let mut r = Report::default();
+    // One group alone (quicker); BENCHMARKS.md is then left as it is.
+    let group: Option<fn(&mut Report) -> Result<()>> = match only {
+        Some("replay") => Some(|r| {
+            replay(r)?;
+            detector_cost_live(r)
+        }),
+        Some("realistic") => Some(realistic),
+        _ => None,
+    };
+    if let Some(group) = group {
+        group(&mut r)?;
+        for row in &r.rows {
+            println!("{} | {} | {}", row.figure, row.value, row.goal);
+        }
+        return Ok(());
+    }
     worst_case(&mut r)?;
     realistic(&mut r)?;
     kernel_cost(&mut r)?;
@@ -798,6 +1065,7 @@ pub fn all(only: Option<&str>) -> Result<()> {
     loss(&mut r)?;
     footprint(&mut r)?;
     replay(&mut r)?;
+    detector_cost_live(&mut r)?;
     write_markdown(&r)?;
     step("written to BENCHMARKS.md");
     Ok(())

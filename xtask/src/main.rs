@@ -35,7 +35,9 @@ enum Cmd {
     /// Criterion micro-benchmarks, then the agent measured with real
     /// workloads (root); writes BENCHMARKS.md.
     Bench {
-        /// `criterion` or `agent` for one half; another word filters criterion.
+        /// `criterion` or `agent` for one half; `replay` (the pipeline and
+        /// detector figures) or `realistic` (the SDK workloads) alone, not
+        /// written; another word filters criterion.
         only: Option<String>,
     },
     /// Set up, build, install the pinned MCP software, run unit and end-to-end tests.
