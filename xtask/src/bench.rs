@@ -490,29 +490,10 @@ fn realistic(r: &mut Report) -> Result<()> {
             "filesystem",
         ),
     ] {
-        let [a, b, s] = overhead(name, ROUNDS_REALISTIC, |strace| {
+        let runs = overhead(name, ROUNDS_REALISTIC, |strace| {
             sdk_calls(server, kind, &file, strace)
         })?;
-        let ratio = b.0 / a.0;
-        r.add(&format!("{name}: calls/s without"), spread(a), "", None);
-        r.add(
-            &format!("{name}: calls/s with mcpscope"),
-            spread(b),
-            "",
-            None,
-        );
-        r.add(
-            &format!("{name}: ratio with ÷ without"),
-            format!("{ratio:.3}"),
-            "≥ 0.97",
-            Some(ratio >= 0.97),
-        );
-        r.add(
-            &format!("{name}: ratio under strace ÷ without"),
-            format!("{:.3}", s.0 / a.0),
-            "(for comparison)",
-            None,
-        );
+        realistic_rows(r, name, runs, "strace");
     }
     step("realistic: the official Python SDK client and server over Streamable HTTP and HTTPS");
     for (name, tls) in [
@@ -520,32 +501,38 @@ fn realistic(r: &mut Report) -> Result<()> {
         ("Python SDK over HTTPS (TLS uprobes), echo", true),
     ] {
         let server = HttpServer::start(tls)?;
-        let [a, b, s] = overhead(name, ROUNDS_REALISTIC, |strace| {
+        let runs = overhead(name, ROUNDS_REALISTIC, |strace| {
             let head = sdk_run(&[], "python", &file, strace, Some(&server))?;
             json_number(&head, "calls_per_s")
         })?;
-        let ratio = b.0 / a.0;
-        r.add(&format!("{name}: calls/s without"), spread(a), "", None);
-        r.add(
-            &format!("{name}: calls/s with mcpscope"),
-            spread(b),
-            "",
-            None,
-        );
-        r.add(
-            &format!("{name}: ratio with ÷ without"),
-            format!("{ratio:.3}"),
-            "≥ 0.97",
-            Some(ratio >= 0.97),
-        );
-        r.add(
-            &format!("{name}: ratio under strace (client only) ÷ without"),
-            format!("{:.3}", s.0 / a.0),
-            "(for comparison)",
-            None,
-        );
+        realistic_rows(r, name, runs, "strace (client only)");
     }
     Ok(())
+}
+
+/// The rows of one realistic workload: calls/s without and with the agent,
+/// their ratio against its goal, and the ratio under `strace`.
+fn realistic_rows(r: &mut Report, name: &str, [a, b, s]: [(f64, f64, f64); 3], strace: &str) {
+    let ratio = b.0 / a.0;
+    r.add(&format!("{name}: calls/s without"), spread(a), "", None);
+    r.add(
+        &format!("{name}: calls/s with mcpscope"),
+        spread(b),
+        "",
+        None,
+    );
+    r.add(
+        &format!("{name}: ratio with ÷ without"),
+        format!("{ratio:.3}"),
+        "≥ 0.97",
+        Some(ratio >= 0.97),
+    );
+    r.add(
+        &format!("{name}: ratio under {strace} ÷ without"),
+        format!("{:.3}", s.0 / a.0),
+        "(for comparison)",
+        None,
+    );
 }
 
 fn kernel_cost(r: &mut Report) -> Result<()> {

@@ -235,10 +235,11 @@ fn strings(v: &Value, out: &mut Vec<String>) {
 }
 
 /// The literal anchors of everything [`prefilter`] looks for, lower-case:
-/// a superset (every match of a pattern contains an anchor), so a message
-/// without any anchor — most messages — skips the regex pass entirely.
-/// Searched in the ASCII-lower-cased message with the SIMD (Teddy) packed
-/// searcher, or an automaton where the CPU lacks it.
+/// a superset (every match of a pattern contains an anchor, or the hidden
+/// characters' check below fires), so a message without any — most
+/// messages — skips the regex pass entirely. Searched in the
+/// ASCII-lower-cased message with the SIMD (Teddy) packed searcher, or an
+/// automaton where the CPU lacks it.
 enum Anchors {
     Packed(aho_corasick::packed::Searcher),
     Automaton(aho_corasick::AhoCorasick),
