@@ -1098,14 +1098,17 @@ impl Core {
                     ];
                     ends.sort_unstable();
                     ends.hash(&mut h);
+                    h.finish()
                 }
                 // One-sided HTTP: the MCP session binds its connections.
                 _ => match c.http.as_ref().and_then(|h| h.session_key.as_deref()) {
-                    Some(sid) => one_sided_http_session(c.key.tgid, sid).hash(&mut h),
-                    None => (c.key.tgid, c.key.fd, c.kind).hash(&mut h),
+                    Some(sid) => one_sided_http_session(c.key.tgid, sid),
+                    None => {
+                        (c.key.tgid, c.key.fd, c.kind).hash(&mut h);
+                        h.finish()
+                    }
                 },
             }
-            h.finish()
         };
         let net = c.kind.net();
         if !self.sessions.contains_key(&session_key) {
@@ -1175,9 +1178,7 @@ impl Core {
             (h.session_key.as_deref() != Some(sid)).then_some(sid)
         });
         if let (Some(sid), false) = (named, from_pid != 0 && to_pid != 0) {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            one_sided_http_session(c.key.tgid, sid).hash(&mut h);
-            let key = h.finish();
+            let key = one_sided_http_session(c.key.tgid, sid);
             self.sessions.entry(key).or_insert_with(|| Session {
                 name: format!("http:{key:016x}"),
                 pids: [from_pid, to_pid],
@@ -1401,10 +1402,12 @@ pub fn monotonic_now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// What keys a one-sided HTTP session: the capturing process and the MCP
+/// The key of a one-sided HTTP session: the capturing process and the MCP
 /// session id's fingerprint.
-fn one_sided_http_session(tgid: u32, sid: &str) -> (u32, &str) {
-    (tgid, sid)
+fn one_sided_http_session(tgid: u32, sid: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (tgid, sid).hash(&mut h);
+    h.finish()
 }
 
 fn m_is_error(m: &Message) -> bool {

@@ -495,7 +495,9 @@ impl Detectors {
         let args = p.key.3;
         let ts = me.ts_ns;
         let failed = ev.is_error;
-        let call = if self.cfg.retry_storm.enabled {
+        // One lookup of the call's state: made if retry_storm keeps it.
+        let storm = self.cfg.retry_storm.enabled;
+        let mut call = if storm {
             Some(
                 self.calls
                     .get_or(p.key, CallState::default, &mut self.stats.evicted),
@@ -503,14 +505,14 @@ impl Detectors {
         } else {
             self.calls.get_mut(&p.key)
         };
-        if let Some(c) = call {
+        if let Some(c) = &mut call {
             c.dup.last_error = Some(failed);
         }
         // retry_storm: the same failing call, again and again.
-        if self.cfg.retry_storm.enabled {
+        if let Some(c) = call.filter(|_| storm) {
             let window = self.cfg.retry_storm.window_s * S;
             let min = self.cfg.retry_storm.min_failures as usize;
-            let st = &mut self.calls.get_mut(&p.key).expect("made above").storm;
+            let st = &mut c.storm;
             if failed {
                 while st.failures.front().is_some_and(|e| e.ts_ns + window < ts) {
                     st.failures.pop_front();
