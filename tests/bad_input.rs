@@ -50,6 +50,24 @@ fn binary_garbage_is_counted_and_valid_messages_survive() {
 }
 
 #[test]
+fn pipe_starting_with_binary_bytes_is_ruled_out_in_the_kernel_and_a_text_pipe_is_captured() {
+    let Some((s, info)) = run_case("binary_first") else {
+        return;
+    };
+    assert_eq!(ids_between(&s, &info), Vec::<String>::new(), "{}", s.stderr);
+    let control = [
+        info["writer"].as_u64().unwrap(),
+        info["control_reader"].as_u64().unwrap(),
+    ];
+    let ids: Vec<String> = s
+        .between(&control)
+        .iter()
+        .map(|e| e["id"].to_string())
+        .collect();
+    assert_eq!(ids, ["4", "5", "6"]);
+}
+
+#[test]
 fn invalid_utf8_is_counted_and_valid_messages_survive() {
     let Some((s, info)) = run_case("invalid_utf8") else {
         return;

@@ -14,13 +14,13 @@ use aya_ebpf::{
 use mcpscope_common::{
     counter, stream_key, DataHeader, RecordKind, SslConn, SslKey, StreamInfo, Syscall, SyscallArgs,
     TlsThread, CHUNK_SIZE, DATA_HEADER_LEN, FILE_OTHER, FILE_SOCKET, FLAG_EGRESS, FLAG_TLS,
-    FLAG_TRUNCATED, MAX_CAPTURE_CAP, MAX_CHUNKS, MAX_IOV, STREAM_IGNORED, STREAM_TRACKED,
+    FLAG_TRUNCATED, MAX_CAPTURE_CAP, MAX_CHUNKS, MAX_IOV, STREAM_RULED_OUT, STREAM_TRACKED,
 };
 
 use crate::files::file_of;
 use crate::maps::{
-    count, CopyState, Scratch, AGENT_TGID, ARGS, CAPTURE_CAP, COUNTERS, EVENTS, SCRATCH, SSL_CONNS,
-    STREAMS, TLS_FDS, TLS_THREADS,
+    count, wakeup_flags, CopyState, Scratch, AGENT_TGID, ARGS, BPF_RB_NO_WAKEUP, CAPTURE_CAP,
+    COUNTERS, EVENTS, SCRATCH, SSL_CONNS, STREAMS, TLS_FDS, TLS_THREADS,
 };
 
 // Offsets in the syscall tracepoint record (see
@@ -82,7 +82,7 @@ fn on_enter(ctx: &TracePointContext, sc: Syscall) {
     };
     // SAFETY: plain-data map value.
     if let Some(info) = unsafe { STREAMS.get(stream_key(tgid, fd)) } {
-        if info.state == STREAM_IGNORED {
+        if info.state != STREAM_TRACKED {
             return; // ruled out before: the cheapest possible exit
         }
     }
@@ -144,12 +144,19 @@ fn on_exit(ctx: &TracePointContext) {
         Some(i) if i.state == STREAM_TRACKED => *i,
         Some(_) => return,
         None => {
-            if !looks_like_mcp(&args, sc) {
-                return;
+            let head = classify_head(&args, sc, ret);
+            if head == Head::Text {
+                return; // maybe the middle of a message: ask again next time
             }
             let (file_kind, ino, flow) = file_of(args.fd);
-            let state = if file_kind == FILE_OTHER {
-                STREAM_IGNORED
+            let tcp = file_kind == FILE_SOCKET && flow.lport != 0;
+            if head == Head::Binary && tcp {
+                // A TLS thread's ciphertext fd: its syscalls must keep reaching
+                // `on_tls_thread_io`, which an ignored stream's would not.
+                return;
+            }
+            let state = if file_kind == FILE_OTHER || head == Head::Binary {
+                STREAM_RULED_OUT
             } else {
                 STREAM_TRACKED
             };
@@ -161,7 +168,7 @@ fn on_exit(ctx: &TracePointContext) {
             };
             // BPF_NOEXIST: never overwrite a decision userspace made meanwhile.
             let _ = STREAMS.insert(key, info, BPF_NOEXIST as u64);
-            if state == STREAM_IGNORED {
+            if state == STREAM_RULED_OUT {
                 return; // JSON in a regular file or tty: not a transport
             }
             info
@@ -236,46 +243,77 @@ fn on_tls_thread_io(t: &mut TlsThread, args: &SyscallArgs, sc: Syscall, pid_tgid
     }
 }
 
-/// Cheap content test for an fd seen for the first time: the first
-/// non-blank byte starts JSON (`{`, `[`), or the data starts an HTTP message.
+/// What the first bytes of an fd's first syscall say about it.
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum Head {
+    /// JSON (`{`, `[` after blanks) or an HTTP/1 start line: capture.
+    Mcp,
+    /// Something else textual: perhaps the middle of a message (the agent
+    /// started late), so the next syscall is asked again.
+    Text,
+    /// A NUL byte among the moved bytes: never JSON-RPC or HTTP/1 text (JSON
+    /// escapes a NUL), so the fd can be ruled out for good — an event loop's
+    /// wake-up socketpair (`"\0"`), an eventfd counter, a binary protocol.
+    Binary,
+}
+
+/// Cheap content test for an fd seen for the first time, over at most the
+/// first 16 of the `ret` bytes the syscall moved.
 #[inline(always)]
-fn looks_like_mcp(args: &SyscallArgs, sc: Syscall) -> bool {
+fn classify_head(args: &SyscallArgs, sc: Syscall, ret: u64) -> Head {
     let base = if sc.is_vectored() {
         if args.iovcnt == 0 {
-            return false;
+            return Head::Text;
         }
         match unsafe { bpf_probe_read_user(args.buf as *const IoVec) } {
             Ok(iov) => iov.base,
-            Err(_) => return false,
+            Err(_) => return Head::Text,
         }
     } else {
         args.buf
     };
-    // 16 bytes on the stack; a fault (short buffer at a page end) just says no.
-    let head = match unsafe { bpf_probe_read_user(base as *const [u8; 16]) } {
-        Ok(h) => h,
+    // 16 bytes on the stack; a fault (short buffer at a page end) falls back
+    // to 4, and `valid` says how many were really read.
+    let (head, mut valid) = match unsafe { bpf_probe_read_user(base as *const [u8; 16]) } {
+        Ok(h) => (h, 16u64),
         Err(_) => match unsafe { bpf_probe_read_user(base as *const [u8; 4]) } {
-            Ok(h) => [h[0], h[1], h[2], h[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            Err(_) => return false,
+            Ok(h) => (
+                [h[0], h[1], h[2], h[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                4,
+            ),
+            Err(_) => return Head::Text,
         },
     };
+    if sc.is_vectored() {
+        valid = 0; // the first iovec may be shorter than `ret`: no NUL verdict
+    } else if ret < valid {
+        valid = ret; // bytes past `ret` are stale buffer contents
+    }
     let word = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
     if matches!(
         &word.to_le_bytes(),
         b"HTTP" | b"GET " | b"POST" | b"PUT " | b"DELE" | b"HEAD" | b"OPTI" | b"PATC"
     ) {
-        return true;
+        return Head::Mcp;
     }
     // Constant bound: the verifier unrolls or bounds this loop.
     let mut i = 0;
     while i < 16 {
         match head[i] {
             b' ' | b'\t' | b'\r' | b'\n' => i += 1,
-            b'{' | b'[' => return true,
-            _ => return false,
+            b'{' | b'[' => return Head::Mcp,
+            _ => break,
         }
     }
-    false
+    // Constant bound again; `valid` only shortens it.
+    let mut j = 0;
+    while j < 16 {
+        if (j as u64) < valid && head[j] == 0 {
+            return Head::Binary;
+        }
+        j += 1;
+    }
+    Head::Text
 }
 
 /// Copies `ret` bytes (capped) from the syscall's buffer(s) into the ring
@@ -452,14 +490,6 @@ extern "C" fn copy_step(_index: u64, _ctx: *mut c_void) -> i64 {
     0
 }
 
-/// `bpf_ringbuf_query` flag: bytes not yet consumed.
-const BPF_RB_AVAIL_DATA: u64 = 0;
-/// `bpf_ringbuf_output` flags: skip / force the reader's wakeup.
-const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
-/// Pending bytes that make a record wake the reader (1/32 of the default ring).
-const WAKEUP_BYTES: u64 = 512 * 1024;
-
 /// Writes the first `size` bytes of the scratch record to the ring buffer,
 /// counting a full buffer.
 #[inline(always)]
@@ -472,18 +502,7 @@ fn emit(s: &mut Scratch, size: usize) {
     // SAFETY: header and data are contiguous (#[repr(C)]); `size` was
     // checked against their combined length above.
     let bytes = unsafe { core::slice::from_raw_parts(&s.hdr as *const _ as *const u8, size) };
-    // Waking the reader costs more than the copy (an irq_work per record at
-    // high rates): wake it only when a batch is pending; userspace also
-    // drains the ring on its 20 ms tick, which bounds the latency.
-    let pending = EVENTS.query(BPF_RB_AVAIL_DATA);
-    // Only the record that crosses the threshold wakes: once woken, the
-    // reader drains everything there is (forcing every record past the
-    // threshold would cost an irq_work each until it has).
-    let flags = if pending < WAKEUP_BYTES && pending + size as u64 >= WAKEUP_BYTES {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
+    let (pending, flags) = wakeup_flags(size as u64);
     if EVENTS.output::<[u8]>(bytes, flags).is_err() {
         count(counter::RINGBUF_FULL_RECORDS, 1);
         count(counter::RINGBUF_FULL_BYTES, (size - DATA_HEADER_LEN) as u64);

@@ -9,9 +9,9 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use mcpscope_common::{stream_key, ProcRecord, RecordKind};
+use mcpscope_common::{stream_key, ProcRecord, RecordKind, STREAM_RULED_OUT};
 
-use crate::maps::{AGENT_TGID, EVENTS, EXIT_GROUP_DEAD_OFFSET, STREAMS, TLS_FDS};
+use crate::maps::{wakeup_flags, AGENT_TGID, EVENTS, EXIT_GROUP_DEAD_OFFSET, STREAMS, TLS_FDS};
 
 /// `sys_enter_close`: only fds we track produce a record (and leave the map),
 /// so closing ordinary files costs one hash lookup.
@@ -28,11 +28,21 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
     };
     let key = stream_key(tgid, fd as u32);
     // SAFETY: plain-data values.
-    // Verifier: two lookups whose results are combined (`a || b`) get
-    // merged by LLVM into `ptr | ptr`, which is prohibited; the
-    // short-circuit keeps the second lookup behind the first's null test.
-    if unsafe { STREAMS.get(key) }.is_none() && unsafe { TLS_FDS.get(key) }.is_none() {
-        return 0;
+    // Verifier: the second lookup stays behind the first's null test (two
+    // results combined as `a || b` get merged by LLVM into `ptr | ptr`,
+    // which is prohibited).
+    match unsafe { STREAMS.get(key) } {
+        Some(info) if info.state == STREAM_RULED_OUT => {
+            // Userspace never heard of this fd: forget it without a record.
+            let _ = STREAMS.remove(key);
+            return 0;
+        }
+        Some(_) => {}
+        None => {
+            if unsafe { TLS_FDS.get(key) }.is_none() {
+                return 0;
+            }
+        }
     }
     let _ = STREAMS.remove(key);
     let _ = TLS_FDS.remove(key);
@@ -80,7 +90,8 @@ fn emit(kind: RecordKind, pid_tgid: u64, fd: u32) {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    if EVENTS.output::<ProcRecord>(rec, 0).is_err() {
+    let (_, flags) = wakeup_flags(core::mem::size_of::<ProcRecord>() as u64);
+    if EVENTS.output::<ProcRecord>(&rec, flags).is_err() {
         crate::maps::count(mcpscope_common::counter::RINGBUF_FULL_RECORDS, 1);
     }
 }

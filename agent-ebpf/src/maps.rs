@@ -107,3 +107,29 @@ pub fn count(idx: u32, n: u64) {
         unsafe { *p += n };
     }
 }
+
+/// `bpf_ringbuf_query` flag: bytes not yet consumed.
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// `bpf_ringbuf_output` flags: skip / force the reader's wakeup.
+pub const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+/// Pending bytes that make a record wake the reader (1/32 of the default ring).
+const WAKEUP_BYTES: u64 = 512 * 1024;
+
+/// The bytes pending in `EVENTS` and the output flags for a record of `size`
+/// bytes. Waking the reader costs more than the copy (an irq_work, then a
+/// cross-CPU wakeup, per record): wake it only when a batch is pending;
+/// userspace also drains the ring on its 20 ms tick, which bounds the
+/// latency. Only the record that crosses the threshold wakes: once woken,
+/// the reader drains everything there is (forcing every record past the
+/// threshold would cost an irq_work each until it has).
+#[inline(always)]
+pub fn wakeup_flags(size: u64) -> (u64, u64) {
+    let pending = EVENTS.query(BPF_RB_AVAIL_DATA);
+    let flags = if pending < WAKEUP_BYTES && pending + size >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    (pending, flags)
+}

@@ -70,6 +70,19 @@ def run(case):
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
         out["writer"] = child
+    elif case == "binary_first":
+        # This pipe's first bytes hold a NUL: no JSON-RPC text ever does, so
+        # the kernel rules the fd out for good and the valid lines after it
+        # go uncaptured. A second pipe, text from its first byte, is the
+        # control: it is captured.
+        w.write(b"\x00\x01\x02\x03\n")
+        w.flush()
+        w.write(valid([1, 2, 3]))
+        control = subprocess.Popen(READER, stdin=subprocess.PIPE)
+        control.stdin.write(valid([4, 5, 6]))
+        control.stdin.close()
+        control.wait()
+        out["control_reader"] = control.pid
     else:
         raise SystemExit(f"unknown case {case}")
     w.close()

@@ -344,9 +344,13 @@ pub struct SyscallArgs {
 
 /// [`StreamInfo::state`]: the fd carries MCP (or looked like it); capture it all.
 pub const STREAM_TRACKED: u32 = 1;
-/// [`StreamInfo::state`]: not MCP (decided by userspace, or not a pipe or
-/// socket); skip it.
+/// [`StreamInfo::state`]: not MCP, decided by userspace after it saw the
+/// stream's bytes; skip it (its close is still reported).
 pub const STREAM_IGNORED: u32 = 2;
+/// [`StreamInfo::state`]: not MCP, decided by the kernel at the fd's first
+/// syscall (not a pipe or socket, or binary bytes); userspace never saw the
+/// fd, so its close is not reported either.
+pub const STREAM_RULED_OUT: u32 = 3;
 
 /// Arguments of an `SSL_read`/`SSL_write` call, saved at uprobe entry and
 /// consumed at its return, keyed by `pid_tgid`.
