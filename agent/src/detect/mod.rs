@@ -95,8 +95,15 @@ pub struct DetectStats {
 /// A tools/call's key: caller, server, tool, canonical arguments hash.
 type CallKey = (Id, Id, Id, u64);
 
+/// Calls (or failures) kept per duplicate or retry-storm episode, at least:
+/// every flag fires by `min + 3`, so older entries past this many are only
+/// memory (a client repeating one call 100,000 times a minute would
+/// otherwise keep 100,000 of them).
+const EPISODE_KEEP: usize = 32;
+
 #[derive(Default)]
 struct DupState {
+    /// The episode's most recent calls within the window, oldest first.
     calls: VecDeque<Evidence>,
     last_error: Option<bool>,
     fired: Option<Severity>,
@@ -450,6 +457,9 @@ impl Detectors {
             d.fired = None; // a new episode
         }
         d.calls.push_back(me);
+        if d.calls.len() > EPISODE_KEEP.max(min + 3) {
+            d.calls.pop_front();
+        }
         let n = d.calls.len();
         if n < min {
             return;
@@ -518,6 +528,9 @@ impl Detectors {
                     st.failures.pop_front();
                 }
                 st.failures.push_back(me.clone());
+                if st.failures.len() > EPISODE_KEEP.max(min) {
+                    st.failures.pop_front();
+                }
                 if st.failures.len() >= min && !st.fired {
                     st.fired = true;
                     out.push(Flag {

@@ -181,6 +181,21 @@ fn duplicates_are_per_caller_across_interleaved_sessions_with_reused_ids() {
 }
 
 #[test]
+fn one_call_repeated_many_times_fires_three_times_and_keeps_bounded_evidence() {
+    let mut c = quiet();
+    c.loop_.enabled = false;
+    let mut s = Script::new(c);
+    for i in 0..5_000 {
+        s.call("s", 1, i, "read", 42, S + i as u64);
+    }
+    // min_count 2: Low at 2, Medium at 3, High at 5; never again.
+    assert_eq!(s.count("duplicate_call"), 3, "{:?}", s.names());
+    let key = s.d.calls.map.keys().next().copied().unwrap();
+    let kept = s.d.calls.get_mut(&key).unwrap().dup.calls.len();
+    assert_eq!(kept, super::EPISODE_KEEP);
+}
+
+#[test]
 fn out_of_order_responses_pair_by_request_and_feed_retry_storm() {
     let mut c = quiet();
     c.retry_storm.min_failures = 3;
