@@ -148,11 +148,25 @@ struct RateState {
     in_spike: bool,
 }
 
+/// Slots per error-burst window: outcomes are counted per slot, so the
+/// state is ERROR_SLOTS + 1 counters whatever the call rate (a deque of
+/// every outcome held 2.4 million entries at 40,000 calls a second), and
+/// the window's edge is exact to 1/ERROR_SLOTS of it.
+const ERROR_SLOTS: u64 = 30;
+
+/// Calls and failures in one slot of the error-burst window.
+struct OutcomeSlot {
+    slot: u64,
+    calls: usize,
+    errors: usize,
+}
+
 #[derive(Default)]
 struct ErrState {
-    /// (time, failed) of every call in the window.
-    outcomes: VecDeque<(u64, bool)>,
-    /// Failures among `outcomes` (kept, not counted per message).
+    /// Per-slot counts of the calls in the window, oldest first.
+    outcomes: VecDeque<OutcomeSlot>,
+    /// Calls and failures over `outcomes` (kept, not summed per message).
+    calls: usize,
     errors: usize,
     /// Evidence of the most recent failures in the window (bounded).
     failures: VecDeque<(u64, Evidence)>,
@@ -612,40 +626,57 @@ impl Detectors {
                     &mut self.stats.evicted,
                 )
                 .errors; // Amortised O(1) per message: counts kept as calls enter and leave.
-            e.outcomes.push_back((ts, failed));
+            let slot_ns = (window / ERROR_SLOTS).max(1);
+            let slot = ts / slot_ns;
+            match e.outcomes.back_mut().filter(|o| o.slot == slot) {
+                Some(o) => o.calls += 1,
+                None => e.outcomes.push_back(OutcomeSlot {
+                    slot,
+                    calls: 1,
+                    errors: 0,
+                }),
+            }
+            e.calls += 1;
             if failed {
+                if let Some(o) = e.outcomes.back_mut() {
+                    o.errors += 1;
+                }
                 e.errors += 1;
                 if e.failures.len() == MAX_ERROR_EVIDENCE {
                     e.failures.pop_front();
                 }
                 e.failures.push_back((ts, me.clone()));
             }
-            while let Some(&(_, f)) = e.outcomes.front().filter(|(t, _)| t + window < ts) {
+            // A slot leaves once its newest possible call is out of the window.
+            while let Some(o) = e
+                .outcomes
+                .front()
+                .filter(|o| (o.slot + 1) * slot_ns + window <= ts)
+            {
+                e.calls -= o.calls;
+                e.errors -= o.errors;
                 e.outcomes.pop_front();
-                if f {
-                    e.errors -= 1;
-                }
             }
             while e.failures.front().is_some_and(|(t, _)| t + window < ts) {
                 e.failures.pop_front();
             }
             let errs = e.errors;
-            let r = errs as f64 / e.outcomes.len() as f64;
-            if e.outcomes.len() >= min && r >= ratio && !e.fired {
+            let r = errs as f64 / e.calls as f64;
+            if e.calls >= min && r >= ratio && !e.fired {
                 e.fired = true;
                 out.push(Flag {
                     flag: "error_burst",
                     severity: Severity::Medium,
                     message: format!(
                         "{errs} of the last {} calls from {caller} to {server} failed ({:.0}%)",
-                        e.outcomes.len(),
+                        e.calls,
                         r * 100.0
                     ),
                     caller: caller.to_string(),
                     server: server.to_string(),
                     tool: None,
                     evidence: e.failures.iter().map(|(_, ev)| ev.clone()).collect(),
-                    details: json!({ "errors": errs, "calls": e.outcomes.len(), "ratio": r }),
+                    details: json!({ "errors": errs, "calls": e.calls, "ratio": r }),
                 });
             } else if r < ratio / 2.0 {
                 e.fired = false;

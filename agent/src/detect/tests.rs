@@ -318,6 +318,32 @@ fn error_burst_fires_once_and_rearms_after_recovery() {
 }
 
 #[test]
+fn error_burst_state_does_not_grow_with_the_call_rate() {
+    let mut c = quiet();
+    c.duplicate_call.enabled = false;
+    c.loop_.enabled = false;
+    let mut s = Script::new(c);
+    // 20,000 calls over 200 s (100 a second), one in four failing: the
+    // ratio stays under 0.5, and the window holds 30 slots, not 6,000 calls.
+    for i in 0..20_000i64 {
+        let ts = S + i as u64 * (S / 100);
+        let q = s.call("s", 1, i, "t", i as u64, ts);
+        s.answer("s", 1, i, "t", q, i % 4 == 0, 0, 10, ts);
+    }
+    assert_eq!(s.count("error_burst"), 0);
+    let e = &s.d.pairs.map.values().next().unwrap().0.errors;
+    assert!(e.outcomes.len() <= super::ERROR_SLOTS as usize + 1);
+    // 60 s of calls at 100 a second, give or take one slot (2 s) at the edge.
+    assert!((6_000..=6_200).contains(&e.calls), "{}", e.calls);
+    assert!(
+        (e.calls / 4).abs_diff(e.errors) <= 1,
+        "{} of {}",
+        e.errors,
+        e.calls
+    );
+}
+
+#[test]
 fn large_response_absolute_and_relative() {
     let mut c = quiet();
     c.duplicate_call.enabled = false;
