@@ -3,8 +3,9 @@
 //! pipes as fast as the pipes allow. One `write` per message, reads as the
 //! kernel delivers them, no allocation in the loop.
 //!
-//! `mcp-pingpong client SECONDS [PAYLOAD_BYTES]` spawns `mcp-pingpong server`
-//! and prints `{"round_trips":N,"seconds":S,"syscalls":K}`.
+//! `mcp-pingpong client SECONDS [PAYLOAD_BYTES [ROUND_TRIPS_PER_S]]` spawns
+//! `mcp-pingpong server` and prints `{"round_trips":N,"seconds":S,"syscalls":K}`;
+//! with a rate, it paces itself to it (0, the default: as fast as it can).
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -25,16 +26,17 @@ fn main() {
         Some("client") => {
             let secs: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2.0);
             let payload: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(16);
-            client(Duration::from_secs_f64(secs), payload);
+            let rate: f64 = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+            client(Duration::from_secs_f64(secs), payload, rate);
         }
         _ => {
-            eprintln!("usage: mcp-pingpong client SECONDS [PAYLOAD_BYTES] | fan N | flood RATE SECONDS | server");
+            eprintln!("usage: mcp-pingpong client SECONDS [PAYLOAD_BYTES [ROUND_TRIPS_PER_S]] | fan N | flood RATE SECONDS | server");
             std::process::exit(2);
         }
     }
 }
 
-fn client(duration: Duration, payload: usize) {
+fn client(duration: Duration, payload: usize, rate: f64) {
     let exe = std::env::current_exe().expect("own path");
     let mut child = Command::new(exe)
         .arg("server")
@@ -50,6 +52,15 @@ fn client(duration: Duration, payload: usize) {
     let start = Instant::now();
     let mut n: u64 = 0;
     while start.elapsed() < duration {
+        if rate > 0.0 {
+            // Paced: sleep while more than a millisecond ahead of schedule.
+            let due = Duration::from_secs_f64(n as f64 / rate);
+            if let Some(ahead) = due.checked_sub(start.elapsed()) {
+                if ahead > Duration::from_millis(1) {
+                    std::thread::sleep(ahead);
+                }
+            }
+        }
         n += 1;
         request.clear();
         writeln!(
