@@ -1,7 +1,7 @@
 //! Detector state: bounded least-recently-used maps keyed by plain
 //! integers, and the names (identities, servers, tools) those integers
-//! stand for. Keys are `Copy`: a message costs hash-map probes, never a
-//! string hash, an allocation or a reference count per state lookup.
+//! stand for. Keys are `Copy`: a message costs one hash-map probe per
+//! state lookup, never a string hash, an allocation or a reference count.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -116,22 +116,47 @@ impl Names {
 /// otherwise fill the queue with stale entries, one per message). The
 /// key evicted is then at most that much younger than the true least
 /// recently used one.
+///
+/// Values live in a slab indexed by the map, so a lookup is one hash
+/// probe: the map hands out a slot number, not a borrow.
 pub(super) struct Lru<K, V> {
-    pub map: Map<K, (V, u64)>,
+    index: Map<K, u32>,
+    slots: Vec<Option<Slot<V>>>,
+    free: Vec<u32>,
     order: VecDeque<(K, u64)>,
     cap: usize,
     clock: u64,
+}
+
+struct Slot<V> {
+    value: V,
+    /// The clock of the touch queued for this key.
+    touched: u64,
 }
 
 impl<K: Hash + Eq + Copy, V> Lru<K, V> {
     /// At most `cap` keys.
     pub fn new(cap: usize) -> Self {
         Self {
-            map: Map::default(),
+            index: Map::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
             order: VecDeque::new(),
             cap,
             clock: 0,
         }
+    }
+
+    /// Keys held.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// The values held, in no order.
+    #[cfg(test)]
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.slots.iter().flatten().map(|s| &s.value)
     }
 
     /// The value of `k`, made if absent (evicting the least recently
@@ -139,20 +164,52 @@ impl<K: Hash + Eq + Copy, V> Lru<K, V> {
     pub fn get_or(&mut self, k: K, make: impl FnOnce() -> V, evicted: &mut u64) -> &mut V {
         self.clock += 1;
         let clock = self.clock;
-        if let Some(e) = self.map.get_mut(&k) {
-            if clock - e.1 <= (self.cap as u64 / 8).max(1) {
-                // Touched recently: its queued touch stands (see above).
-                // (Looked up again: the borrow checker does not let this
-                // branch return `e` while the others use the map.)
-                return &mut self.map.get_mut(&k).expect("present").0;
+        let i = match self.index.get(&k) {
+            Some(&i) => {
+                let slot = self.slots[i as usize].as_mut().expect("indexed slot");
+                if clock - slot.touched > (self.cap as u64 / 8).max(1) {
+                    slot.touched = clock;
+                    self.queue_touch(k, clock);
+                } // else: touched recently, its queued touch stands (see above)
+                i
             }
-        } else if self.map.len() >= self.cap {
-            self.evict_one(evicted);
-        }
+            None => {
+                if self.index.len() >= self.cap {
+                    self.evict_one(evicted);
+                }
+                let slot = Some(Slot {
+                    value: make(),
+                    touched: clock,
+                });
+                let i = match self.free.pop() {
+                    Some(i) => {
+                        self.slots[i as usize] = slot;
+                        i
+                    }
+                    None => {
+                        self.slots.push(slot);
+                        (self.slots.len() - 1) as u32
+                    }
+                };
+                self.index.insert(k, i);
+                self.queue_touch(k, clock);
+                i
+            }
+        };
+        &mut self.slots[i as usize].as_mut().expect("indexed slot").value
+    }
+
+    /// When `k`'s queued touch was (None: not held).
+    fn touched(&self, k: &K) -> Option<u64> {
+        let i = *self.index.get(k)?;
+        self.slots[i as usize].as_ref().map(|s| s.touched)
+    }
+
+    fn queue_touch(&mut self, k: K, clock: u64) {
         // Stale touches at the front (keys touched again later, or
         // removed) go as new ones come: the queue stays short.
-        while let Some((old, t)) = self.order.front() {
-            if self.map.get(old).is_some_and(|(_, touched)| touched == t) {
+        while let Some(&(old, t)) = self.order.front() {
+            if self.touched(&old) == Some(t) {
                 break;
             }
             self.order.pop_front();
@@ -160,19 +217,18 @@ impl<K: Hash + Eq + Copy, V> Lru<K, V> {
         self.order.push_back((k, clock));
         if self.order.len() > 4 * self.cap.max(16) {
             // Stale touches behind a live one.
-            let map = &self.map;
-            self.order
-                .retain(|(key, t)| map.get(key).is_some_and(|(_, touched)| touched == t));
+            let order = std::mem::take(&mut self.order);
+            self.order = order
+                .into_iter()
+                .filter(|(key, t)| self.touched(key) == Some(*t))
+                .collect();
         }
-        let e = self.map.entry(k).or_insert_with(|| (make(), clock));
-        e.1 = clock;
-        &mut e.0
     }
 
     fn evict_one(&mut self, evicted: &mut u64) {
         while let Some((old, t)) = self.order.pop_front() {
-            if self.map.get(&old).is_some_and(|(_, touched)| *touched == t) {
-                self.map.remove(&old);
+            if self.touched(&old) == Some(t) {
+                self.remove(&old);
                 *evicted += 1;
                 return;
             }
@@ -181,19 +237,22 @@ impl<K: Hash + Eq + Copy, V> Lru<K, V> {
 
     /// Touches `k`, adding it with `v` if absent; says whether it was.
     pub fn insert_new(&mut self, k: K, v: V, evicted: &mut u64) -> bool {
-        let new = !self.map.contains_key(&k);
+        let new = !self.index.contains_key(&k);
         self.get_or(k, || v, evicted);
         new
     }
 
     /// The value of `k`, if present (not a touch).
     pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
-        self.map.get_mut(k).map(|(v, _)| v)
+        let i = *self.index.get(k)?;
+        self.slots[i as usize].as_mut().map(|s| &mut s.value)
     }
 
     /// Removes `k`.
     pub fn remove(&mut self, k: &K) -> Option<V> {
-        self.map.remove(k).map(|(v, _)| v)
+        let i = self.index.remove(k)?;
+        self.free.push(i);
+        self.slots[i as usize].take().map(|s| s.value)
     }
 }
 

@@ -190,8 +190,7 @@ fn one_call_repeated_many_times_fires_three_times_and_keeps_bounded_evidence() {
     }
     // min_count 2: Low at 2, Medium at 3, High at 5; never again.
     assert_eq!(s.count("duplicate_call"), 3, "{:?}", s.names());
-    let key = s.d.calls.map.keys().next().copied().unwrap();
-    let kept = s.d.calls.get_mut(&key).unwrap().dup.calls.len();
+    let kept = s.d.calls.values().next().unwrap().dup.calls.len();
     assert_eq!(kept, super::EPISODE_KEEP);
 }
 
@@ -331,7 +330,7 @@ fn error_burst_state_does_not_grow_with_the_call_rate() {
         s.answer("s", 1, i, "t", q, i % 4 == 0, 0, 10, ts);
     }
     assert_eq!(s.count("error_burst"), 0);
-    let e = &s.d.pairs.map.values().next().unwrap().0.errors;
+    let e = &s.d.pairs.values().next().unwrap().errors;
     assert!(e.outcomes.len() <= super::ERROR_SLOTS as usize + 1);
     // 60 s of calls at 100 a second, give or take one slot (2 s) at the edge.
     assert!((6_000..=6_200).contains(&e.calls), "{}", e.calls);
@@ -548,7 +547,7 @@ fn state_is_bounded_and_evictions_counted() {
         s.call("s", 1, i, &format!("tool{i}"), i as u64, S);
     }
     assert!(s.d.stats.evicted > 0);
-    assert!(s.d.calls.map.len() <= 16 && s.d.pending.map.len() <= 16);
+    assert!(s.d.calls.len() <= 16 && s.d.pending.len() <= 16);
 }
 
 #[test]
