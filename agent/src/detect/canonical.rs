@@ -17,9 +17,167 @@ pub const NULL: u64 = 0x6a09_e667_f3bc_c908;
 
 /// Canonical hash of the JSON text `json`; invalid JSON hashes as `null`
 /// (the parser that produced `json` already validated it).
+///
+/// A scan of the already-validated text finds each string's end with
+/// memchr and hashes it in place; serde decodes only what needs decoding
+/// (strings with escapes, numbers). It gives exactly [`serde_hash`]'s
+/// value (tested), about three times as fast on long strings, and falls
+/// back to it on anything it does not expect.
 pub fn hash(json: &str) -> u64 {
+    scan(json).unwrap_or_else(|| serde_hash(json))
+}
+
+/// The scan behind [`hash`]; `None` where it hands over to serde.
+fn scan(json: &str) -> Option<u64> {
+    let mut s = Scan {
+        b: json.as_bytes(),
+        i: 0,
+        depth: 0,
+    };
+    let h = s.value()?;
+    s.at_end().then_some(h)
+}
+
+/// The same hash by serde's visitor: the reference, and the fallback.
+pub fn serde_hash(json: &str) -> u64 {
     let mut de = serde_json::Deserializer::from_str(json);
     CanonicalHash.deserialize(&mut de).unwrap_or(NULL)
+}
+
+/// Nesting the scan follows before it hands over to serde (which stops at
+/// 128 itself).
+const MAX_DEPTH: u32 = 128;
+
+/// A cursor over validated JSON text.
+struct Scan<'a> {
+    b: &'a [u8],
+    i: usize,
+    depth: u32,
+}
+
+impl Scan<'_> {
+    fn blank(&mut self) {
+        while matches!(self.b.get(self.i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    fn at_end(&mut self) -> bool {
+        self.blank();
+        self.i == self.b.len()
+    }
+
+    /// Consumes `c` after blanks.
+    fn eat(&mut self, c: u8) -> Option<()> {
+        self.blank();
+        (self.b.get(self.i) == Some(&c)).then(|| self.i += 1)
+    }
+
+    fn value(&mut self) -> Option<u64> {
+        self.blank();
+        match *self.b.get(self.i)? {
+            b'{' => self.nested(Self::object),
+            b'[' => self.nested(Self::array),
+            b'"' => self.string(),
+            b't' => self.literal(b"true", tagged(2, 1)),
+            b'f' => self.literal(b"false", tagged(2, 0)),
+            b'n' => self.literal(b"null", NULL),
+            _ => self.number(),
+        }
+    }
+
+    fn nested(&mut self, f: fn(&mut Self) -> Option<u64>) -> Option<u64> {
+        if self.depth >= MAX_DEPTH {
+            return None;
+        }
+        self.depth += 1;
+        self.i += 1; // the opening bracket
+        let h = f(self);
+        self.depth -= 1;
+        h
+    }
+
+    fn literal(&mut self, word: &[u8], h: u64) -> Option<u64> {
+        self.b[self.i..].starts_with(word).then(|| {
+            self.i += word.len();
+            h
+        })
+    }
+
+    fn string(&mut self) -> Option<u64> {
+        let start = self.i + 1;
+        let mut end = start + memchr::memchr2(b'"', b'\\', &self.b[start..])?;
+        if self.b[end] == b'"' {
+            // No escapes (almost every string): hashed where it lies.
+            self.i = end + 1;
+            return Some(tagged(6, bytes_hash(&self.b[start..end])));
+        }
+        while self.b[end] == b'\\' {
+            end += 2; // the backslash and the byte it escapes
+            end += memchr::memchr2(b'"', b'\\', self.b.get(end..)?)?;
+        }
+        let decoded: String = serde_json::from_slice(&self.b[self.i..=end]).ok()?;
+        self.i = end + 1;
+        Some(str_hash(&decoded))
+    }
+
+    fn number(&mut self) -> Option<u64> {
+        let start = self.i;
+        while matches!(
+            self.b.get(self.i),
+            Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+        ) {
+            self.i += 1;
+        }
+        // serde's own number parsing, so the kind (u64, i64, f64) is its.
+        let n: serde_json::Number = serde_json::from_slice(&self.b[start..self.i]).ok()?;
+        Some(if let Some(u) = n.as_u64() {
+            tagged(3, u)
+        } else if let Some(i) = n.as_i64() {
+            tagged(4, i as u64)
+        } else {
+            tagged(5, n.as_f64()?.to_bits())
+        })
+    }
+
+    /// After `{`: members combine as in [`ValueHash::visit_map`].
+    fn object(&mut self) -> Option<u64> {
+        let (mut sum, mut n) = (0u64, 0u64);
+        if self.eat(b'}').is_none() {
+            loop {
+                self.blank();
+                if self.b.get(self.i) != Some(&b'"') {
+                    return None;
+                }
+                let k = self.string()?;
+                self.eat(b':')?;
+                let v = self.value()?;
+                sum = sum.wrapping_add(mix(k ^ v.rotate_left(32)));
+                n += 1;
+                if self.eat(b',').is_none() {
+                    self.eat(b'}')?;
+                    break;
+                }
+            }
+        }
+        Some(tagged(8, sum ^ mix(n)))
+    }
+
+    /// After `[`: elements chain as in [`ValueHash::visit_seq`].
+    fn array(&mut self) -> Option<u64> {
+        let mut h = tagged(7, 0);
+        if self.eat(b']').is_none() {
+            loop {
+                let x = self.value()?;
+                h = mix(h.rotate_left(23) ^ x);
+                if self.eat(b',').is_none() {
+                    self.eat(b']')?;
+                    break;
+                }
+            }
+        }
+        Some(h)
+    }
 }
 
 /// splitmix64's finaliser: every input bit reaches every output bit, so
@@ -152,6 +310,65 @@ mod tests {
         ];
         let hashes: std::collections::HashSet<u64> = all.iter().map(|j| hash(j)).collect();
         assert_eq!(hashes.len(), all.len());
+    }
+
+    #[test]
+    fn the_scan_gives_serde_s_hash_exactly() {
+        let fixed = [
+            r#"{"a":1,"b":{"x":[1,2,"s"],"y":null}}"#,
+            r#" { "b" : { "y":null, "x":[1, 2, "\u0073"] }, "a":1 } "#,
+            r#"{"k\"ey":"v\\al\"ue\n","\u00e9":"\ud83d\ude00","e":"é😀"}"#,
+            r#"[0,-0,1.0,-1,1e3,1E-3,-2.5e+10,18446744073709551615,18446744073709551616,-9223372036854775808,-9223372036854775809]"#,
+            r#"[true,false,null,[],{},[[]],[{}],{"":""}]"#,
+            r#""just a string""#,
+            "3.25",
+            r#"{"path":"C:\\dir\\","x":"\\"}"#,
+        ];
+        for j in fixed {
+            assert_eq!(scan(j), Some(serde_hash(j)), "{j}");
+        }
+        // Random values, compact and pretty, with escapes and unicode.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed = mix(seed);
+            seed
+        };
+        fn gen(next: &mut dyn FnMut() -> u64, depth: u32) -> serde_json::Value {
+            use serde_json::Value as V;
+            let pick = next() % if depth > 3 { 5 } else { 7 };
+            match pick {
+                0 => V::Null,
+                1 => V::Bool(next() % 2 == 0),
+                2 => match next() % 3 {
+                    0 => V::from(next() >> (next() % 64)),
+                    1 => V::from(-((next() >> 2) as i64)),
+                    _ => V::from((next() % 100_000) as f64 / 7.0),
+                },
+                3 | 4 => {
+                    let parts = ["a", "\"", "\\", "\n", "é", "😀", "\u{7}", "x y", "/"];
+                    V::String(
+                        (0..next() % 6)
+                            .map(|_| parts[(next() % parts.len() as u64) as usize])
+                            .collect(),
+                    )
+                }
+                5 => V::Array((0..next() % 4).map(|_| gen(next, depth + 1)).collect()),
+                _ => V::Object(
+                    (0..next() % 4)
+                        .map(|i| (format!("k{i}{}", next() % 3), gen(next, depth + 1)))
+                        .collect(),
+                ),
+            }
+        }
+        for _ in 0..2_000 {
+            let v = gen(&mut next, 0);
+            for text in [
+                serde_json::to_string(&v).unwrap(),
+                serde_json::to_string_pretty(&v).unwrap(),
+            ] {
+                assert_eq!(scan(&text), Some(serde_hash(&text)), "{text}");
+            }
+        }
     }
 
     #[test]
