@@ -338,7 +338,7 @@ mod tests {
             let pick = next() % if depth > 3 { 5 } else { 7 };
             match pick {
                 0 => V::Null,
-                1 => V::Bool(next() % 2 == 0),
+                1 => V::Bool(next().is_multiple_of(2)),
                 2 => match next() % 3 {
                     0 => V::from(next() >> (next() % 64)),
                     1 => V::from(-((next() >> 2) as i64)),
