@@ -247,25 +247,27 @@ enum Anchors {
 
 impl Anchors {
     fn any_in(&self, line: &[u8]) -> bool {
-        hidden_characters_possible(line) || self.any_word_in(line)
-    }
-
-    fn any_word_in(&self, line: &[u8]) -> bool {
         thread_local! {
             static LOWER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         LOWER.with(|buf| {
             let mut lower = buf.borrow_mut();
             lower.resize(line.len(), 0);
-            // Branch-free over two slices, so the copy and the case fold
-            // vectorise.
+            // One branch-free pass over two slices (it vectorises): the
+            // copy with the case fold, and whether the line holds a
+            // backslash (a `\u` escape) or a byte ≥ 0xE2 (the lead byte of
+            // a hidden character), so ASCII text without escapes skips the
+            // hidden characters' two passes.
+            let mut rare = 0u8;
             for (l, &b) in lower.iter_mut().zip(line) {
                 *l = b | (u8::from(b.wrapping_sub(b'A') < 26) << 5);
+                rare |= u8::from(b == b'\\') | u8::from(b >= 0xE2);
             }
-            match self {
+            let word = match self {
                 Anchors::Packed(s) => s.find(&lower[..]).is_some(),
                 Anchors::Automaton(a) => a.is_match(&lower[..]),
-            }
+            };
+            word || (rare != 0 && hidden_characters_possible(line))
         })
     }
 }
