@@ -273,16 +273,17 @@ impl Anchors {
 }
 
 /// The literal anchor of one injection marker: its longest word when that
-/// has four or more letters (`instructions` stands for six markers), else
-/// the whole marker. Anchors are few and at least three bytes long: the
-/// packed searcher fingerprints every pattern by the shortest one's
-/// length, and two-byte fingerprints (`to`, `pa`, `se`) hit everywhere in
-/// JSON, each hit a verification.
+/// has eight or more letters (`instructions` stands for six markers), else
+/// the whole marker. Anchors are few, specific and at least three bytes
+/// long: the packed searcher fingerprints every pattern by the shortest
+/// one's length, two-byte fingerprints (`to`, `pa`, `se`) hit everywhere in
+/// JSON, each hit a verification, and a common word as an anchor (`tell`,
+/// `system`) would send ordinary English text to the exact pass.
 fn marker_anchor(marker: &str) -> &str {
     let mut words = marker.split(|c: char| !c.is_ascii_alphanumeric());
     let first = words.next().unwrap_or("");
     let longest = words.fold(first, |best, w| if w.len() > best.len() { w } else { best });
-    if longest.len() >= 4 {
+    if longest.len() >= 8 {
         longest
     } else {
         marker
