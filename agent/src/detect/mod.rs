@@ -628,20 +628,21 @@ impl Detectors {
                 .errors; // Amortised O(1) per message: counts kept as calls enter and leave.
             let slot_ns = (window / ERROR_SLOTS).max(1);
             let slot = ts / slot_ns;
+            let error = usize::from(failed);
             match e.outcomes.back_mut().filter(|o| o.slot == slot) {
-                Some(o) => o.calls += 1,
+                Some(o) => {
+                    o.calls += 1;
+                    o.errors += error;
+                }
                 None => e.outcomes.push_back(OutcomeSlot {
                     slot,
                     calls: 1,
-                    errors: 0,
+                    errors: error,
                 }),
             }
             e.calls += 1;
+            e.errors += error;
             if failed {
-                if let Some(o) = e.outcomes.back_mut() {
-                    o.errors += 1;
-                }
-                e.errors += 1;
                 if e.failures.len() == MAX_ERROR_EVIDENCE {
                     e.failures.pop_front();
                 }

@@ -162,16 +162,22 @@ impl<K: Hash + Eq + Copy, V> Lru<K, V> {
     /// The value of `k`, made if absent (evicting the least recently
     /// touched key when full, counted in `evicted`); touches `k`.
     pub fn get_or(&mut self, k: K, make: impl FnOnce() -> V, evicted: &mut u64) -> &mut V {
+        let (i, _) = self.slot_of(k, make, evicted);
+        &mut self.slots[i as usize].as_mut().expect("indexed slot").value
+    }
+
+    /// `k`'s slot, made if absent, and whether it was; touches `k`.
+    fn slot_of(&mut self, k: K, make: impl FnOnce() -> V, evicted: &mut u64) -> (u32, bool) {
         self.clock += 1;
         let clock = self.clock;
-        let i = match self.index.get(&k) {
+        match self.index.get(&k) {
             Some(&i) => {
                 let slot = self.slots[i as usize].as_mut().expect("indexed slot");
                 if clock - slot.touched > (self.cap as u64 / 8).max(1) {
                     slot.touched = clock;
                     self.queue_touch(k, clock);
                 } // else: touched recently, its queued touch stands (see above)
-                i
+                (i, false)
             }
             None => {
                 if self.index.len() >= self.cap {
@@ -193,10 +199,9 @@ impl<K: Hash + Eq + Copy, V> Lru<K, V> {
                 };
                 self.index.insert(k, i);
                 self.queue_touch(k, clock);
-                i
+                (i, true)
             }
-        };
-        &mut self.slots[i as usize].as_mut().expect("indexed slot").value
+        }
     }
 
     /// When `k`'s queued touch was (None: not held).
@@ -237,9 +242,7 @@ impl<K: Hash + Eq + Copy, V> Lru<K, V> {
 
     /// Touches `k`, adding it with `v` if absent; says whether it was.
     pub fn insert_new(&mut self, k: K, v: V, evicted: &mut u64) -> bool {
-        let new = !self.index.contains_key(&k);
-        self.get_or(k, || v, evicted);
-        new
+        self.slot_of(k, || v, evicted).1
     }
 
     /// The value of `k`, if present (not a touch).
