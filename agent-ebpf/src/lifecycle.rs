@@ -33,9 +33,14 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
     // which is prohibited).
     match unsafe { STREAMS.get(key) } {
         Some(info) if info.state == STREAM_RULED_OUT => {
-            // Userspace never heard of this fd: forget it without a record.
+            // Userspace never heard of this fd as a stream: forget it without
+            // a record, unless it carried TLS plaintext (a TCP socket whose
+            // port was already released, read after a reset, looks like a
+            // plain binary socket: its close must still end the TLS streams).
             let _ = STREAMS.remove(key);
-            return 0;
+            if unsafe { TLS_FDS.get(key) }.is_none() {
+                return 0;
+            }
         }
         Some(_) => {}
         None => {

@@ -365,8 +365,8 @@ fn log_summary<C: crate::stream::StreamControl>(p: &Pipeline<C>, kernel: &[u64])
     let http = p.http_stats();
     let (h, e) = (http.http, http.sse);
     eprintln!(
-        "mcpscope: stopped: messages={} records={} decode_errors={} invalid_json={} not_jsonrpc={} truncated={} gap_bytes={} unmatched_responses={} evicted_requests={} deduplicated={} reader_only={} http_messages={} http_bad_heads={} http_bad_chunks={} http_resyncs={} http_resync_bytes={} http_decode_errors={} http_oversized_bodies={} http_skipped_body_bytes={} http_status_errors={} sse_events={} sse_empty_events={} sse_cut_events={} kernel: {}",
-        s.messages, s.records, s.decode_errors, s.parse_invalid_json, s.parse_not_jsonrpc, s.truncated_messages, s.gap_bytes, pair.unmatched, pair.evicted, ch.deduplicated, ch.reader_only,
+        "mcpscope: stopped: messages={} records={} decode_errors={} invalid_json={} not_jsonrpc={} truncated={} gap_bytes={} unmatched_responses={} evicted_requests={} deduplicated={} reader_only={} close_missed={} http_messages={} http_bad_heads={} http_bad_chunks={} http_resyncs={} http_resync_bytes={} http_decode_errors={} http_oversized_bodies={} http_skipped_body_bytes={} http_status_errors={} sse_events={} sse_empty_events={} sse_cut_events={} kernel: {}",
+        s.messages, s.records, s.decode_errors, s.parse_invalid_json, s.parse_not_jsonrpc, s.truncated_messages, s.gap_bytes, pair.unmatched, pair.evicted, ch.deduplicated, ch.reader_only, s.streams_close_missed,
         h.messages, h.bad_heads, h.bad_chunks, h.resyncs, h.resync_bytes, h.decode_errors, h.oversized_bodies, h.skipped_body_bytes, http.status_errors, e.events, e.empty_events, h.cut_sse_events,
         k.join(" ")
     );

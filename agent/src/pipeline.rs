@@ -100,6 +100,9 @@ pub struct PipelineStats {
     pub streams_ignored_not_ipc: u64,
     /// Streams switched off: repeated non-JSON-RPC data.
     pub streams_ignored_not_mcp: u64,
+    /// Streams ended because their fd showed up on another file before its
+    /// close record came (the record was lost or never made).
+    pub streams_close_missed: u64,
     /// Data for streams already switched off (in flight when switched).
     pub ignored_bytes: u64,
     /// Sink write errors.
@@ -110,6 +113,8 @@ pub struct PipelineStats {
 
 struct Stream {
     kind: FdKind,
+    /// Inode of the file behind the fd (0 when the kernel could not tell).
+    ino: u64,
     join: Join,
     /// The last task seen on it: what flushes without a kernel record at
     /// hand (stale partial syscalls, agent shutdown) attribute to.
@@ -410,6 +415,7 @@ impl<C: StreamControl> Pipeline<C> {
             ("pairing", "response_unmatched", pair.unmatched),
             ("pairing", "request_unanswered", pair.unanswered),
             ("join", "reader_copy_missing", ch.unconfirmed),
+            ("stream", "close_record_missing", s.streams_close_missed),
             ("identity", "cache_evicted", self.core.procs.evictions),
             ("identity", "pod_cache_evicted", self.core.pods.evictions),
             ("sink", "write_error", s.sink_errors),
@@ -614,23 +620,7 @@ impl<C: StreamControl> Pipeline<C> {
     }
 
     fn end_stream(&mut self, key: StreamKey, task: Task, ts_ns: u64) {
-        if let Some(mut s) = self.streams.remove(&key) {
-            let core = &mut self.core;
-            let meta = (s.kind, s.join);
-            let task = if task.tid != 0 { task } else { s.task };
-            match &mut s.framer {
-                Framing::Line(fr) => fr.finish(&mut |f| {
-                    core.on_frame(key, meta, task, ts_ns, f, None);
-                }),
-                Framing::Http(fr) => {
-                    fr.finish(&mut |i| {
-                        core.on_http(key, meta, task, ts_ns, i);
-                    });
-                    core.http_ended(fr);
-                }
-            }
-            core.conns.remove(&(key.tgid, key.fd));
-        }
+        end_stream(&mut self.streams, &mut self.core, key, task, ts_ns);
     }
 
     /// Advances time: emits held pipe-reader copies whose window passed and
@@ -677,6 +667,54 @@ impl<C: StreamControl> Pipeline<C> {
     }
 }
 
+/// Ends a stream: flushes what its framer holds and forgets its fd's
+/// HTTP connection state.
+fn end_stream(
+    streams: &mut HashMap<StreamKey, Stream>,
+    core: &mut Core,
+    key: StreamKey,
+    task: Task,
+    ts_ns: u64,
+) {
+    let Some(mut s) = streams.remove(&key) else {
+        return;
+    };
+    let meta = (s.kind, s.join);
+    let task = if task.tid != 0 { task } else { s.task };
+    match &mut s.framer {
+        Framing::Line(fr) => fr.finish(&mut |f| {
+            core.on_frame(key, meta, task, ts_ns, f, None);
+        }),
+        Framing::Http(fr) => {
+            fr.finish(&mut |i| {
+                core.on_http(key, meta, task, ts_ns, i);
+            });
+            core.http_ended(fr);
+        }
+    }
+    core.conns.remove(&(key.tgid, key.fd));
+}
+
+/// The fd of `key` now names file `ino`, but its streams were opened on
+/// another file: the close between was never reported (a lost record, or
+/// a close the kernel side did not report). Ends the old file's streams,
+/// both directions, as that close would have.
+fn end_reused_fd(
+    streams: &mut HashMap<StreamKey, Stream>,
+    core: &mut Core,
+    key: StreamKey,
+    ino: u64,
+    ts_ns: u64,
+) {
+    for egress in [false, true] {
+        let k = StreamKey { egress, ..key };
+        if streams.get(&k).is_some_and(|s| s.ino != 0 && s.ino != ino) {
+            core.stats.streams_close_missed += 1;
+            end_stream(streams, core, k, Task::default(), ts_ns);
+        }
+    }
+}
+
 fn on_whole<C: StreamControl>(
     control: &mut C,
     streams: &mut HashMap<StreamKey, Stream>,
@@ -689,6 +727,13 @@ fn on_whole<C: StreamControl>(
         fd: w.fd,
         egress: w.egress,
     };
+    if w.ino != 0
+        && streams
+            .get(&key)
+            .is_some_and(|s| s.ino != 0 && s.ino != w.ino)
+    {
+        end_reused_fd(streams, core, key, w.ino, w.ts_ns);
+    }
     let stream = streams.entry(key).or_insert_with(|| {
         let kind = if w.flow.lport != 0 && w.file_kind == mcpscope_common::FILE_SOCKET {
             FdKind::Tcp(w.ino) // the kernel read a TCP/IP connection
@@ -704,6 +749,7 @@ fn on_whole<C: StreamControl>(
         }
         Stream {
             kind,
+            ino: w.ino,
             join: if ignored {
                 Join::default()
             } else {

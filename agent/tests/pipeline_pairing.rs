@@ -160,3 +160,40 @@ Content-Length: {}\r\n\r\n{body}",
         Some("far-client")
     );
 }
+
+/// A writer's fd 5 moves to a new pipe without its close ever being
+/// reported (a lost record): the old pipe's stream ends there, so the new
+/// pipe's message joins its own reader's copy and is reported once, to the
+/// right process, and the missed close is counted.
+#[test]
+fn fd_reused_without_a_close_record_starts_a_new_stream() {
+    let (mut p, sink) = pipeline();
+    let line = |id: u32| {
+        format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"t"}}}}"#)
+            + "\n"
+    };
+    let ms = 1_000_000;
+    for r in [
+        // fd 5 of process 100 is pipe 7001, read by process 200.
+        data_record(100, 5, 7001, ms, line(1).as_bytes(), true),
+        data_record(200, 0, 7001, 2 * ms, line(1).as_bytes(), false),
+        // No close of fd 5: it is now pipe 7003, read by process 300.
+        data_record(100, 5, 7003, 3 * ms, line(2).as_bytes(), true),
+        data_record(300, 0, 7003, 4 * ms, line(2).as_bytes(), false),
+    ] {
+        p.on_record(&r);
+    }
+    p.finish();
+    let events = &sink.lock().unwrap().0;
+    let to: Vec<(String, Option<u32>)> = events
+        .iter()
+        .map(|e| (format!("{:?}", e.id), e.to.as_ref().map(|t| t.process.pid)))
+        .collect();
+    assert_eq!(events.len(), 2, "each message once: {to:?}");
+    assert_eq!(
+        to[1].1,
+        Some(300),
+        "the second line went to pipe 7003's reader: {to:?}"
+    );
+    assert_eq!(p.stats().streams_close_missed, 1);
+}
