@@ -950,15 +950,15 @@ fn replay_run(capture: &Path, detect: bool, jsonl: bool) -> Result<Replayed> {
         .lines()
         .find(|l| l.contains("mcpscope: replayed"))
         .with_context(|| format!("replay printed no summary: {err}"))?;
-    let field = |k: &str| -> f64 {
+    let field = |k: &str| -> Result<f64> {
         line.split_whitespace()
             .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
-            .unwrap_or(0.0)
+            .with_context(|| format!("replay summary has no numeric `{k}`: {line}"))
     };
     Ok(Replayed {
-        messages: field("messages"),
-        per_s: field("messages_per_s"),
-        mb_per_s: field("mb_per_s"),
+        messages: field("messages")?,
+        per_s: field("messages_per_s")?,
+        mb_per_s: field("mb_per_s")?,
     })
 }
 
