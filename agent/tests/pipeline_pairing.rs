@@ -20,6 +20,24 @@ impl Sink for Shared {
     }
 }
 
+/// A TCP socket's record from process `tgid`, as the kernel writes it: it
+/// read the socket's ports (local 40000+fd, remote 443) and addresses.
+fn tcp_record(tgid: u32, fd: u32, ts: u64, data: &str, egress: bool) -> Vec<u8> {
+    let mut r = data_record(tgid, fd, 8000 + u64::from(fd), ts, data.as_bytes(), egress);
+    // SAFETY: the record starts with a POD header.
+    let mut h: mcpscope_common::DataHeader =
+        unsafe { std::ptr::read_unaligned(r.as_ptr() as *const _) };
+    h.file_kind = mcpscope_common::FILE_SOCKET;
+    h.flow = mcpscope_common::Flow {
+        lport: 40000 + fd as u16,
+        rport: 443,
+        addr_xor: 0x0a00_0001 ^ 0xc0a8_0001,
+    };
+    // SAFETY: a POD header written back over itself.
+    unsafe { std::ptr::write_unaligned(r.as_mut_ptr() as *mut _, h) };
+    r
+}
+
 /// A replay pipeline (no /proc) whose events land in the returned sink.
 fn pipeline() -> (Pipeline<NoControl>, Arc<Mutex<VecSink>>) {
     let sink = Arc::new(Mutex::new(VecSink::default()));
@@ -93,22 +111,7 @@ Content-Length: {}\r\n\r\n{body}",
         r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{}}}"#;
     let call_ok = r#"{"jsonrpc":"2.0","id":2,"result":{"content":[]}}"#;
     let ms = 1_000_000;
-    // A TCP socket's record: the kernel read its ports (local 40000+fd,
-    // remote 443) and addresses.
-    let tcp = |fd: u32, ts: u64, data: &str, egress: bool| {
-        let mut r = data_record(100, fd, 8000 + u64::from(fd), ts, data.as_bytes(), egress);
-        let mut h: mcpscope_common::DataHeader =
-            unsafe { std::ptr::read_unaligned(r.as_ptr() as *const _) };
-        h.file_kind = mcpscope_common::FILE_SOCKET;
-        h.flow = mcpscope_common::Flow {
-            lport: 40000 + fd as u16,
-            rport: 443,
-            addr_xor: 0x0a00_0001 ^ 0xc0a8_0001,
-        };
-        // SAFETY: a POD header written back over itself.
-        unsafe { std::ptr::write_unaligned(r.as_mut_ptr() as *mut _, h) };
-        r
-    };
+    let tcp = |fd, ts, data: &str, egress| tcp_record(100, fd, ts, data, egress);
     for r in [
         // Connection 1 (fd 5): initialize, no session yet.
         tcp(5, ms, &post(init, None), true),
@@ -196,4 +199,49 @@ fn fd_reused_without_a_close_record_starts_a_new_stream() {
         "the second line went to pipe 7003's reader: {to:?}"
     );
     assert_eq!(p.stats().streams_close_missed, 1);
+}
+
+/// A server behind an auth layer answers 401 from the request's head,
+/// before it reads the body (synthetic records of the server's end, in the
+/// order a loaded host produced them in a real run): the error is made
+/// once the body names the request, and pairs with it.
+#[test]
+fn error_status_written_before_the_request_body_pairs_once_the_body_is_read() {
+    let (mut p, sink) = pipeline();
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#;
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+Accept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let unauthorized =
+        "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer error=\"invalid_token\"\r\n\
+Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+    let ms = 1_000_000;
+    for r in [
+        tcp_record(300, 7, ms, &head, false),
+        tcp_record(300, 7, 2 * ms, unauthorized, true),
+        tcp_record(300, 7, 3 * ms, body, false),
+    ] {
+        p.on_record(&r);
+    }
+    p.finish();
+    let events = &sink.lock().unwrap().0;
+    let got: Vec<_> = events
+        .iter()
+        .map(|e| (e.kind, e.method.as_deref(), e.latency_ms.is_some()))
+        .collect();
+    use mcpscope::protocol::Kind::{Error, Request};
+    assert_eq!(
+        got,
+        [
+            (Request, Some("initialize"), false),
+            (Error, Some("initialize"), true)
+        ],
+        "the 401 answers request 1"
+    );
+    assert_eq!(
+        events[1].http.as_ref().map(|h| h.head.status),
+        Some(Some(401))
+    );
 }

@@ -40,6 +40,22 @@ pub(super) struct Request {
     ids: Vec<RpcId>,
     /// Its body held JSON-RPC, or its head MCP headers.
     mcp: bool,
+    /// Its body was read to the end.
+    ended: bool,
+}
+
+/// An error status answered a request before its body was read (an auth
+/// layer answers 401 from the head alone): the errors are made once the
+/// body shows which JSON-RPC requests it carried.
+pub(super) struct Deferred {
+    /// The answer's head.
+    head: Arc<HttpHead>,
+    request: Request,
+    /// The answering stream, and when the answer was written.
+    key: StreamKey,
+    meta: (FdKind, Join),
+    task: Task,
+    ts_ns: u64,
 }
 
 /// One HTTP connection as seen from one process (both directions of its fd).
@@ -52,6 +68,22 @@ pub(super) struct Conn {
     answered: bool,
     /// Legacy HTTP+SSE: the session named by the stream's `endpoint` event.
     session: Option<Box<str>>,
+    /// An error status whose request's body is still to come.
+    deferred: Option<Box<Deferred>>,
+}
+
+impl Conn {
+    /// The request whose body is being read: the last request head read,
+    /// wherever it is now (waiting, being answered, or answered early).
+    fn body_owner(&mut self) -> Option<&mut Request> {
+        if !self.requests.is_empty() {
+            return self.requests.back_mut();
+        }
+        if self.answering.as_ref().is_some_and(|r| !r.ended) {
+            return self.answering.as_mut();
+        }
+        self.deferred.as_mut().map(|d| &mut d.request)
+    }
 }
 
 /// Counters of HTTP streams that ended (live streams are added at export).
@@ -112,6 +144,8 @@ impl Core {
             HttpItem::Head(h) => {
                 let conn = self.conns.entry(ck).or_default();
                 if h.method.is_some() {
+                    // A new request: the deferred one's body never came.
+                    conn.deferred = None;
                     if conn.requests.len() >= MAX_IN_FLIGHT {
                         conn.requests.pop_front();
                         self.http_totals.requests_evicted += 1;
@@ -120,6 +154,7 @@ impl Core {
                         mcp: h.has_mcp_headers() || h.accept_sse,
                         head: h.clone(),
                         ids: Vec::new(),
+                        ended: false,
                     });
                 } else {
                     conn.answering = conn.requests.pop_front();
@@ -186,7 +221,7 @@ impl Core {
                 // on_frame may have added the request's ids: look it up again.
                 if let (true, Some(conn)) = (ok, self.conns.get_mut(&ck)) {
                     if request_side {
-                        if let Some(r) = conn.requests.back_mut() {
+                        if let Some(r) = conn.body_owner() {
                             r.mcp = true;
                         }
                     } else {
@@ -201,7 +236,32 @@ impl Core {
             HttpItem::End(h) => {
                 let conn = self.conns.entry(ck).or_default();
                 if h.method.is_some() {
-                    let mcp = conn.requests.back().is_some_and(|r| r.mcp);
+                    if let Some(d) = conn.deferred.take_if(|_| conn.requests.is_empty()) {
+                        // The body of a request already answered by an error
+                        // status: now its ids are known.
+                        let mcp = !d.request.ids.is_empty();
+                        if mcp {
+                            let Deferred {
+                                head,
+                                request,
+                                key: answering,
+                                meta,
+                                task,
+                                ts_ns: written,
+                            } = *d;
+                            // Dated just after the body was read, not when
+                            // the status was written: an answer cannot
+                            // precede the request it pairs with (held
+                            // one-sided copies leave in timestamp order).
+                            let ts = written.max(ts_ns + 1);
+                            self.status_errors(answering, meta, task, ts, &head, request);
+                        }
+                        return Some(mcp);
+                    }
+                    let mcp = conn.body_owner().is_some_and(|r| {
+                        r.ended = true;
+                        r.mcp
+                    });
                     if mcp && h.method.as_deref() == Some("DELETE") && h.session_id.is_some() {
                         // The other end's copy says the same: report once,
                         // from the sender (or the receiver when it is alone).
@@ -221,8 +281,21 @@ impl Core {
                     answered || h.has_mcp_headers() || request.as_ref().is_some_and(|r| r.mcp);
                 let status = h.status.unwrap_or(0);
                 if status >= 400 && !answered {
-                    if let Some(r) = request.filter(|r| !r.ids.is_empty()) {
-                        self.status_errors(key, meta, task, ts_ns, h, r);
+                    match request {
+                        Some(r) if !r.ids.is_empty() => {
+                            self.status_errors(key, meta, task, ts_ns, h, r)
+                        }
+                        Some(r) if !r.ended && conn.requests.is_empty() => {
+                            conn.deferred = Some(Box::new(Deferred {
+                                head: h.clone(),
+                                request: r,
+                                key,
+                                meta,
+                                task,
+                                ts_ns,
+                            }));
+                        }
+                        _ => {}
                     }
                 }
                 Some(mcp)
@@ -279,10 +352,8 @@ impl Core {
             return;
         }
         if let (Some(id), Some(conn)) = (&msg.id, self.conns.get_mut(&(key.tgid, key.fd))) {
-            if let Some(r) = conn.requests.back_mut() {
-                if r.ids.len() < MAX_IDS {
-                    r.ids.push(id.clone());
-                }
+            if let Some(r) = conn.body_owner().filter(|r| r.ids.len() < MAX_IDS) {
+                r.ids.push(id.clone());
             }
         }
     }
