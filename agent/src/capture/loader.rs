@@ -7,7 +7,8 @@ use anyhow::{bail, Context, Result};
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        uprobe::{UProbe, UProbeScope},
+        trace_point::TracePointLinkId,
+        uprobe::{UProbe, UProbeLinkId, UProbeScope},
         TracePoint,
     },
     Ebpf, EbpfLoader,
@@ -52,9 +53,16 @@ pub struct ProbeConfig {
     pub ringbuf_bytes: u32,
 }
 
+/// One attachment, by program name.
+enum LinkOf {
+    TracePoint(&'static str, TracePointLinkId),
+    UProbe(&'static str, UProbeLinkId),
+}
+
 /// The loaded, attached kernel programs. Dropping it detaches everything.
 pub struct Probes {
     _ebpf: Ebpf,
+    links: Vec<LinkOf>,
     counters: PerCpuArray<MapData, u64>,
     /// Number of attached programs.
     pub attached: usize,
@@ -95,6 +103,7 @@ impl Probes {
             .load(EBPF_OBJECT)
             .context("loading the eBPF object into the kernel")?;
         let mut attached = 0;
+        let mut links = Vec::new();
         for (prog, category, name) in TRACEPOINTS {
             let tp: &mut TracePoint = ebpf
                 .program_mut(prog)
@@ -102,8 +111,10 @@ impl Probes {
                 .try_into()?;
             tp.load()
                 .with_context(|| format!("the verifier rejected {prog}"))?;
-            tp.attach(category, name)
+            let id = tp
+                .attach(category, name)
                 .with_context(|| format!("attaching {prog} to {category}:{name}"))?;
+            links.push(LinkOf::TracePoint(prog, id));
             attached += 1;
         }
         for prog in super::tls::UPROBES
@@ -125,6 +136,7 @@ impl Probes {
         Ok((
             Self {
                 _ebpf: ebpf,
+                links,
                 counters,
                 attached,
                 tls_seen: super::tls::Seen::default(),
@@ -175,7 +187,10 @@ impl Probes {
                 .with_context(|| format!("program {p}"))?
                 .try_into()?;
             match up.attach(symbol, path, UProbeScope::AllProcesses) {
-                Ok(_) => n += 1,
+                Ok(id) => {
+                    self.links.push(LinkOf::UProbe(p, id));
+                    n += 1
+                }
                 Err(e) => {
                     last_err = Some(anyhow::Error::new(e).context(format!("{p} at {symbol}")))
                 }
@@ -344,4 +359,39 @@ fn exit_group_dead_offset() -> Option<u32> {
     let line = fmt.lines().find(|l| l.contains(" group_dead;"))?;
     let off = line.split("offset:").nth(1)?.split(';').next()?;
     off.trim().parse().ok()
+}
+
+impl Drop for Probes {
+    /// Detaches every link from a thread of its own. Each detach costs
+    /// the kernel a tracepoint unregistration with its grace periods,
+    /// about 80–130 ms on a small VM, and the kernel serialises those; side
+    /// by side, the rest of each detach overlaps: an idle agent's shutdown
+    /// went from 3.3 to 2.7 s.
+    fn drop(&mut self) {
+        let mut owned: Vec<Box<dyn Send>> = Vec::with_capacity(self.links.len());
+        for link in self.links.drain(..) {
+            let taken: Option<Box<dyn Send>> = match link {
+                LinkOf::TracePoint(p, id) => self
+                    ._ebpf
+                    .program_mut(p)
+                    .and_then(|prog| <&mut TracePoint>::try_from(prog).ok())
+                    .and_then(|tp| tp.take_link(id).ok())
+                    .map(|l| Box::new(l) as Box<dyn Send>),
+                LinkOf::UProbe(p, id) => self
+                    ._ebpf
+                    .program_mut(p)
+                    .and_then(|prog| <&mut UProbe>::try_from(prog).ok())
+                    .and_then(|up| up.take_link(id).ok())
+                    .map(|l| Box::new(l) as Box<dyn Send>),
+            };
+            // A link not taken stays with its program and is detached
+            // when the object drops, after these.
+            owned.extend(taken);
+        }
+        std::thread::scope(|s| {
+            for link in owned {
+                s.spawn(move || drop(link));
+            }
+        });
+    }
 }
