@@ -124,7 +124,10 @@ fn rate_spike_fires_once_after_warm_up() {
     assert!(f["details"]["count"].as_u64().unwrap() >= 15);
     // The baseline is the ticks' rate (about 2.5 a bucket, more in the
     // first one with the handshake), far below the burst's.
-    assert!(f["details"]["baseline_mean"].as_f64().unwrap() < 10.0, "{f}");
+    assert!(
+        f["details"]["baseline_mean"].as_f64().unwrap() < 10.0,
+        "{f}"
+    );
 }
 
 #[test]

@@ -370,19 +370,14 @@ impl Drop for Probes {
     fn drop(&mut self) {
         let mut owned: Vec<Box<dyn Send>> = Vec::with_capacity(self.links.len());
         for link in self.links.drain(..) {
-            let taken: Option<Box<dyn Send>> = match link {
-                LinkOf::TracePoint(p, id) => self
-                    ._ebpf
-                    .program_mut(p)
-                    .and_then(|prog| <&mut TracePoint>::try_from(prog).ok())
-                    .and_then(|tp| tp.take_link(id).ok())
-                    .map(|l| Box::new(l) as Box<dyn Send>),
-                LinkOf::UProbe(p, id) => self
-                    ._ebpf
-                    .program_mut(p)
-                    .and_then(|prog| <&mut UProbe>::try_from(prog).ok())
-                    .and_then(|up| up.take_link(id).ok())
-                    .map(|l| Box::new(l) as Box<dyn Send>),
+            let ebpf = &mut self._ebpf;
+            let taken = match link {
+                LinkOf::TracePoint(p, id) => {
+                    take_link(ebpf, p, |tp: &mut TracePoint| tp.take_link(id).ok())
+                }
+                LinkOf::UProbe(p, id) => {
+                    take_link(ebpf, p, |up: &mut UProbe| up.take_link(id).ok())
+                }
             };
             // A link not taken stays with its program and is detached
             // when the object drops, after these.
@@ -394,4 +389,17 @@ impl Drop for Probes {
             }
         });
     }
+}
+
+/// The owned link `take` gets from program `name` (of type `P`).
+fn take_link<P, L: Send + 'static>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    take: impl FnOnce(&mut P) -> Option<L>,
+) -> Option<Box<dyn Send>>
+where
+    for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program>,
+{
+    let prog: &mut P = ebpf.program_mut(name)?.try_into().ok()?;
+    take(prog).map(|l| Box::new(l) as Box<dyn Send>)
 }
