@@ -715,6 +715,45 @@ fn end_reused_fd(
     }
 }
 
+/// A stream for the fd of `w`, first seen now.
+fn new_stream<C: StreamControl>(
+    control: &mut C,
+    core: &mut Core,
+    w: &Whole<'_>,
+    task: Task,
+) -> Stream {
+    let kind = if w.flow.lport != 0 && w.file_kind == mcpscope_common::FILE_SOCKET {
+        FdKind::Tcp(w.ino) // the kernel read a TCP/IP connection
+    } else if core.cfg.resolve_fds {
+        core.world.fd_kind(w.tgid, w.fd, w.file_kind, w.ino)
+    } else {
+        FdKind::Pipe(u64::from(w.fd))
+    };
+    let ignored = kind == FdKind::NotIpc;
+    if ignored {
+        core.stats.streams_ignored_not_ipc += 1;
+        control.ignore(w.tgid, w.fd);
+    }
+    Stream {
+        kind,
+        ino: w.ino,
+        join: if ignored {
+            Join::default()
+        } else {
+            Join::of(kind, w.tgid, w.egress, w.flow, core.world.as_mut())
+        },
+        framer: if starts_http(w.segment.data) {
+            Framing::Http(Box::new(HttpFramer::new(core.cfg.max_message_bytes)))
+        } else {
+            Framing::Line(LineFramer::new(core.cfg.max_message_bytes))
+        },
+        task,
+        good: 0,
+        bad: 0,
+        ignored,
+    }
+}
+
 fn on_whole<C: StreamControl>(
     control: &mut C,
     streams: &mut HashMap<StreamKey, Stream>,
@@ -727,45 +766,16 @@ fn on_whole<C: StreamControl>(
         fd: w.fd,
         egress: w.egress,
     };
-    if w.ino != 0
-        && streams
-            .get(&key)
-            .is_some_and(|s| s.ino != 0 && s.ino != w.ino)
-    {
+    let mut stream = streams
+        .entry(key)
+        .or_insert_with(|| new_stream(control, core, &w, task));
+    if w.ino != 0 && stream.ino != 0 && stream.ino != w.ino {
+        // Checked on the entry in hand: no second lookup per syscall.
         end_reused_fd(streams, core, key, w.ino, w.ts_ns);
+        stream = streams
+            .entry(key)
+            .or_insert_with(|| new_stream(control, core, &w, task));
     }
-    let stream = streams.entry(key).or_insert_with(|| {
-        let kind = if w.flow.lport != 0 && w.file_kind == mcpscope_common::FILE_SOCKET {
-            FdKind::Tcp(w.ino) // the kernel read a TCP/IP connection
-        } else if core.cfg.resolve_fds {
-            core.world.fd_kind(w.tgid, w.fd, w.file_kind, w.ino)
-        } else {
-            FdKind::Pipe(u64::from(w.fd))
-        };
-        let ignored = kind == FdKind::NotIpc;
-        if ignored {
-            core.stats.streams_ignored_not_ipc += 1;
-            control.ignore(w.tgid, w.fd);
-        }
-        Stream {
-            kind,
-            ino: w.ino,
-            join: if ignored {
-                Join::default()
-            } else {
-                Join::of(kind, w.tgid, w.egress, w.flow, core.world.as_mut())
-            },
-            framer: if starts_http(w.segment.data) {
-                Framing::Http(Box::new(HttpFramer::new(core.cfg.max_message_bytes)))
-            } else {
-                Framing::Line(LineFramer::new(core.cfg.max_message_bytes))
-            },
-            task,
-            good: 0,
-            bad: 0,
-            ignored,
-        }
-    });
     if stream.ignored {
         core.stats.ignored_bytes += w.segment.data.len() as u64;
         return;
