@@ -1,8 +1,9 @@
 //! A canonical hash of a JSON value, computed while it is parsed: object
 //! members combine by a commutative sum, so neither key order nor
-//! whitespace changes it, and strings are hashed decoded (`"\u0061"` is
-//! `"a"`). Nothing is allocated: no tree is built, borrowed strings are
-//! hashed in place. Two values with equal hashes are equal for the
+//! whitespace changes it, and strings are hashed by what they decode to
+//! (`"\u0061"` is `"a"`). Nothing is allocated: no tree is built, and
+//! strings are hashed in place (as serde_json would write them: the text
+//! on the wire almost always is that already). Two values with equal hashes are equal for the
 //! detectors (64 bits: a collision is negligible, not impossible).
 //!
 //! Numbers keep their JSON kind, as `serde_json::Value` does: `1` and
@@ -20,7 +21,7 @@ pub const NULL: u64 = 0x6a09_e667_f3bc_c908;
 ///
 /// A scan of the already-validated text finds each string's end with
 /// memchr and hashes it in place; serde decodes only what needs decoding
-/// (strings with escapes, numbers). It gives exactly [`serde_hash`]'s
+/// (numbers, and strings with escapes serde_json would not write). It gives exactly [`serde_hash`]'s
 /// value (tested), about three times as fast on long strings, and falls
 /// back to it on anything it does not expect.
 pub fn hash(json: &str) -> u64 {
@@ -104,20 +105,27 @@ impl Scan<'_> {
         })
     }
 
+    /// A string, hashed as serde_json would write it. Text whose escapes
+    /// are all the ones serde_json writes (`\"`, `\\`, `\n`, `\t`,
+    /// `\u001f`, …: almost all JSON on the wire) is that already, and is
+    /// hashed where it lies; anything else (`\/`, `\u0061`) is decoded and
+    /// written again first.
     fn string(&mut self) -> Option<u64> {
-        let start = self.i + 1;
-        let mut end = start + memchr::memchr2(b'"', b'\\', &self.b[start..])?;
-        if self.b[end] == b'"' {
-            // No escapes (almost every string): hashed where it lies.
-            self.i = end + 1;
-            return Some(tagged(6, bytes_hash(&self.b[start..end])));
-        }
+        let open = self.i;
+        let mut end = open + 1 + memchr::memchr2(b'"', b'\\', &self.b[open + 1..])?;
+        let mut canonical = true;
         while self.b[end] == b'\\' {
-            end += 2; // the backslash and the byte it escapes
+            let escape = self.b.get(end + 1..)?;
+            canonical &= written_by_serde(escape);
+            end += if escape.first() == Some(&b'u') { 6 } else { 2 };
             end += memchr::memchr2(b'"', b'\\', self.b.get(end..)?)?;
         }
-        let decoded: String = serde_json::from_slice(&self.b[self.i..=end]).ok()?;
+        let quoted = &self.b[open..=end];
         self.i = end + 1;
+        if canonical {
+            return Some(tagged(6, bytes_hash(quoted)));
+        }
+        let decoded: String = serde_json::from_slice(quoted).ok()?;
         Some(str_hash(&decoded))
     }
 
@@ -199,8 +207,28 @@ pub fn bytes_hash(b: &[u8]) -> u64 {
     foldhash::fast::FixedState::with_seed(0x243f_6a88_85a3_08d3).hash_one(b)
 }
 
+/// A string's hash: of its JSON text as serde_json writes it (quotes
+/// included), so that equal strings hash equal however they were escaped.
 fn str_hash(s: &str) -> u64 {
-    tagged(6, bytes_hash(s.as_bytes()))
+    let written = serde_json::to_vec(s).expect("a string serialises");
+    tagged(6, bytes_hash(&written))
+}
+
+/// Whether the escape after a backslash (`escape` starts at the escaped
+/// byte) is the one serde_json writes for its character: the short forms,
+/// and `\u00xx` (lower-case hex) only for the other control characters.
+fn written_by_serde(escape: &[u8]) -> bool {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match escape {
+        [b'"' | b'\\' | b'b' | b'f' | b'n' | b'r' | b't', ..] => true,
+        [b'u', b'0', b'0', hi @ (b'0' | b'1'), lo, ..] => {
+            HEX.iter().position(|h| h == lo).is_some_and(|lo| {
+                let c = (hi - b'0') << 4 | lo as u8;
+                !matches!(c, 0x08 | 0x09 | 0x0a | 0x0c | 0x0d)
+            })
+        }
+        _ => false,
+    }
 }
 
 struct CanonicalHash;
@@ -270,6 +298,15 @@ mod tests {
             a,
             hash(r#"{ "b" : { "y":null, "x":[1, 2, "\u0073"] }, "a":1 }"#)
         );
+        // Escapes serde_json would not write hash as the ones it would.
+        for (x, y) in [
+            (r#""\/""#, r#""/""#),
+            (r#""\u000a""#, r#""\n""#),
+            (r#""\u001F""#, r#""\u001f""#),
+            (r#""\u00e9\ud83d\ude00""#, r#""é😀""#),
+        ] {
+            assert_eq!(hash(x), hash(y), "{x} vs {y}");
+        }
         assert_ne!(
             a,
             hash(r#"{"a":1,"b":{"x":[2,1,"s"],"y":null}}"#),
@@ -323,6 +360,7 @@ mod tests {
             r#""just a string""#,
             "3.25",
             r#"{"path":"C:\\dir\\","x":"\\"}"#,
+            r#"["\/","/","\u000a","\n","\u001F","\u001f","\u0008\b\f\u000C","\u007f","\t\r"]"#,
         ];
         for j in fixed {
             assert_eq!(scan(j), Some(serde_hash(j)), "{j}");
@@ -345,7 +383,10 @@ mod tests {
                     _ => V::from((next() % 100_000) as f64 / 7.0),
                 },
                 3 | 4 => {
-                    let parts = ["a", "\"", "\\", "\n", "é", "😀", "\u{7}", "x y", "/"];
+                    let parts = [
+                        "a", "\"", "\\", "\n", "é", "😀", "\u{7}", "x y", "/", "\t", "\r", "\u{8}",
+                        "\u{c}", "\u{1f}", "\u{7f}",
+                    ];
                     V::String(
                         (0..next() % 6)
                             .map(|_| parts[(next() % parts.len() as u64) as usize])
