@@ -240,10 +240,21 @@ fn strings(v: &Value, out: &mut Vec<String>) {
 /// messages — skips the regex pass entirely. Searched in the
 /// ASCII-lower-cased message with the SIMD (Teddy) packed searcher, or an
 /// automaton where the CPU lacks it.
+///
+/// Every anchor is at least four bytes long, so Teddy fingerprints four
+/// bytes, not three: on English text and code a three-byte fingerprint
+/// let one position in ten through to verification (its nibble tables
+/// alias, `a`/`q`/`c`/`s` look alike), and the verifications cost more
+/// than the scan. The one three-byte literal, Slack's case-sensitive
+/// `xox`, is looked for apart, by [`fold`].
 enum Anchors {
     Packed(aho_corasick::packed::Searcher),
     Automaton(aho_corasick::AhoCorasick),
 }
+
+/// The literal every Slack token starts with (case-sensitive, as the
+/// `slack_token` pattern is).
+const SLACK_PREFIX: &[u8; 3] = b"xox";
 
 impl Anchors {
     fn any_in(&self, line: &[u8]) -> bool {
@@ -253,31 +264,81 @@ impl Anchors {
         LOWER.with(|buf| {
             let mut lower = buf.borrow_mut();
             lower.resize(line.len(), 0);
-            // One branch-free pass over two slices (it vectorises): the
-            // copy with the case fold, and whether the line holds a
-            // backslash (a `\u` escape) or a byte ≥ 0xE2 (the lead byte of
-            // a hidden character), so ASCII text without escapes skips the
-            // hidden characters' two passes.
-            let mut rare = 0u8;
-            for (l, &b) in lower.iter_mut().zip(line) {
-                *l = b | (u8::from(b.wrapping_sub(b'A') < 26) << 5);
-                rare |= u8::from(b == b'\\') | u8::from(b >= 0xE2);
-            }
+            let seen = fold(line, &mut lower);
             let word = match self {
                 Anchors::Packed(s) => s.find(&lower[..]).is_some(),
                 Anchors::Automaton(a) => a.is_match(&lower[..]),
             };
-            word || (rare != 0 && hidden_characters_possible(line))
+            word || seen.slack || (seen.rare && hidden_characters_possible(line))
         })
+    }
+}
+
+/// What [`fold`] noticed on its way.
+struct Folded {
+    /// `SLACK_PREFIX`, case-sensitive.
+    slack: bool,
+    /// A `\u` escape or a byte ≥ 0xE2 (the lead byte of a hidden
+    /// character): without either, [`hidden_characters_possible`] is false.
+    rare: bool,
+}
+
+/// Copies `line` into `lower` (as long) with ASCII letters lower-cased.
+/// One branch-free pass over four slices (it vectorises) that also looks
+/// for what the anchors cannot: a second pass each (`memmem` for `xox`, a
+/// scan for `\u`) cost more than the whole fold. Compiled for AVX2 too,
+/// taken where the CPU has it (twice the bytes per instruction: the
+/// release build targets baseline x86-64, SSE2).
+fn fold(line: &[u8], lower: &mut [u8]) -> Folded {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { fold_avx2(line, lower) };
+    }
+    fold_any(line, lower)
+}
+
+/// [`fold_any`] with AVX2 enabled.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn fold_avx2(line: &[u8], lower: &mut [u8]) -> Folded {
+    fold_any(line, lower)
+}
+
+/// [`fold`] for any CPU (inlined into each instruction-set variant).
+#[inline(always)]
+fn fold_any(line: &[u8], lower: &mut [u8]) -> Folded {
+    let folded = |b: u8| b | (u8::from(b.wrapping_sub(b'A') < 26) << 5);
+    let (mut slack, mut rare) = (0u8, 0u8);
+    let body = line.len().saturating_sub(2);
+    let [s0, s1, s2] = *SLACK_PREFIX;
+    for (((l, &b), &b1), &b2) in lower[..body]
+        .iter_mut()
+        .zip(line)
+        .zip(line.get(1..).unwrap_or_default())
+        .zip(line.get(2..).unwrap_or_default())
+    {
+        *l = folded(b);
+        slack |= u8::from(b == s0) & u8::from(b1 == s1) & u8::from(b2 == s2);
+        rare |= (u8::from(b == b'\\') & u8::from(b1 == b'u')) | u8::from(b >= 0xE2);
+    }
+    // The last two bytes: no room for `xox`.
+    for i in body..line.len() {
+        let b = line[i];
+        lower[i] = folded(b);
+        rare |= u8::from(b >= 0xE2) | u8::from(b == b'\\' && line.get(i + 1) == Some(&b'u'));
+    }
+    Folded {
+        slack: slack != 0,
+        rare: rare != 0,
     }
 }
 
 /// The literal anchor of one injection marker: its longest word when that
 /// has eight or more letters (`instructions` stands for six markers), else
-/// the whole marker. Anchors are few, specific and at least three bytes
+/// the whole marker. Anchors are few, specific and at least four bytes
 /// long: the packed searcher fingerprints every pattern by the shortest
-/// one's length, two-byte fingerprints (`to`, `pa`, `se`) hit everywhere in
-/// JSON, each hit a verification, and a common word as an anchor (`tell`,
+/// one's length (see [`Anchors`]), and a common word as an anchor (`tell`,
 /// `system`) would send ordinary English text to the exact pass.
 fn marker_anchor(marker: &str) -> &str {
     let mut words = marker.split(|c: char| !c.is_ascii_alphanumeric());
@@ -322,40 +383,46 @@ fn hidden_characters_possible(line: &[u8]) -> bool {
     }
 }
 
+/// The anchors [`Anchors`] searches for (lower-case, each ≥ 4 bytes).
+fn anchor_patterns() -> Vec<Vec<u8>> {
+    let mut pats: Vec<Vec<u8>> = [
+        // Credential shapes (secret_patterns), lower-case; Slack's
+        // apart (SLACK_PREFIX). A JWT's payload starts `.eyJ`.
+        "akia",
+        "asia",
+        "-----begin",
+        ".eyj",
+        "ghp_",
+        "gho_",
+        "ghu_",
+        "ghs_",
+        "ghr_",
+        "github_pat_",
+        "api_key",
+        "api-key",
+        "apikey",
+        "secret",
+        "token",
+        "passw",
+        "access",
+    ]
+    .iter()
+    .map(|p| p.as_bytes().to_vec())
+    .collect();
+    // Injection markers.
+    for m in markers() {
+        let a = marker_anchor(m).as_bytes().to_vec();
+        if !pats.contains(&a) {
+            pats.push(a);
+        }
+    }
+    pats
+}
+
 fn anchors() -> &'static Anchors {
     static A: OnceLock<Anchors> = OnceLock::new();
     A.get_or_init(|| {
-        let mut pats: Vec<Vec<u8>> = [
-            // Credential shapes (secret_patterns), lower-case.
-            "akia",
-            "asia",
-            "-----begin",
-            "eyj",
-            "ghp_",
-            "gho_",
-            "ghu_",
-            "ghs_",
-            "ghr_",
-            "github_pat_",
-            "xox",
-            "api_key",
-            "api-key",
-            "apikey",
-            "secret",
-            "token",
-            "passw",
-            "access",
-        ]
-        .iter()
-        .map(|p| p.as_bytes().to_vec())
-        .collect();
-        // Injection markers.
-        for m in markers() {
-            let a = marker_anchor(m).as_bytes().to_vec();
-            if !pats.contains(&a) {
-                pats.push(a);
-            }
-        }
+        let pats = anchor_patterns();
         match aho_corasick::packed::Searcher::new(pats.iter()) {
             Some(s) => Anchors::Packed(s),
             None => Anchors::Automaton(
@@ -563,6 +630,10 @@ mod tests {
                 .iter()
                 .map(|m| format!("text {} text", m.to_uppercase())),
         );
+        assert!(
+            anchor_patterns().iter().all(|a| a.len() >= 4),
+            "four-byte fingerprints need four-byte anchors"
+        );
         for sample in &samples {
             let line = sample.as_bytes();
             assert!(
@@ -576,6 +647,28 @@ mod tests {
             !anchors().any_in(plain.as_bytes()),
             "plain text, typographic quotes, emoji and other escapes pass"
         );
+    }
+
+    #[test]
+    fn fold_lower_cases_and_notices_slack_and_escapes_anywhere() {
+        for line in [&b""[..], b"A", b"AB", b"ABC", b"Hello, WORLD! [Z]@`{"] {
+            let mut lower = vec![0; line.len()];
+            let seen = fold(line, &mut lower);
+            assert_eq!(lower, line.to_ascii_lowercase());
+            assert!(!seen.slack && !seen.rare);
+        }
+        let at = |line: &[u8]| {
+            let mut lower = vec![0; line.len()];
+            let seen = fold(line, &mut lower);
+            (seen.slack, seen.rare)
+        };
+        assert_eq!(at(b"xox"), (true, false));
+        assert_eq!(at(b"a xoxb-1"), (true, false));
+        assert_eq!(at(b"XOX xo"), (false, false), "case-sensitive, and whole");
+        assert_eq!(at(b"\\u"), (false, true), "at the end");
+        assert_eq!(at(b"a \\u200b b"), (false, true));
+        assert_eq!(at(b"\\n \\\""), (false, false), "other escapes");
+        assert_eq!(at("é’".as_bytes()), (false, true), "a lead byte ≥ 0xE2");
     }
 
     #[test]
