@@ -196,7 +196,7 @@ struct Captured {
     task: Task,
     batch_index: Option<u32>,
     payload: Option<String>,
-    facts: Option<Box<MessageFacts>>,
+    facts: Option<MessageFacts>,
     /// The HTTP message that carried it (HTTP and SSE transports).
     http: Option<Box<HttpCtx>>,
 }
@@ -955,12 +955,7 @@ impl Core {
                     // by its reader goes without payload-based detection).
                     let facts = (detecting && key.egress).then(|| {
                         let response = matches!(msg.kind, Some(Kind::Response | Kind::Error));
-                        Box::new(crate::detect::facts::extract(
-                            raw,
-                            msg.method.as_deref(),
-                            response,
-                            None,
-                        ))
+                        crate::detect::facts::extract(raw, msg.method.as_deref(), response, None)
                     });
                     let payload =
                         payload_cap.map(|cap| crate::protocol::bounded_utf8(f.bytes, cap));
@@ -1358,7 +1353,7 @@ impl Core {
         }
         if let Some(d) = &mut self.detectors {
             let none = MessageFacts::default();
-            let flags = d.observe(&ev, sent, c.facts.as_deref().unwrap_or(&none));
+            let flags = d.observe(&ev, sent, c.facts.as_ref().unwrap_or(&none));
             for f in flags {
                 self.emit_flag(f, &ev, sent);
             }
