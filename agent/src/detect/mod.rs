@@ -407,20 +407,28 @@ impl Detectors {
         out
     }
 
+    /// A tools/call request: its checks, then it waits for its response.
     fn on_call(&mut self, call: Pending, session: u64, ev: &McpEvent, out: &mut Vec<Flag>) {
+        self.call_checks(&call, ev, out);
+        self.pending.get_or(
+            (session, call.evidence.seq),
+            || call,
+            &mut self.stats.evicted,
+        );
+    }
+
+    fn call_checks(&mut self, call: &Pending, ev: &McpEvent, out: &mut Vec<Flag>) {
         let me = call.evidence.clone();
-        let (caller, server, tool) = (call.caller.clone(), call.server.clone(), call.tool.clone());
+        let (caller, server, tool) = (&call.caller, &call.server, &call.tool);
         let key = call.key;
         let ts = me.ts_ns;
         let listed = self.listed.get(&server.id);
         let listed_write = listed.and_then(|t| t.get(&tool.id)).copied();
         let unlisted = listed.is_some() && listed_write.is_none();
-        self.pending
-            .get_or((session, me.seq), || call, &mut self.stats.evicted);
         if let Some(p) = &self.policy {
             if self.cfg.policy_violation.enabled {
-                let write = listed_write.unwrap_or_else(|| facts::write_by_name(&tool));
-                if let Some(why) = p.check(ev, &server_name(ev), &tool, write) {
+                let write = listed_write.unwrap_or_else(|| facts::write_by_name(tool));
+                if let Some(why) = p.check(ev, &server_name(ev), tool, write) {
                     out.push(Flag {
                         flag: "policy_violation",
                         severity: Severity::High,
@@ -577,21 +585,31 @@ impl Detectors {
                 l.sigs.pop_front();
             }
             let n = l.sigs.len();
+            // A cycle of any period repeats the newest signature within
+            // the last `maxp` before it: one pass over those rules out
+            // every period at once (the common case: calls vary).
+            let possible = l.sigs.iter().rev().skip(1).take(maxp).any(|s| s.0 == sig);
             // Period `per`, repeated `k` times: the last per·k signatures
             // each equal the one `per` later (most periods fail at once).
-            let found = (1..=maxp).find(|&per| {
-                per * k <= n
-                    && (per..per * k).all(|i| l.sigs[n - 1 - i].0 == l.sigs[n - 1 - i + per].0)
-                    && {
-                        // A period-p cycle is not really a shorter one.
-                        per == 1
-                            || (1..per).all(|q| {
-                                per % q != 0
-                                    || (0..per)
-                                        .any(|i| l.sigs[n - 1 - i].0 != l.sigs[n - 1 - (i % q)].0)
-                            })
-                    }
-            });
+            let found = possible
+                .then(|| {
+                    (1..=maxp).find(|&per| {
+                        per * k <= n
+                            && (per..per * k)
+                                .all(|i| l.sigs[n - 1 - i].0 == l.sigs[n - 1 - i + per].0)
+                            && {
+                                // A period-p cycle is not really a shorter one.
+                                per == 1
+                                    || (1..per).all(|q| {
+                                        per % q != 0
+                                            || (0..per).any(|i| {
+                                                l.sigs[n - 1 - i].0 != l.sigs[n - 1 - (i % q)].0
+                                            })
+                                    })
+                            }
+                    })
+                })
+                .flatten();
             match found {
                 Some(per) if !l.fired => {
                     l.fired = true;
