@@ -36,6 +36,22 @@ fn main() {
     }
 }
 
+/// `len` bytes of a JSON string's contents that read like what tools pass
+/// around — prose, a path, code with escaped quotes and newlines — not one
+/// repeated byte, which every scanner (the agent's framers, its JSON
+/// parser, its detectors) would skip at memory speed.
+fn text(len: usize) -> String {
+    const PASSAGE: &str = "The quick brown fox jumps over the lazy dog. Read 42 files under /srv/data/reports; fn main() { println!(\\\"hello, {}\\\", name); }\\n";
+    let mut s = PASSAGE.repeat(len / PASSAGE.len() + 1);
+    s.truncate(len);
+    // Never end inside an escape (the passage's are `\"` and `\n`).
+    if s.ends_with('\\') {
+        s.pop();
+        s.push(' ');
+    }
+    s
+}
+
 fn client(duration: Duration, payload: usize, rate: f64) {
     let exe = std::env::current_exe().expect("own path");
     let mut child = Command::new(exe)
@@ -46,7 +62,7 @@ fn client(duration: Duration, payload: usize, rate: f64) {
         .expect("spawning the server");
     let mut to_server = child.stdin.take().expect("stdin");
     let mut from_server = BufReader::new(child.stdout.take().expect("stdout"));
-    let message = "x".repeat(payload);
+    let message = text(payload);
     let mut request = Vec::with_capacity(256 + payload);
     let mut line = String::with_capacity(256 + payload);
     let start = Instant::now();
