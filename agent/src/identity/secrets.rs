@@ -19,7 +19,6 @@ const SECRET_NAME_PARTS: &[&str] = &[
     "ACCESS_KEY",
     "PRIVATE_KEY",
     "CREDENTIAL",
-    "AUTH",
     "SESSION_KEY",
     "CLIENT_KEY",
     "COOKIE",
@@ -35,7 +34,15 @@ pub fn is_secret_name(name: &str) -> bool {
         .replace('-', "_");
     // `_PAT` (personal access token) only as a suffix: `LD_LIBRARY_PATH` is not one.
     !upper.is_empty()
-        && (SECRET_NAME_PARTS.iter().any(|p| upper.contains(p)) || upper.ends_with("_PAT"))
+        && (SECRET_NAME_PARTS.iter().any(|p| upper.contains(p))
+            || upper.ends_with("_PAT")
+            || upper.split('_').any(is_auth_word))
+}
+
+/// `AUTH`, `OAUTH`, `BASICAUTH`, `AUTHORIZATION`, but not `AUTHOR` or
+/// `AUTHORS` (`CARGO_PKG_AUTHORS`, `GIT_AUTHOR_NAME` hold names).
+fn is_auth_word(word: &str) -> bool {
+    (word.contains("AUTH") && !word.contains("AUTHOR")) || word.contains("AUTHORIZ")
 }
 
 /// Names of credential-looking variables in `/proc/<pid>/environ`, sorted;
@@ -157,6 +164,10 @@ mod tests {
             "db-password",
             "AWS_SECRET_ACCESS_KEY",
             "GITLAB_PAT",
+            "NPM_AUTH",
+            "OAUTH_CLIENT",
+            "HTTP_AUTHORIZATION",
+            "--auth",
         ] {
             assert!(is_secret_name(n), "{n}");
         }
@@ -168,6 +179,8 @@ mod tests {
             "LANG",
             "PYTHONPATH",
             "TERM",
+            "CARGO_PKG_AUTHORS",
+            "GIT_AUTHOR_NAME",
         ] {
             assert!(!is_secret_name(n), "{n}");
         }
