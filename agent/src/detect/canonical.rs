@@ -1,10 +1,11 @@
 //! A canonical hash of a JSON value, computed while it is parsed: object
 //! members combine by a commutative sum, so neither key order nor
 //! whitespace changes it, and strings are hashed by what they decode to
-//! (`"\u0061"` is `"a"`). Nothing is allocated: no tree is built, and
-//! strings are hashed in place (as serde_json would write them: the text
-//! on the wire almost always is that already). Two values with equal hashes are equal for the
-//! detectors (64 bits: a collision is negligible, not impossible).
+//! (`"\u0061"` is `"a"`). No tree is built, and strings are hashed in
+//! place, as serde_json would write them: text on the wire almost always
+//! is that already (only a string with other escapes is decoded and
+//! written again, allocating). Two values with equal hashes are equal for
+//! the detectors (64 bits: a collision is negligible, not impossible).
 //!
 //! Numbers keep their JSON kind, as `serde_json::Value` does: `1` and
 //! `1.0` differ. An object with a repeated key hashes both members.
@@ -21,9 +22,10 @@ pub const NULL: u64 = 0x6a09_e667_f3bc_c908;
 ///
 /// A scan of the already-validated text finds each string's end with
 /// memchr and hashes it in place; serde decodes only what needs decoding
-/// (numbers, and strings with escapes serde_json would not write). It gives exactly [`serde_hash`]'s
-/// value (tested), about three times as fast on long strings, and falls
-/// back to it on anything it does not expect.
+/// (numbers, and strings with escapes serde_json would not write). It
+/// gives exactly [`serde_hash`]'s value (tested), about three times as
+/// fast on long strings, and falls back to it on anything it does not
+/// expect.
 pub fn hash(json: &str) -> u64 {
     scan(json).unwrap_or_else(|| serde_hash(json))
 }

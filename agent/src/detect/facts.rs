@@ -657,9 +657,15 @@ mod tests {
             assert_eq!(lower, line.to_ascii_lowercase());
             assert!(!seen.slack && !seen.rare);
         }
+        // What `fold` finds, and that the portable build (not taken on an
+        // AVX2 CPU) finds the same.
         let at = |line: &[u8]| {
-            let mut lower = vec![0; line.len()];
-            let seen = fold(line, &mut lower);
+            let (mut lower, mut portable) = (vec![0; line.len()], vec![0; line.len()]);
+            let (seen, any) = (fold(line, &mut lower), fold_any(line, &mut portable));
+            assert_eq!(
+                (lower, any.slack, any.rare),
+                (portable, seen.slack, seen.rare)
+            );
             (seen.slack, seen.rare)
         };
         assert_eq!(at(b"xox"), (true, false));

@@ -585,31 +585,7 @@ impl Detectors {
                 l.sigs.pop_front();
             }
             let n = l.sigs.len();
-            // A cycle of any period repeats the newest signature within
-            // the last `maxp` before it: one pass over those rules out
-            // every period at once (the common case: calls vary).
-            let possible = l.sigs.iter().rev().skip(1).take(maxp).any(|s| s.0 == sig);
-            // Period `per`, repeated `k` times: the last per·k signatures
-            // each equal the one `per` later (most periods fail at once).
-            let found = possible
-                .then(|| {
-                    (1..=maxp).find(|&per| {
-                        per * k <= n
-                            && (per..per * k)
-                                .all(|i| l.sigs[n - 1 - i].0 == l.sigs[n - 1 - i + per].0)
-                            && {
-                                // A period-p cycle is not really a shorter one.
-                                per == 1
-                                    || (1..per).all(|q| {
-                                        per % q != 0
-                                            || (0..per).any(|i| {
-                                                l.sigs[n - 1 - i].0 != l.sigs[n - 1 - (i % q)].0
-                                            })
-                                    })
-                            }
-                    })
-                })
-                .flatten();
+            let found = repeating_period(&l.sigs, maxp, k);
             match found {
                 Some(per) if !l.fired => {
                     l.fired = true;
@@ -932,6 +908,32 @@ impl Detectors {
             let _ = std::fs::rename(tmp, dir.join("tool_baselines.json"));
         }
     }
+}
+
+/// The period (≤ `maxp`) of a cycle of signatures that ends with the
+/// newest of `sigs` and repeats `k` times, if there is one.
+fn repeating_period<S: PartialEq, T>(
+    sigs: &VecDeque<(S, T, Name)>,
+    maxp: usize,
+    k: usize,
+) -> Option<usize> {
+    let n = sigs.len();
+    let newest = &sigs.back()?.0;
+    // A cycle of any period repeats the newest signature within the last
+    // `maxp` before it: one pass over those rules out every period at
+    // once (the common case: calls vary).
+    if !sigs.iter().rev().skip(1).take(maxp).any(|s| &s.0 == newest) {
+        return None;
+    }
+    let at = |back: usize| &sigs[n - 1 - back].0;
+    // Period `per`, repeated `k` times: the last per·k signatures each
+    // equal the one `per` later (most periods fail at once).
+    (1..=maxp).find(|&per| {
+        per * k <= n
+            && (per..per * k).all(|i| at(i) == at(i - per))
+            // A period-p cycle is not really a shorter one.
+            && (1..per).all(|q| per % q != 0 || (0..per).any(|i| at(i) != at(i % q)))
+    })
 }
 
 fn server_name(ev: &McpEvent) -> String {
