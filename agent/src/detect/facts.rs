@@ -234,104 +234,105 @@ fn strings(v: &Value, out: &mut Vec<String>) {
     }
 }
 
-/// The literal anchors of everything [`prefilter`] looks for, lower-case:
-/// a superset (every match of a pattern contains an anchor, or the hidden
-/// characters' check below fires), so a message without any — most
-/// messages — skips the regex pass entirely. Searched in the
-/// ASCII-lower-cased message with the SIMD (Teddy) packed searcher, or an
-/// automaton where the CPU lacks it.
+/// The literal anchors of everything [`prefilter`] looks for, folded (see
+/// [`fold_byte`]): a superset (every match of a pattern contains an
+/// anchor, [`SLACK_PREFIX`], or a lead byte ≥ 0xE2 that
+/// [`raw_hidden_characters_possible`] then checks), so a message without
+/// any — most messages — skips the
+/// regex pass entirely. Searched in the folded message with the SIMD
+/// (Teddy) packed searcher, or an automaton where the CPU lacks it.
 ///
 /// Every anchor is at least four bytes long, so Teddy fingerprints four
 /// bytes, not three: on English text and code a three-byte fingerprint
 /// let one position in ten through to verification (its nibble tables
 /// alias, `a`/`q`/`c`/`s` look alike), and the verifications cost more
-/// than the scan. The one three-byte literal, Slack's case-sensitive
-/// `xox`, is looked for apart, by [`fold`].
+/// than the scan.
 enum Anchors {
     Packed(aho_corasick::packed::Searcher),
     Automaton(aho_corasick::AhoCorasick),
 }
 
-/// The literal every Slack token starts with (case-sensitive, as the
-/// `slack_token` pattern is).
-const SLACK_PREFIX: &[u8; 3] = b"xox";
+/// What [`Anchors::any_in`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Anchored {
+    /// No anchor: nothing [`prefilter`] looks for is in the message.
+    Nothing,
+    /// An anchor or a possible hidden character: the exact pass decides.
+    Something,
+}
 
 impl Anchors {
-    fn any_in(&self, line: &[u8]) -> bool {
+    fn any_in(&self, line: &[u8]) -> Anchored {
         thread_local! {
-            static LOWER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+            static FOLDED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        LOWER.with(|buf| {
-            let mut lower = buf.borrow_mut();
-            lower.resize(line.len(), 0);
-            let seen = fold(line, &mut lower);
+        FOLDED.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.len() < line.len() {
+                buf.resize(line.len(), 0); // grows only: no memset per message
+            }
+            let folded = &mut buf[..line.len()];
+            let top = fold(line, folded);
             let word = match self {
-                Anchors::Packed(s) => s.find(&lower[..]).is_some(),
-                Anchors::Automaton(a) => a.is_match(&lower[..]),
+                Anchors::Packed(s) => s.find(&*folded).is_some(),
+                Anchors::Automaton(a) => a.is_match(&*folded),
             };
-            word || seen.slack || (seen.rare && hidden_characters_possible(line))
+            static SLACK: OnceLock<memchr::memmem::Finder<'static>> = OnceLock::new();
+            let slack = || {
+                SLACK
+                    .get_or_init(|| memchr::memmem::Finder::new(SLACK_PREFIX))
+                    .find(line)
+                    .is_some()
+            };
+            if word || slack() || (top >= 0xE2 && raw_hidden_characters_possible(line)) {
+                Anchored::Something
+            } else {
+                Anchored::Nothing
+            }
         })
     }
 }
 
-/// What [`fold`] noticed on its way.
-struct Folded {
-    /// `SLACK_PREFIX`, case-sensitive.
-    slack: bool,
-    /// A `\u` escape or a byte ≥ 0xE2 (the lead byte of a hidden
-    /// character): without either, [`hidden_characters_possible`] is false.
-    rare: bool,
+/// The fold the anchors and the searched text both go through: bit 5 set.
+/// ASCII letters become lower case (the patterns are case-insensitive);
+/// a few other bytes alias (`_` and DEL, `\` and `|`, `[` and `{`, control
+/// characters and digits or punctuation), which can only let more text
+/// through to the exact pass, never less. One OR per byte: unlike a
+/// lower-casing that leaves other bytes alone, it needs no compare.
+const fn fold_byte(b: u8) -> u8 {
+    b | 0x20
 }
 
-/// Copies `line` into `lower` (as long) with ASCII letters lower-cased.
-/// One branch-free pass over four slices (it vectorises) that also looks
-/// for what the anchors cannot: a second pass each (`memmem` for `xox`, a
-/// scan for `\u`) cost more than the whole fold. Compiled for AVX2 too,
-/// taken where the CPU has it (twice the bytes per instruction: the
+/// Copies `line` into `folded` (as long) through [`fold_byte`]; returns
+/// the largest byte of `line` (below 0xE2, no hidden character can be
+/// there raw). One branch-free pass that vectorises. Compiled for AVX2
+/// too, taken where the CPU has it (twice the bytes per instruction: the
 /// release build targets baseline x86-64, SSE2).
-fn fold(line: &[u8], lower: &mut [u8]) -> Folded {
+fn fold(line: &[u8], folded: &mut [u8]) -> u8 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { fold_avx2(line, lower) };
+        return unsafe { fold_avx2(line, folded) };
     }
-    fold_any(line, lower)
+    fold_any(line, folded)
 }
 
 /// [`fold_any`] with AVX2 enabled.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn fold_avx2(line: &[u8], lower: &mut [u8]) -> Folded {
-    fold_any(line, lower)
+fn fold_avx2(line: &[u8], folded: &mut [u8]) -> u8 {
+    fold_any(line, folded)
 }
 
 /// [`fold`] for any CPU (inlined into each instruction-set variant).
 #[inline(always)]
-fn fold_any(line: &[u8], lower: &mut [u8]) -> Folded {
-    let folded = |b: u8| b | (u8::from(b.wrapping_sub(b'A') < 26) << 5);
-    let (mut slack, mut rare) = (0u8, 0u8);
-    let body = line.len().saturating_sub(2);
-    let [s0, s1, s2] = *SLACK_PREFIX;
-    for (((l, &b), &b1), &b2) in lower[..body]
-        .iter_mut()
-        .zip(line)
-        .zip(line.get(1..).unwrap_or_default())
-        .zip(line.get(2..).unwrap_or_default())
-    {
-        *l = folded(b);
-        slack |= u8::from(b == s0) & u8::from(b1 == s1) & u8::from(b2 == s2);
-        rare |= (u8::from(b == b'\\') & u8::from(b1 == b'u')) | u8::from(b >= 0xE2);
+fn fold_any(line: &[u8], folded: &mut [u8]) -> u8 {
+    let mut top = 0u8;
+    for (f, &b) in folded.iter_mut().zip(line) {
+        *f = fold_byte(b);
+        top = top.max(b);
     }
-    // The last two bytes: no room for `xox`.
-    for i in body..line.len() {
-        let b = line[i];
-        lower[i] = folded(b);
-        rare |= u8::from(b >= 0xE2) | u8::from(b == b'\\' && line.get(i + 1) == Some(&b'u'));
-    }
-    Folded {
-        slack: slack != 0,
-        rare: rare != 0,
-    }
+    top
 }
 
 /// The literal anchor of one injection marker: its longest word when that
@@ -351,12 +352,12 @@ fn marker_anchor(marker: &str) -> &str {
     }
 }
 
-/// Whether `line` may hold a tag or zero-width character, raw or as a
-/// JSON `\u` escape (`\uDB40…`, `\u200B`–`D`, `\u2060`, `\uFEFF`): by their
+/// Whether `line` may hold a raw tag or zero-width character: by their
 /// rare lead bytes (memchr), then exactly. Apart from the packed searcher:
-/// these ten patterns among the words would make it take its slower (fat)
-/// form, which costs more than these two passes.
-fn hidden_characters_possible(line: &[u8]) -> bool {
+/// these patterns are three bytes (Teddy fingerprints every pattern by the
+/// shortest one's length), and only text with a lead byte ≥ 0xE2 is
+/// searched at all. Their JSON `\u` escapes are anchors.
+fn raw_hidden_characters_possible(line: &[u8]) -> bool {
     memchr::memchr3_iter(0xF3, 0xE2, 0xEF, line).any(|i| {
         matches!(
             line[i..],
@@ -365,59 +366,79 @@ fn hidden_characters_possible(line: &[u8]) -> bool {
                 | [0xE2, 0x81, 0xA0, ..]
                 | [0xEF, 0xBB, 0xBF, ..]
         )
-    }) || {
-        static ESCAPE: OnceLock<memchr::memmem::Finder<'static>> = OnceLock::new();
-        let escape = ESCAPE.get_or_init(|| memchr::memmem::Finder::new(br"\u"));
-        escape.find_iter(line).any(|i| {
-            let Some(&[b'u', a, b, c, d]) = line.get(i + 1..i + 6) else {
-                return false;
-            };
-            matches!(
-                [a, b, c, d].map(|x| x.to_ascii_lowercase()),
-                [b'd', b'b', b'4', b'0']
-                    | [b'2', b'0', b'0', b'b'..=b'd']
-                    | [b'2', b'0', b'6', b'0']
-                    | [b'f', b'e', b'f', b'f']
-            )
-        })
-    }
+    })
 }
 
-/// The anchors [`Anchors`] searches for (lower-case, each ≥ 4 bytes).
+/// The anchors [`Anchors`] searches for (before folding, each ≥ 4 bytes):
+/// - credential shapes (`secret_patterns`; a JWT's payload starts `.eyJ`;
+///   Slack's three-byte `xox` is looked for apart, see [`SLACK_PREFIX`]);
+/// - tag and zero-width characters as JSON escapes (`\u200` for three of
+///   them; raw ones: see [`raw_hidden_characters_possible`]);
+/// - [`INPUT_SCHEMA`]: a tools/list result, whose definitions are read;
+/// - words the injection markers contain (`tell the user` stands for two).
+///
+/// At most 32 of them: past that the packed searcher takes fat Teddy (16
+/// buckets, half the bytes per instruction). The order is not arbitrary:
+/// slim Teddy puts pattern `i` in bucket `7 − i mod 8`, and a position of
+/// the text is verified against every pattern of each bucket whose merged
+/// fingerprint (the nibbles of four bytes) it matches. This order was
+/// found by a local search over swaps that minimised verifications on
+/// JSON-escaped READMEs and Rust sources (600 KB): on 2 MB of held-out
+/// ones, 2.6 candidate positions per KB, where the same anchors grouped by
+/// kind (as the list above) had 9.7.
+const ANCHORS: &[&str] = &[
+    "instructions",
+    "asia",
+    r"\u2060",
+    "api_key",
+    r"\udb4",
+    "tell the user",
+    INPUT_SCHEMA,
+    "[system]",
+    "ghr_",
+    "gho_",
+    "<system>",
+    "api-key",
+    "you are now",
+    "secret",
+    "ghu_",
+    "passw",
+    "important",
+    "akia",
+    r"\ufef",
+    "token",
+    r"\u200",
+    "access",
+    "github_pat_",
+    "system prompt:",
+    "ghs_",
+    "ghp_",
+    ".eyj",
+    "apikey",
+    "-----begin",
+];
+
+/// The anchors [`Anchors`] searches for, folded (see [`ANCHORS`]), plus an
+/// anchor for any marker none of them is part of.
 fn anchor_patterns() -> Vec<Vec<u8>> {
-    let mut pats: Vec<Vec<u8>> = [
-        // Credential shapes (secret_patterns), lower-case; Slack's
-        // apart (SLACK_PREFIX). A JWT's payload starts `.eyJ`.
-        "akia",
-        "asia",
-        "-----begin",
-        ".eyj",
-        "ghp_",
-        "gho_",
-        "ghu_",
-        "ghs_",
-        "ghr_",
-        "github_pat_",
-        "api_key",
-        "api-key",
-        "apikey",
-        "secret",
-        "token",
-        "passw",
-        "access",
-    ]
-    .iter()
-    .map(|p| p.as_bytes().to_vec())
-    .collect();
-    // Injection markers.
+    let mut pats: Vec<&str> = ANCHORS.to_vec();
     for m in markers() {
-        let a = marker_anchor(m).as_bytes().to_vec();
-        if !pats.contains(&a) {
-            pats.push(a);
+        if !pats.iter().any(|a| m.contains(&a.to_lowercase())) {
+            pats.push(marker_anchor(m));
         }
     }
-    pats
+    pats.iter()
+        .map(|p| p.bytes().map(fold_byte).collect())
+        .collect()
 }
+
+/// The literal every Slack token starts with (case-sensitive, as the
+/// `slack_token` pattern is). Three bytes: an anchor would make Teddy
+/// fingerprint three bytes for all; `memmem` finds it in its own pass.
+const SLACK_PREFIX: &[u8; 3] = b"xox";
+
+/// The key only a tools/list result has (per tool).
+const INPUT_SCHEMA: &str = "\"inputSchema\"";
 
 fn anchors() -> &'static Anchors {
     static A: OnceLock<Anchors> = OnceLock::new();
@@ -470,7 +491,8 @@ pub fn extract(
 ) -> MessageFacts {
     let line = raw.bytes;
     // Anchors first (fast, most messages stop here), then the exact set.
-    let matched = anchors().any_in(line).then(|| prefilter().matches(line));
+    let anchored = anchors().any_in(line) == Anchored::Something;
+    let matched = anchored.then(|| prefilter().matches(line));
     let hit = |i: usize| matched.as_ref().is_some_and(|m| m.matched(i));
     let secret_kinds = secret_patterns().len();
     let mut f = MessageFacts {
@@ -497,11 +519,13 @@ pub fn extract(
         f.result_hash = raw
             .result
             .map(|r| canonical::bytes_hash(r.get().as_bytes()));
-        static INPUT_SCHEMA: OnceLock<memchr::memmem::Finder<'static>> = OnceLock::new();
-        let is_list = INPUT_SCHEMA
-            .get_or_init(|| memchr::memmem::Finder::new(b"\"inputSchema\""))
-            .find(line)
-            .is_some();
+        // INPUT_SCHEMA is an anchor: unanchored, it is not there.
+        static LIST: OnceLock<memchr::memmem::Finder<'static>> = OnceLock::new();
+        let is_list = anchored
+            && LIST
+                .get_or_init(|| memchr::memmem::Finder::new(INPUT_SCHEMA))
+                .find(line)
+                .is_some();
         if !is_list && !marker_possible {
             return f;
         }
@@ -634,47 +658,65 @@ mod tests {
             anchor_patterns().iter().all(|a| a.len() >= 4),
             "four-byte fingerprints need four-byte anchors"
         );
+        assert_eq!(
+            anchor_patterns().len(),
+            ANCHORS.len(),
+            "every marker has an anchor in the tuned order"
+        );
+        assert!(ANCHORS.len() <= 32, "slim Teddy takes at most 32");
         for sample in &samples {
             let line = sample.as_bytes();
             assert!(
                 prefilter().matches(line).matched_any(),
                 "the exact set matches {sample:?}"
             );
-            assert!(anchors().any_in(line), "an anchor covers {sample:?}");
+            assert_eq!(
+                anchors().any_in(line),
+                Anchored::Something,
+                "an anchor covers {sample:?}"
+            );
         }
         let plain = r#"{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"The quick brown fox \"jumps\" over the lazy dog \u00e9 \u2019 \ud83d\ude00 caf\u00e9 ’ — 😀 42 files read."}]}}"#;
-        assert!(
-            !anchors().any_in(plain.as_bytes()),
+        assert_eq!(
+            anchors().any_in(plain.as_bytes()),
+            Anchored::Nothing,
             "plain text, typographic quotes, emoji and other escapes pass"
+        );
+        #[cfg(target_arch = "x86_64")]
+        assert!(
+            matches!(anchors(), Anchors::Packed(_))
+                || !std::arch::is_x86_feature_detected!("ssse3"),
+            "the anchors fit the packed (SIMD) searcher"
         );
     }
 
     #[test]
-    fn fold_lower_cases_and_notices_slack_and_escapes_anywhere() {
-        for line in [&b""[..], b"A", b"AB", b"ABC", b"Hello, WORLD! [Z]@`{"] {
-            let mut lower = vec![0; line.len()];
-            let seen = fold(line, &mut lower);
-            assert_eq!(lower, line.to_ascii_lowercase());
-            assert!(!seen.slack && !seen.rare);
-        }
-        // What `fold` finds, and that the portable build (not taken on an
-        // AVX2 CPU) finds the same.
-        let at = |line: &[u8]| {
-            let (mut lower, mut portable) = (vec![0; line.len()], vec![0; line.len()]);
-            let (seen, any) = (fold(line, &mut lower), fold_any(line, &mut portable));
+    fn fold_sets_bit_five_and_finds_the_top_byte() {
+        let mut lines: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"A".to_vec(),
+            b"Hello, WORLD! [Z]@`{_\\".to_vec(),
+            "é’ 😀".as_bytes().to_vec(),
+        ];
+        lines.push((0..=255).collect()); // every byte, longer than a vector
+        for line in &lines {
+            let (mut folded, mut portable) = (vec![0; line.len()], vec![0; line.len()]);
+            let top = fold(line, &mut folded);
             assert_eq!(
-                (lower, any.slack, any.rare),
-                (portable, seen.slack, seen.rare)
+                folded,
+                line.iter().map(|b| b | 0x20).collect::<Vec<_>>(),
+                "{line:?}"
             );
-            (seen.slack, seen.rare)
-        };
-        assert_eq!(at(b"xox"), (true, false));
-        assert_eq!(at(b"a xoxb-1"), (true, false));
-        assert_eq!(at(b"XOX xo"), (false, false), "case-sensitive, and whole");
-        assert_eq!(at(b"\\u"), (false, true), "at the end");
-        assert_eq!(at(b"a \\u200b b"), (false, true));
-        assert_eq!(at(b"\\n \\\""), (false, false), "other escapes");
-        assert_eq!(at("é’".as_bytes()), (false, true), "a lead byte ≥ 0xE2");
+            assert_eq!(top, line.iter().copied().max().unwrap_or(0));
+            // The portable build (not taken on an AVX2 CPU) agrees.
+            assert_eq!(fold_any(line, &mut portable), top);
+            assert_eq!(portable, folded);
+        }
+        assert_eq!(&folded_text("Hello WORLD"), b"hello world");
+    }
+
+    fn folded_text(s: &str) -> Vec<u8> {
+        s.bytes().map(fold_byte).collect()
     }
 
     #[test]
