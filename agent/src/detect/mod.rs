@@ -121,6 +121,8 @@ struct CallState {
 struct PairState {
     rate: RateState,
     errors: ErrState,
+    /// The caller has used the server (first_seen's `new_server`).
+    used: bool,
 }
 
 #[derive(Default)]
@@ -206,7 +208,7 @@ pub struct Detectors {
     pairs: Lru<(Id, Id), PairState>,
     /// By (server, tool).
     sizes: Lru<(Id, Id), SizeState>,
-    /// (caller, server, tool or 0) pairs already used.
+    /// (caller, server, tool) already used (servers: `PairState::used`).
     seen: Lru<(Id, Id, Id), ()>,
     /// (server, tool) of calls to unlisted tools already flagged.
     unlisted_fired: Lru<(Id, Id), ()>,
@@ -270,6 +272,22 @@ impl Detectors {
         self.listed.insert(self.names.id_of(server), by_id);
     }
 
+    /// A message's caller, server and tool names.
+    fn names_of(&mut self, ev: &McpEvent) -> (Name, Name, Name) {
+        let (caller, server) = match ev.kind {
+            Kind::Request | Kind::Notification => (
+                self.endpoint_name(&ev.from, &ev.client),
+                self.endpoint_name(&ev.to, &ev.server),
+            ),
+            _ => (
+                self.endpoint_name(&ev.to, &ev.client),
+                self.endpoint_name(&ev.from, &ev.server),
+            ),
+        };
+        let tool = self.names.tool(ev.tool.as_deref().unwrap_or(""));
+        (caller, server, tool)
+    }
+
     /// The name of an endpoint, with its MCP client or server info.
     fn endpoint_name(
         &mut self,
@@ -303,19 +321,12 @@ impl Detectors {
             id: ev.id.clone(),
             ts_ns,
         };
-        let (caller, server) = match ev.kind {
-            Kind::Request | Kind::Notification => (
-                self.endpoint_name(&ev.from, &ev.client),
-                self.endpoint_name(&ev.to, &ev.server),
-            ),
-            _ => (
-                self.endpoint_name(&ev.to, &ev.client),
-                self.endpoint_name(&ev.from, &ev.server),
-            ),
-        };
-        let tool = self.names.tool(ev.tool.as_deref().unwrap_or(""));
         let session = self.names.id_of(&ev.session);
+        // A request's names are made here; a response is judged on its
+        // request's (kept with it), so its own are made only for a flag.
+        let mut names = None;
         if ev.kind == Kind::Request {
+            let (caller, server, tool) = names.insert(self.names_of(ev));
             if ev.method.as_deref() == Some("tools/call") {
                 let p = Pending {
                     key: (caller.id, server.id, tool.id, facts.args_hash.unwrap_or(0)),
@@ -326,16 +337,10 @@ impl Detectors {
                 };
                 self.on_call(p, session, ev, &mut out);
             }
-            self.rate(&caller, &server, me.clone(), ts_ns, &mut out);
-            self.first_seen(
-                &caller,
-                &server,
-                ev.method.as_deref().unwrap_or(""),
-                &tool,
-                me.clone(),
-                ts_ns,
-                &mut out,
-            );
+            self.on_request(caller, server, ev, tool, &me, &mut out);
+            if self.cfg.header_mismatch.enabled {
+                header_mismatch(ev, caller, server, &me, &mut out);
+            }
         }
         if matches!(ev.kind, Kind::Response | Kind::Error) {
             if let Some(rs) = ev.request_seq {
@@ -344,12 +349,19 @@ impl Detectors {
                 }
             }
             if let Some(tools) = &facts.tools {
-                self.drift(&server, tools, me.clone(), &mut out);
+                let (_, server, _) = names.get_or_insert_with(|| self.names_of(ev));
+                self.drift(server, tools, me.clone(), &mut out);
             }
         }
-        if self.cfg.header_mismatch.enabled {
-            header_mismatch(ev, &caller, &server, &me, &mut out);
+        let flagged = (self.cfg.secret_in_payload.enabled && !facts.secrets.is_empty())
+            || (self.cfg.injection_marker.enabled
+                && !facts.markers.is_empty()
+                && ev.kind != Kind::Request);
+        if !flagged {
+            self.stats.flags += out.len() as u64;
+            return out;
         }
+        let (caller, server, tool) = names.get_or_insert_with(|| self.names_of(ev));
         if self.cfg.secret_in_payload.enabled && !facts.secrets.is_empty() {
             let kinds: Vec<&str> = facts.secrets.iter().map(|s| s.kind).collect();
             let place = if ev.kind == Kind::Request {
@@ -715,118 +727,71 @@ impl Detectors {
         }
     }
 
-    fn rate(&mut self, caller: &Name, server: &Name, me: Evidence, ts: u64, out: &mut Vec<Flag>) {
-        if !self.cfg.rate_spike.enabled {
-            return;
-        }
-        let c = &self.cfg.rate_spike;
-        let bucket_ns = (c.bucket_s * 1e9) as u64;
-        let b = ts / bucket_ns.max(1);
-        let r = &mut self
-            .pairs
-            .get_or(
-                (caller.id, server.id),
-                PairState::default,
-                &mut self.stats.evicted,
-            )
-            .rate;
-        if r.buckets_seen == 0 && r.count == 0 {
-            r.bucket = b; // a new pair: its first bucket
-        }
-        if b != r.bucket {
-            // Close the finished bucket (and the empty ones after it) into the baseline.
-            let fold = |x: f64, r: &mut RateState| {
-                if r.buckets_seen == 0 {
-                    r.mean = x;
-                } else {
-                    let d = x - r.mean;
-                    r.mean += c.alpha * d;
-                    r.var = (1.0 - c.alpha) * (r.var + c.alpha * d * d);
-                }
-                r.buckets_seen += 1;
-            };
-            let count = r.count as f64;
-            // Back to normal re-arms the detector (checked against the
-            // baseline before this bucket joins it).
-            if count <= r.mean + c.deviations * r.var.sqrt().max(1.0) || r.count < c.min_calls {
-                r.in_spike = false;
-            }
-            fold(count, r);
-            for _ in 0..(b - r.bucket - 1).min(u64::from(c.warmup_buckets) + 16) {
-                fold(0.0, r);
-            }
-            r.bucket = b;
-            r.count = 0;
-            r.evidence.clear();
-        }
-        r.count += 1;
-        if r.evidence.len() < 32 {
-            r.evidence.push(me);
-        }
-        let threshold = r.mean + c.deviations * r.var.sqrt().max(1.0);
-        if r.buckets_seen >= c.warmup_buckets
-            && r.count >= c.min_calls
-            && f64::from(r.count) > threshold
-            && !r.in_spike
-        {
-            r.in_spike = true;
-            out.push(Flag {
-                flag: "rate_spike",
-                severity: Severity::Medium,
-                message: format!("{caller} sent {} requests to {server} in {} s, against a baseline of {:.1}", r.count, c.bucket_s, r.mean),
-                caller: caller.to_string(),
-                server: server.to_string(),
-                tool: None,
-                evidence: r.evidence.clone(),
-                details: json!({ "count": r.count, "baseline_mean": r.mean, "baseline_stddev": r.var.sqrt(), "bucket_s": c.bucket_s }),
-            });
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn first_seen(
+    /// Any request: rate_spike and first_seen, on one lookup of the
+    /// (caller, server) state.
+    fn on_request(
         &mut self,
         caller: &Name,
         server: &Name,
-        method: &str,
+        ev: &McpEvent,
         tool: &Name,
-        me: Evidence,
-        ts: u64,
+        me: &Evidence,
         out: &mut Vec<Flag>,
     ) {
-        if !self.cfg.first_seen.enabled {
+        let (rate_on, seen_on) = (self.cfg.rate_spike.enabled, self.cfg.first_seen.enabled);
+        if !rate_on && !seen_on {
             return;
         }
+        let pair = self.pairs.get_or(
+            (caller.id, server.id),
+            PairState::default,
+            &mut self.stats.evicted,
+        );
+        if rate_on {
+            rate(
+                &self.cfg.rate_spike,
+                &mut pair.rate,
+                caller,
+                server,
+                me,
+                out,
+            );
+        }
+        if !seen_on {
+            return;
+        }
+        let new_server = !std::mem::replace(&mut pair.used, true);
+        let ts = me.ts_ns;
         let since = *self
             .first_ts
             .get_or(caller.id, || ts, &mut self.stats.evicted);
         let learned = ts.saturating_sub(since) as f64 / 1e9 >= self.cfg.first_seen.learning_s;
-        let mut check = |item: &str, out: &mut Vec<Flag>| {
-            let key = (
-                caller.id,
-                server.id,
-                if item.is_empty() { 0 } else { tool.id },
-            );
-            if self.seen.insert_new(key, (), &mut self.stats.evicted) && learned {
-                let what = if item.is_empty() {
-                    format!("server {server}")
-                } else {
-                    format!("tool {item} on {server}")
-                };
-                out.push(Flag {
-                    flag: "first_seen",
-                    severity: Severity::Low,
-                    message: format!("{caller} used {what} for the first time after the learning period"),                    caller: caller.to_string(),
-                    server: server.to_string(),
-                    tool: (!tool.is_empty()).then(|| tool.to_string()),
-                    evidence: vec![me.clone()],
-                    details: json!({ "reason": if item.is_empty() { "new_server" } else { "new_tool" } }),
-                });
-            }
+        let new_tool = ev.method.as_deref() == Some("tools/call")
+            && self
+                .seen
+                .insert_new((caller.id, server.id, tool.id), (), &mut self.stats.evicted);
+        if !learned {
+            return;
+        }
+        let mut fire = |what: String, reason: &str| {
+            out.push(Flag {
+                flag: "first_seen",
+                severity: Severity::Low,
+                message: format!(
+                    "{caller} used {what} for the first time after the learning period"
+                ),
+                caller: caller.to_string(),
+                server: server.to_string(),
+                tool: (!tool.is_empty()).then(|| tool.to_string()),
+                evidence: vec![me.clone()],
+                details: json!({ "reason": reason }),
+            })
         };
-        check("", out);
-        if method == "tools/call" {
-            check(tool, out);
+        if new_server {
+            fire(format!("server {server}"), "new_server");
+        }
+        if new_tool {
+            fire(format!("tool {tool} on {server}"), "new_tool");
         }
     }
 
@@ -907,6 +872,72 @@ impl Detectors {
         {
             let _ = std::fs::rename(tmp, dir.join("tool_baselines.json"));
         }
+    }
+}
+
+/// rate_spike: one more request from a caller to a server, whose rate
+/// state is `r`.
+fn rate(
+    c: &config::RateSpike,
+    r: &mut RateState,
+    caller: &Name,
+    server: &Name,
+    me: &Evidence,
+    out: &mut Vec<Flag>,
+) {
+    let ts = me.ts_ns;
+    let bucket_ns = (c.bucket_s * 1e9) as u64;
+    let b = ts / bucket_ns.max(1);
+    if r.buckets_seen == 0 && r.count == 0 {
+        r.bucket = b; // a new pair: its first bucket
+    }
+    if b != r.bucket {
+        // Close the finished bucket (and the empty ones after it) into the baseline.
+        let fold = |x: f64, r: &mut RateState| {
+            if r.buckets_seen == 0 {
+                r.mean = x;
+            } else {
+                let d = x - r.mean;
+                r.mean += c.alpha * d;
+                r.var = (1.0 - c.alpha) * (r.var + c.alpha * d * d);
+            }
+            r.buckets_seen += 1;
+        };
+        let count = r.count as f64;
+        // Back to normal re-arms the detector (checked against the
+        // baseline before this bucket joins it).
+        if count <= r.mean + c.deviations * r.var.sqrt().max(1.0) || r.count < c.min_calls {
+            r.in_spike = false;
+        }
+        fold(count, r);
+        for _ in 0..(b - r.bucket - 1).min(u64::from(c.warmup_buckets) + 16) {
+            fold(0.0, r);
+        }
+        r.bucket = b;
+        r.count = 0;
+        r.evidence.clear();
+    }
+    r.count += 1;
+    if r.evidence.len() < 32 {
+        r.evidence.push(me.clone());
+    }
+    let threshold = r.mean + c.deviations * r.var.sqrt().max(1.0);
+    if r.buckets_seen >= c.warmup_buckets
+        && r.count >= c.min_calls
+        && f64::from(r.count) > threshold
+        && !r.in_spike
+    {
+        r.in_spike = true;
+        out.push(Flag {
+            flag: "rate_spike",
+            severity: Severity::Medium,
+            message: format!("{caller} sent {} requests to {server} in {} s, against a baseline of {:.1}", r.count, c.bucket_s, r.mean),
+            caller: caller.to_string(),
+            server: server.to_string(),
+            tool: None,
+            evidence: r.evidence.clone(),
+            details: json!({ "count": r.count, "baseline_mean": r.mean, "baseline_stddev": r.var.sqrt(), "bucket_s": c.bucket_s }),
+        });
     }
 }
 
