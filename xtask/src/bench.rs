@@ -1031,6 +1031,62 @@ fn detector_cost(r: &mut Report, capture: &Path) -> Result<()> {
             Some(added <= 0.10),
         );
     }
+    detector_instructions(r, capture)
+}
+
+/// The detectors' added instructions per message, counted by callgrind
+/// (replay with the JSONL output, with and without `--no-detect`, side by
+/// side): the same every run, where wall time on a shared VM moves by tens
+/// of percent from run to run.
+fn detector_instructions(r: &mut Report, capture: &Path) -> Result<()> {
+    step("detectors: instructions per message under callgrind, with and without them");
+    let count = |detect: bool| -> Result<f64> {
+        let mut c = Command::new("valgrind");
+        c.args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+            .arg(build::agent_binary())
+            .args(["replay", "--stdout", "json"]);
+        if !detect {
+            c.arg("--no-detect");
+        }
+        let out = c
+            .arg(capture)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .context("running valgrind")?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        let number = |after: &str| {
+            err.lines()
+                .find_map(|l| {
+                    let rest = &l[l.find(after)? + after.len()..];
+                    rest.split(|c: char| !c.is_ascii_digit())
+                        .find(|t| !t.is_empty())?
+                        .parse::<f64>()
+                        .ok()
+                })
+                .with_context(|| format!("no `{after}` in valgrind's output: {err}"))
+        };
+        Ok(number("Collected :")? / number("messages=")?)
+    };
+    let (with, without) = std::thread::scope(|s| {
+        let with = s.spawn(|| count(true));
+        let without = count(false);
+        (with.join().expect("callgrind thread"), without)
+    });
+    let (with, without) = (with?, without?);
+    let added = with / without - 1.0;
+    r.add(
+        "detectors' added cost per message, instructions (callgrind, replay with the JSONL output)",
+        format!(
+            "{:+.1} % ({:+.0} instructions per message: {:.0} with, {:.0} without)",
+            added * 100.0,
+            with - without,
+            with,
+            without
+        ),
+        "≤ +10 %",
+        Some(added <= 0.10),
+    );
     Ok(())
 }
 
@@ -1098,7 +1154,7 @@ pub fn all(only: Option<&str>) -> Result<()> {
         }
     }
     setup::test_software()?;
-    setup::system_packages(&["strace"])?;
+    setup::system_packages(&["strace", "valgrind"])?;
     run(Command::new("cargo").current_dir(root()).args([
         "build",
         "--release",
