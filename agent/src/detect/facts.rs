@@ -252,6 +252,13 @@ enum Anchors {
     Automaton(aho_corasick::AhoCorasick),
 }
 
+/// Zero bytes before the folded line (see [`Anchors::any_in`]): one more
+/// than the bytes Teddy treats as wildcards before its first block.
+const PAD_FRONT: usize = 4;
+
+/// The bytes Teddy's AVX2 form searches at a time.
+const TEDDY_BLOCK: usize = 32;
+
 /// What [`Anchors::any_in`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Anchored {
@@ -268,14 +275,25 @@ impl Anchors {
         }
         FOLDED.with(|buf| {
             let mut buf = buf.borrow_mut();
-            if buf.len() < line.len() {
-                buf.resize(line.len(), 0); // grows only: no memset per message
+            // The folded line between zero bytes (no anchor holds one):
+            // PAD_FRONT before it, and after it up to a whole number of
+            // Teddy's 32-byte blocks. Teddy lets the three bytes before
+            // each search's first block match anything, and searches a
+            // last partial block again the same way: both send ordinary
+            // text to verification in every message (more than half the
+            // search's cost on small messages). The zeros end every such
+            // candidate at once.
+            let len = PAD_FRONT + line.len();
+            let padded = len.max(TEDDY_BLOCK + 3).next_multiple_of(TEDDY_BLOCK) + 3;
+            if buf.len() < padded {
+                buf.resize(padded, 0); // grows only: no memset per message
             }
-            let folded = &mut buf[..line.len()];
-            let top = fold(line, folded);
+            let top = fold(line, &mut buf[PAD_FRONT..len]);
+            buf[len..padded].fill(0);
+            let folded = &buf[..padded];
             let word = match self {
-                Anchors::Packed(s) => s.find(&*folded).is_some(),
-                Anchors::Automaton(a) => a.is_match(&*folded),
+                Anchors::Packed(s) => s.find(folded).is_some(),
+                Anchors::Automaton(a) => a.is_match(folded),
             };
             static SLACK: OnceLock<memchr::memmem::Finder<'static>> = OnceLock::new();
             let slack = || {
@@ -382,40 +400,42 @@ fn raw_hidden_characters_possible(line: &[u8]) -> bool {
 /// slim Teddy puts pattern `i` in bucket `7 − i mod 8`, and a position of
 /// the text is verified against every pattern of each bucket whose merged
 /// fingerprint (the nibbles of four bytes) it matches. This order was
-/// found by a local search over swaps that minimised verifications on
-/// JSON-escaped READMEs and Rust sources (600 KB): on 2 MB of held-out
-/// ones, 2.6 candidate positions per KB, where the same anchors grouped by
-/// kind (as the list above) had 9.7.
+/// found by a local search over swaps that minimised verifications on MCP
+/// messages (the Python SDK's and the reference servers' shapes: tools/call
+/// requests and results) carrying JSON-escaped excerpts of crate READMEs
+/// and sources, 650 KB. On 1.9 MB of held-out messages it lets 1.7
+/// positions per KB through to verification; the same anchors grouped by
+/// kind (as listed above), 7.2.
 const ANCHORS: &[&str] = &[
-    "instructions",
-    "asia",
+    "ghu_",
+    "important",
     r"\u2060",
     "api_key",
     r"\udb4",
-    "tell the user",
-    INPUT_SCHEMA,
-    "[system]",
+    ".eyj",
+    r"\u200",
+    "you are now",
+    "ghp_",
     "ghr_",
-    "gho_",
     "<system>",
     "api-key",
-    "you are now",
-    "secret",
-    "ghu_",
-    "passw",
-    "important",
-    "akia",
-    r"\ufef",
-    "token",
-    r"\u200",
-    "access",
-    "github_pat_",
-    "system prompt:",
-    "ghs_",
-    "ghp_",
-    ".eyj",
     "apikey",
+    "secret",
+    "instructions",
     "-----begin",
+    "passw",
+    INPUT_SCHEMA,
+    "system prompt:",
+    "access",
+    "tell the user",
+    "token",
+    "github_pat_",
+    r"\ufef",
+    "ghs_",
+    "gho_",
+    "[system]",
+    "asia",
+    "akia",
 ];
 
 /// The anchors [`Anchors`] searches for, folded (see [`ANCHORS`]), plus an
@@ -688,6 +708,24 @@ mod tests {
                 || !std::arch::is_x86_feature_detected!("ssse3"),
             "the anchors fit the packed (SIMD) searcher"
         );
+    }
+
+    #[test]
+    fn anchors_are_found_at_either_end_of_any_length() {
+        // The search runs over a padded copy: an anchor at the first or
+        // the last byte of a line, at every length around the padding's
+        // 32-byte blocks, is still found; the same filler alone is not.
+        for len in 0..100 {
+            let filler = "q".repeat(len);
+            for line in [format!("TOKEN{filler}"), format!("{filler}akia")] {
+                assert_eq!(
+                    anchors().any_in(line.as_bytes()),
+                    Anchored::Something,
+                    "{line:?}"
+                );
+            }
+            assert_eq!(anchors().any_in(filler.as_bytes()), Anchored::Nothing);
+        }
     }
 
     #[test]
