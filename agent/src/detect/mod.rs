@@ -761,15 +761,20 @@ impl Detectors {
             return;
         }
         let new_server = !std::mem::replace(&mut pair.used, true);
+        let new_tool = ev.method.as_deref() == Some("tools/call")
+            && self
+                .seen
+                .insert_new((caller.id, server.id, tool.id), (), &mut self.stats.evicted);
+        if !new_server && !new_tool {
+            return;
+        }
+        // A caller's first request is a new server for it: its learning
+        // period starts there, so only something new needs the lookup.
         let ts = me.ts_ns;
         let since = *self
             .first_ts
             .get_or(caller.id, || ts, &mut self.stats.evicted);
         let learned = ts.saturating_sub(since) as f64 / 1e9 >= self.cfg.first_seen.learning_s;
-        let new_tool = ev.method.as_deref() == Some("tools/call")
-            && self
-                .seen
-                .insert_new((caller.id, server.id, tool.id), (), &mut self.stats.evicted);
         if !learned {
             return;
         }
