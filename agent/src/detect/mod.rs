@@ -191,6 +191,10 @@ struct Pending {
     server: Name,
     tool: Name,
     evidence: Evidence,
+    /// Where the request left its call and (caller, server) state: the
+    /// response finds it there, unless it was evicted in between.
+    call_slot: Option<u32>,
+    pair_slot: Option<u32>,
 }
 
 /// All detectors.
@@ -327,6 +331,7 @@ impl Detectors {
         let mut names = None;
         if ev.kind == Kind::Request {
             let (caller, server, tool) = names.insert(self.names_of(ev));
+            let pair_slot = self.on_request(caller, server, ev, tool, &me, &mut out);
             if ev.method.as_deref() == Some("tools/call") {
                 let p = Pending {
                     key: (caller.id, server.id, tool.id, facts.args_hash.unwrap_or(0)),
@@ -334,10 +339,11 @@ impl Detectors {
                     server: server.clone(),
                     tool: tool.clone(),
                     evidence: me.clone(),
+                    call_slot: None,
+                    pair_slot,
                 };
                 self.on_call(p, session, ev, &mut out);
             }
-            self.on_request(caller, server, ev, tool, &me, &mut out);
             if self.cfg.header_mismatch.enabled {
                 header_mismatch(ev, caller, server, &me, &mut out);
             }
@@ -420,8 +426,8 @@ impl Detectors {
     }
 
     /// A tools/call request: its checks, then it waits for its response.
-    fn on_call(&mut self, call: Pending, session: u64, ev: &McpEvent, out: &mut Vec<Flag>) {
-        self.call_checks(&call, ev, out);
+    fn on_call(&mut self, mut call: Pending, session: u64, ev: &McpEvent, out: &mut Vec<Flag>) {
+        call.call_slot = self.call_checks(&call, ev, out);
         self.pending.get_or(
             (session, call.evidence.seq),
             || call,
@@ -429,7 +435,8 @@ impl Detectors {
         );
     }
 
-    fn call_checks(&mut self, call: &Pending, ev: &McpEvent, out: &mut Vec<Flag>) {
+    /// A tools/call's checks; the slot of its call state, if kept.
+    fn call_checks(&mut self, call: &Pending, ev: &McpEvent, out: &mut Vec<Flag>) -> Option<u32> {
         let me = call.evidence.clone();
         let (caller, server, tool) = (&call.caller, &call.server, &call.tool);
         let key = call.key;
@@ -476,14 +483,14 @@ impl Detectors {
             });
         }
         if !self.cfg.duplicate_call.enabled {
-            return;
+            return None;
         }
         let window = self.cfg.duplicate_call.window_s * S;
         let min = self.cfg.duplicate_call.min_count as usize;
-        let d = &mut self
+        let slot = self
             .calls
-            .get_or(key, CallState::default, &mut self.stats.evicted)
-            .dup;
+            .slot(key, CallState::default, &mut self.stats.evicted);
+        let d = &mut self.calls.at(slot).dup;
         while d.calls.front().is_some_and(|e| e.ts_ns + window < ts) {
             d.calls.pop_front();
         }
@@ -496,7 +503,7 @@ impl Detectors {
         }
         let n = d.calls.len();
         if n < min {
-            return;
+            return Some(slot);
         }
         let sev = if n >= min + 3 {
             Severity::High
@@ -506,7 +513,7 @@ impl Detectors {
             Severity::Low
         };
         if d.fired.is_some_and(|f| f >= sev) {
-            return;
+            return Some(slot);
         }
         d.fired = Some(sev);
         let reason = match d.last_error {
@@ -524,6 +531,7 @@ impl Detectors {
             evidence: d.calls.iter().cloned().collect(),
             details: json!({ "count": n, "reason": reason.replace(' ', "_") }),
         });
+        Some(slot)
     }
 
     fn on_result(
@@ -541,7 +549,10 @@ impl Detectors {
         let failed = ev.is_error;
         // One lookup of the call's state: made if retry_storm keeps it.
         let storm = self.cfg.retry_storm.enabled;
-        let mut call = if storm {
+        let kept = p.call_slot.filter(|&c| self.calls.holds(c, &p.key));
+        let mut call = if let Some(c) = kept {
+            Some(self.calls.at(c))
+        } else if storm {
             Some(
                 self.calls
                     .get_or(p.key, CallState::default, &mut self.stats.evicted),
@@ -624,14 +635,14 @@ impl Detectors {
         if self.cfg.error_burst.enabled {
             let c = &self.cfg.error_burst;
             let (window, min, ratio) = (c.window_s * S, c.min_calls as usize, c.ratio);
-            let e = &mut self
-                .pairs
-                .get_or(
-                    (caller.id, server.id),
-                    PairState::default,
-                    &mut self.stats.evicted,
-                )
-                .errors; // Amortised O(1) per message: counts kept as calls enter and leave.
+            let key = (caller.id, server.id);
+            let e = &mut match p.pair_slot.filter(|&s| self.pairs.holds(s, &key)) {
+                Some(s) => self.pairs.at(s),
+                None => self
+                    .pairs
+                    .get_or(key, PairState::default, &mut self.stats.evicted),
+            }
+            .errors; // Amortised O(1) per message: counts kept as calls enter and leave.
             let slot_ns = (window / ERROR_SLOTS).max(1);
             let slot = ts / slot_ns;
             let error = usize::from(failed);
@@ -728,7 +739,7 @@ impl Detectors {
     }
 
     /// Any request: rate_spike and first_seen, on one lookup of the
-    /// (caller, server) state.
+    /// (caller, server) state; returns that state's slot.
     fn on_request(
         &mut self,
         caller: &Name,
@@ -737,16 +748,17 @@ impl Detectors {
         tool: &Name,
         me: &Evidence,
         out: &mut Vec<Flag>,
-    ) {
+    ) -> Option<u32> {
         let (rate_on, seen_on) = (self.cfg.rate_spike.enabled, self.cfg.first_seen.enabled);
         if !rate_on && !seen_on {
-            return;
+            return None;
         }
-        let pair = self.pairs.get_or(
+        let slot = self.pairs.slot(
             (caller.id, server.id),
             PairState::default,
             &mut self.stats.evicted,
         );
+        let pair = self.pairs.at(slot);
         if rate_on {
             rate(
                 &self.cfg.rate_spike,
@@ -758,7 +770,7 @@ impl Detectors {
             );
         }
         if !seen_on {
-            return;
+            return Some(slot);
         }
         let new_server = !std::mem::replace(&mut pair.used, true);
         let new_tool = ev.method.as_deref() == Some("tools/call")
@@ -766,7 +778,7 @@ impl Detectors {
                 .seen
                 .insert_new((caller.id, server.id, tool.id), (), &mut self.stats.evicted);
         if !new_server && !new_tool {
-            return;
+            return Some(slot);
         }
         // A caller's first request is a new server for it: its learning
         // period starts there, so only something new needs the lookup.
@@ -776,7 +788,7 @@ impl Detectors {
             .get_or(caller.id, || ts, &mut self.stats.evicted);
         let learned = ts.saturating_sub(since) as f64 / 1e9 >= self.cfg.first_seen.learning_s;
         if !learned {
-            return;
+            return Some(slot);
         }
         let mut fire = |what: String, reason: &str| {
             out.push(Flag {
@@ -798,6 +810,7 @@ impl Detectors {
         if new_tool {
             fire(format!("tool {tool} on {server}"), "new_tool");
         }
+        Some(slot)
     }
 
     fn drift(&mut self, server: &str, tools: &[ToolDef], me: Evidence, out: &mut Vec<Flag>) {

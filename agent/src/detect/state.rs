@@ -121,14 +121,16 @@ impl Names {
 /// probe: the map hands out a slot number, not a borrow.
 pub(super) struct Lru<K, V> {
     index: Map<K, u32>,
-    slots: Vec<Option<Slot<V>>>,
+    slots: Vec<Option<Slot<K, V>>>,
     free: Vec<u32>,
     order: VecDeque<(K, u64)>,
     cap: usize,
     clock: u64,
 }
 
-struct Slot<V> {
+struct Slot<K, V> {
+    /// The key (so that a kept slot number can be checked, see [`Lru::at`]).
+    key: K,
     value: V,
     /// The clock of the touch queued for this key.
     touched: u64,
@@ -166,6 +168,31 @@ impl<K: Hash + Eq + Copy, V> Lru<K, V> {
         &mut self.slots[i as usize].as_mut().expect("indexed slot").value
     }
 
+    /// The slot number of `k`, made if absent (as [`Lru::get_or`]);
+    /// touches `k`. Kept, it saves the next lookup: [`Lru::holds`] says
+    /// whether the slot still holds `k` (it may have been evicted, and the
+    /// slot reused), [`Lru::at`] gives its value.
+    pub fn slot(&mut self, k: K, make: impl FnOnce() -> V, evicted: &mut u64) -> u32 {
+        self.slot_of(k, make, evicted).0
+    }
+
+    /// Whether `slot` holds `k`.
+    pub fn holds(&self, slot: u32, k: &K) -> bool {
+        self.slots
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|s| s.key == *k)
+    }
+
+    /// The value in `slot` (not a touch). Panics if the slot is empty:
+    /// check with [`Lru::holds`] first.
+    pub fn at(&mut self, slot: u32) -> &mut V {
+        &mut self.slots[slot as usize]
+            .as_mut()
+            .expect("a slot checked by holds")
+            .value
+    }
+
     /// `k`'s slot, made if absent, and whether it was; touches `k`.
     fn slot_of(&mut self, k: K, make: impl FnOnce() -> V, evicted: &mut u64) -> (u32, bool) {
         self.clock += 1;
@@ -184,6 +211,7 @@ impl<K: Hash + Eq + Copy, V> Lru<K, V> {
                     self.evict_one(evicted);
                 }
                 let slot = Some(Slot {
+                    key: k,
                     value: make(),
                     touched: clock,
                 });
@@ -277,6 +305,21 @@ mod tests {
         assert_eq!(&*n.endpoint(None, "/usr/bin/node"), "/usr/bin/node");
         assert_ne!(n.tool("echo").id, n.tool("echo2").id);
         assert_eq!(n.tool("echo").id, n.id_of("echo"));
+    }
+
+    #[test]
+    fn a_kept_slot_is_checked_against_its_key() {
+        let mut l: Lru<u32, u32> = Lru::new(1);
+        let mut evicted = 0;
+        let s1 = l.slot(1, || 10, &mut evicted);
+        assert!(l.holds(s1, &1));
+        *l.at(s1) += 1;
+        assert_eq!(l.get_mut(&1).copied(), Some(11));
+        // 1 is evicted and its slot reused by 2: the kept number no
+        // longer stands for 1.
+        let s2 = l.slot(2, || 20, &mut evicted);
+        assert_eq!((s1, evicted), (s2, 1));
+        assert!(!l.holds(s1, &1) && l.holds(s2, &2));
     }
 
     #[test]
