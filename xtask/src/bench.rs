@@ -932,10 +932,19 @@ struct Replayed {
     mb_per_s: f64,
 }
 
-/// Replays `capture` on one core, with or without the detectors, with no
-/// output or with the default one (JSONL events on stdout, here /dev/null).
-fn replay_run(capture: &Path, detect: bool, jsonl: bool) -> Result<Replayed> {
-    let mut c = Command::new(build::agent_binary());
+/// What `mcpscope replay` of `capture` printed on stderr, run under
+/// `wrapper` (a command and its arguments, or nothing), with or without the
+/// detectors, with no output or with JSONL events (to /dev/null).
+fn replay_stderr(wrapper: &[&str], capture: &Path, detect: bool, jsonl: bool) -> Result<String> {
+    let agent = build::agent_binary();
+    let mut c = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(agent);
+            c
+        }
+        None => Command::new(agent),
+    };
     c.args(["replay", "--stdout", if jsonl { "json" } else { "none" }]);
     if !detect {
         c.arg("--no-detect");
@@ -944,8 +953,15 @@ fn replay_run(capture: &Path, detect: bool, jsonl: bool) -> Result<Replayed> {
         .arg(capture)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .output()?;
-    let err = String::from_utf8_lossy(&out.stderr);
+        .output()
+        .with_context(|| format!("running mcpscope replay (wrapper: {wrapper:?})"))?;
+    Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Replays `capture` on one core, with or without the detectors, with no
+/// output or with the default one (JSONL events on stdout, here /dev/null).
+fn replay_run(capture: &Path, detect: bool, jsonl: bool) -> Result<Replayed> {
+    let err = replay_stderr(&[], capture, detect, jsonl)?;
     let line = err
         .lines()
         .find(|l| l.contains("mcpscope: replayed"))
@@ -1036,25 +1052,19 @@ fn detector_cost(r: &mut Report, capture: &Path) -> Result<()> {
 
 /// The detectors' added instructions per message, counted by callgrind
 /// (replay with the JSONL output, with and without `--no-detect`, side by
-/// side): the same every run, where wall time on a shared VM moves by tens
-/// of percent from run to run.
+/// side): the same on every replay of one capture, where wall time on a
+/// shared VM moves by tens of percent from run to run. (Each bench run
+/// records its capture anew, and the mix of message sizes it catches
+/// moves the figure by a point or two.)
 fn detector_instructions(r: &mut Report, capture: &Path) -> Result<()> {
     step("detectors: instructions per message under callgrind, with and without them");
     let count = |detect: bool| -> Result<f64> {
-        let mut c = Command::new("valgrind");
-        c.args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
-            .arg(build::agent_binary())
-            .args(["replay", "--stdout", "json"]);
-        if !detect {
-            c.arg("--no-detect");
-        }
-        let out = c
-            .arg(capture)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .context("running valgrind")?;
-        let err = String::from_utf8_lossy(&out.stderr);
+        let callgrind = [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+        ];
+        let err = replay_stderr(&callgrind, capture, detect, true)?;
         let number = |after: &str| {
             err.lines()
                 .find_map(|l| {
