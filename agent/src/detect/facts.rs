@@ -238,9 +238,9 @@ fn strings(v: &Value, out: &mut Vec<String>) {
 /// [`fold_byte`]): a superset (every match of a pattern contains an
 /// anchor, [`SLACK_PREFIX`], or a lead byte ≥ 0xE2 that
 /// [`raw_hidden_characters_possible`] then checks), so a message without
-/// any — most messages — skips the
-/// regex pass entirely. Searched in the folded message with the SIMD
-/// (Teddy) packed searcher, or an automaton where the CPU lacks it.
+/// any — most messages — skips the regex pass entirely. Searched in the
+/// folded message with the SIMD (Teddy) packed searcher, or an automaton
+/// where the CPU lacks it.
 ///
 /// Every anchor is at least four bytes long, so Teddy fingerprints four
 /// bytes, not three: on English text and code a three-byte fingerprint
@@ -264,7 +264,8 @@ const TEDDY_BLOCK: usize = 32;
 enum Anchored {
     /// No anchor: nothing [`prefilter`] looks for is in the message.
     Nothing,
-    /// An anchor or a possible hidden character: the exact pass decides.
+    /// An anchor, the Slack prefix or a possible hidden character: the
+    /// exact pass decides.
     Something,
 }
 
