@@ -712,6 +712,27 @@ mod tests {
     }
 
     #[test]
+    fn a_tools_list_result_is_read_though_nothing_else_is_anchored() {
+        // Plain descriptions: only the inputSchema key sends this result
+        // to the pass that reads tool definitions.
+        let line = br#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"echo","description":"Echoes the message back.","inputSchema":{"type":"object","properties":{"message":{"type":"string"}}}},{"name":"write_file","description":"Writes a file.","inputSchema":{"type":"object"}}]}}"#;
+        let (_, raw) = crate::protocol::parse_raw(line).expect("valid");
+        let f = extract(raw, None, true, None);
+        let names: Vec<&str> = f
+            .tools
+            .as_deref()
+            .expect("tool definitions read")
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(names, ["echo", "write_file"]);
+        assert!(f.secrets.is_empty() && f.markers.is_empty());
+        // The same text without the key is not anchored at all.
+        let plain = String::from_utf8_lossy(line).replace("inputSchema", "schema");
+        assert_eq!(anchors().any_in(plain.as_bytes()), Anchored::Nothing);
+    }
+
+    #[test]
     fn anchors_are_found_at_either_end_of_any_length() {
         // The search runs over a padded copy: an anchor at the first or
         // the last byte of a line, at every length around the padding's

@@ -549,16 +549,15 @@ impl Detectors {
         let failed = ev.is_error;
         // One lookup of the call's state: made if retry_storm keeps it.
         let storm = self.cfg.retry_storm.enabled;
-        let kept = p.call_slot.filter(|&c| self.calls.holds(c, &p.key));
-        let mut call = if let Some(c) = kept {
-            Some(self.calls.at(c))
-        } else if storm {
-            Some(
-                self.calls
-                    .get_or(p.key, CallState::default, &mut self.stats.evicted),
-            )
+        let mut call = if storm {
+            Some(self.calls.find_or(
+                p.call_slot,
+                p.key,
+                CallState::default,
+                &mut self.stats.evicted,
+            ))
         } else {
-            self.calls.get_mut(&p.key)
+            self.calls.find(p.call_slot, &p.key)
         };
         if let Some(c) = &mut call {
             c.dup.last_error = Some(failed);
@@ -635,14 +634,15 @@ impl Detectors {
         if self.cfg.error_burst.enabled {
             let c = &self.cfg.error_burst;
             let (window, min, ratio) = (c.window_s * S, c.min_calls as usize, c.ratio);
-            let key = (caller.id, server.id);
-            let e = &mut match p.pair_slot.filter(|&s| self.pairs.holds(s, &key)) {
-                Some(s) => self.pairs.at(s),
-                None => self
-                    .pairs
-                    .get_or(key, PairState::default, &mut self.stats.evicted),
-            }
-            .errors; // Amortised O(1) per message: counts kept as calls enter and leave.
+            let e = &mut self
+                .pairs
+                .find_or(
+                    p.pair_slot,
+                    (caller.id, server.id),
+                    PairState::default,
+                    &mut self.stats.evicted,
+                )
+                .errors; // Amortised O(1) per message: counts kept as calls enter and leave.
             let slot_ns = (window / ERROR_SLOTS).max(1);
             let slot = ts / slot_ns;
             let error = usize::from(failed);

@@ -164,33 +164,56 @@ impl<K: Hash + Eq + Copy, V> Lru<K, V> {
     /// The value of `k`, made if absent (evicting the least recently
     /// touched key when full, counted in `evicted`); touches `k`.
     pub fn get_or(&mut self, k: K, make: impl FnOnce() -> V, evicted: &mut u64) -> &mut V {
-        let (i, _) = self.slot_of(k, make, evicted);
-        &mut self.slots[i as usize].as_mut().expect("indexed slot").value
+        let slot = self.slot(k, make, evicted);
+        self.at(slot)
     }
 
     /// The slot number of `k`, made if absent (as [`Lru::get_or`]);
-    /// touches `k`. Kept, it saves the next lookup: [`Lru::holds`] says
-    /// whether the slot still holds `k` (it may have been evicted, and the
-    /// slot reused), [`Lru::at`] gives its value.
+    /// touches `k`. Kept, it saves a later lookup of `k`: see
+    /// [`Lru::find`] and [`Lru::find_or`].
     pub fn slot(&mut self, k: K, make: impl FnOnce() -> V, evicted: &mut u64) -> u32 {
         self.slot_of(k, make, evicted).0
     }
 
+    /// The value in `slot`, a slot number [`Lru::slot`] just gave (not a
+    /// touch).
+    pub fn at(&mut self, slot: u32) -> &mut V {
+        &mut self.slots[slot as usize]
+            .as_mut()
+            .expect("an occupied slot")
+            .value
+    }
+
+    /// The value of `k`, if present (not a touch): at `kept`, a slot
+    /// number kept from [`Lru::slot`], while that slot still holds `k`
+    /// (it may have been evicted and the slot reused), else looked up.
+    pub fn find(&mut self, kept: Option<u32>, k: &K) -> Option<&mut V> {
+        match kept.filter(|&s| self.holds(s, k)) {
+            Some(s) => Some(self.at(s)),
+            None => self.get_mut(k),
+        }
+    }
+
+    /// [`Lru::find`], making the value if absent (as [`Lru::get_or`]).
+    pub fn find_or(
+        &mut self,
+        kept: Option<u32>,
+        k: K,
+        make: impl FnOnce() -> V,
+        evicted: &mut u64,
+    ) -> &mut V {
+        match kept.filter(|&s| self.holds(s, &k)) {
+            Some(s) => self.at(s),
+            None => self.get_or(k, make, evicted),
+        }
+    }
+
     /// Whether `slot` holds `k`.
-    pub fn holds(&self, slot: u32, k: &K) -> bool {
+    fn holds(&self, slot: u32, k: &K) -> bool {
         self.slots
             .get(slot as usize)
             .and_then(Option::as_ref)
             .is_some_and(|s| s.key == *k)
-    }
-
-    /// The value in `slot` (not a touch). Panics if the slot is empty:
-    /// check with [`Lru::holds`] first.
-    pub fn at(&mut self, slot: u32) -> &mut V {
-        &mut self.slots[slot as usize]
-            .as_mut()
-            .expect("a slot checked by holds")
-            .value
     }
 
     /// `k`'s slot, made if absent, and whether it was; touches `k`.
@@ -312,14 +335,16 @@ mod tests {
         let mut l: Lru<u32, u32> = Lru::new(1);
         let mut evicted = 0;
         let s1 = l.slot(1, || 10, &mut evicted);
-        assert!(l.holds(s1, &1));
         *l.at(s1) += 1;
-        assert_eq!(l.get_mut(&1).copied(), Some(11));
+        assert_eq!(l.find(Some(s1), &1).copied(), Some(11));
         // 1 is evicted and its slot reused by 2: the kept number no
         // longer stands for 1.
         let s2 = l.slot(2, || 20, &mut evicted);
         assert_eq!((s1, evicted), (s2, 1));
-        assert!(!l.holds(s1, &1) && l.holds(s2, &2));
+        assert_eq!(l.find(Some(s1), &1), None);
+        assert_eq!(*l.find_or(Some(s1), 1, || 30, &mut evicted), 30);
+        assert_eq!(evicted, 2, "1 made again, in place of 2");
+        assert_eq!(l.find(Some(s2), &2), None);
     }
 
     #[test]
