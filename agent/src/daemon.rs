@@ -172,7 +172,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 let rb = guard.get_inner_mut();
-                                while let Some(item) = rb.next() {
+                while let Some(item) = rb.next() {
                     if let Some(r) = &recorder {
                         r.lock().expect("recorder").record(&item);
                     }
@@ -190,7 +190,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     }
                     pipeline.on_record(&item);
                 }
-                                let now = monotonic_now_ns();
+                let now = monotonic_now_ns();
                 if let Some(r) = &recorder {
                     r.lock().expect("recorder").tick(now);
                 }
@@ -205,7 +205,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     metrics.set_gauge("mcpscope_tls_files_attached", probes.tls_files().len() as i64);
                 }
                 if ticks.is_multiple_of(50) {
-                                        export(&pipeline, &probes, &metrics);
+                    export(&pipeline, &probes, &metrics);
                     if let Some(d) = &pods {
                         export_kube(d, &metrics);
                     }

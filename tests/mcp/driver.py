@@ -123,19 +123,46 @@ async def scenario_large(client, server_kind, kib):
     await client.call_tool("blob", {"kib": kib})
 
 
+def bench_call(server_kind, path):
+    """The bench's call: read `path` (filesystem server) or echo."""
+    if server_kind == "filesystem":
+        return "read_text_file", {"path": path}
+    return "echo", {"message": "bench"}
+
+
 async def scenario_bench(client, server_kind, n, path):
     """`n` calls, timed from the first to the last response: calls/s."""
     import time
 
-    if server_kind == "filesystem":
-        tool, args = "read_text_file", {"path": path}
-    else:
-        tool, args = "echo", {"message": "bench"}
+    tool, args = bench_call(server_kind, path)
     await client.call_tool(tool, args)  # warm-up
     t0 = time.perf_counter()
     for _ in range(n):
         await client.call_tool(tool, args)
     return n / (time.perf_counter() - t0)
+
+
+async def scenario_timeline(client, server_kind, seconds, path, out):
+    """Calls until SIGUSR1 (or for `seconds` at most), then writes each
+    call's completion time (CLOCK_MONOTONIC, s) to `out`, a line each;
+    prints `calling` once the first call is answered (the bench's
+    readiness signal)."""
+    import signal
+    import time
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, stop.set)
+    tool, args = bench_call(server_kind, path)
+    await client.call_tool(tool, args)  # warm-up
+    print("calling", flush=True)
+    done = []
+    end = time.monotonic() + seconds
+    while not stop.is_set() and time.monotonic() < end:
+        await client.call_tool(tool, args)
+        done.append(time.monotonic())
+        truth.clear()  # ground truth is not kept here: it would only grow
+    with open(out, "w") as f:
+        f.write("".join(f"{t:.6f}\n" for t in done))
 
 
 async def call(client, tool, args):
@@ -210,6 +237,7 @@ async def main():
     ap.add_argument("--count", type=int, default=10)
     ap.add_argument("--server-env", action="append", default=[], help="KEY=VALUE for the server")
     ap.add_argument("--bench-file", default="", help="file the bench scenario reads (filesystem server)")
+    ap.add_argument("--timeline", default="", help="timeline scenario: where call completion times go")
     ap.add_argument("--url", default="", help="an HTTP server's MCP endpoint instead of a command")
     ap.add_argument("--http-transport", default="streamable-http", help="streamable-http or sse")
     ap.add_argument("--server-pid", type=int, default=0, help="pid of the HTTP server (for the truth file)")
@@ -233,6 +261,8 @@ async def main():
             await scenario_repeat(client, a.server_kind, a.count)
         elif a.scenario == "bench":
             info["calls_per_s"] = await scenario_bench(client, a.server_kind, a.count, a.bench_file)
+        elif a.scenario == "timeline":
+            await scenario_timeline(client, a.server_kind, a.count, a.bench_file, a.timeline)
         elif a.scenario == "large":
             await scenario_large(client, a.server_kind, a.count)
         elif a.scenario.startswith("flag:"):
