@@ -701,7 +701,7 @@ fn timeline_overhead(name: &str, kind: &str, file: &Path, to: Client) -> Result<
     let rate = |(t0, t1): (f64, f64)| {
         done.iter().filter(|&&t| t >= t0 && t < t1).count() as f64 / (t1 - t0)
     };
-    let rates = |pairs: &[((f64, f64), (f64, f64))], what: &str| {
+    let rates = |pairs: &[(Window, Window)], what: &str| {
         let (mut base, mut other) = (Vec::new(), Vec::new());
         for (i, &(a, b)) in pairs.iter().enumerate() {
             base.push(rate(a));
@@ -725,9 +725,11 @@ fn timeline_overhead(name: &str, kind: &str, file: &Path, to: Client) -> Result<
     })
 }
 
-/// One window of a timeline: its start and end (CLOCK_MONOTONIC, s),
-/// after [`SETTLE`].
-fn window() -> (f64, f64) {
+/// A window of a timeline: its start and end (CLOCK_MONOTONIC, s).
+type Window = (f64, f64);
+
+/// One window of a timeline, opened after [`SETTLE`].
+fn window() -> Window {
     std::thread::sleep(SETTLE);
     let t0 = monotonic_s();
     std::thread::sleep(WINDOW);
