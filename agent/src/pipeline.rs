@@ -230,8 +230,11 @@ struct Core {
     metrics: Option<Arc<Metrics>>,
     detectors: Option<Detectors>,
     world: Box<dyn World>,
-    /// When the receiving end read the message of event `seq`.
-    received: Bounded<u64>,
+    /// Requests (by event `seq`) awaiting their response, and when the
+    /// receiving end read them, once seen: the responder-side duration
+    /// starts there. Only requests: other messages' read times are used
+    /// at once or through `awaiting_client`, never later.
+    received: Bounded<Option<u64>>,
     /// Responses whose reader copy is awaited for the requester-side duration.
     awaiting_client: Bounded<(u64, OpLabels)>,
     /// HTTP connections by (pid, fd): requests awaiting their responses.
@@ -282,9 +285,11 @@ fn caller_pod(ev: &McpEvent) -> Option<&PodInfo> {
 }
 
 /// A map from event sequence number with a size bound; the oldest entries
-/// go first (counted).
+/// go first (counted). Entries removed by their consumer leave a stale
+/// place in `order`, dropped when `order` outgrows twice the bound (so a
+/// map whose entries are all consumed stays small too).
 struct Bounded<V> {
-    map: HashMap<u64, V>,
+    map: HashMap<u64, V, foldhash::fast::RandomState>,
     order: std::collections::VecDeque<u64>,
     cap: usize,
     evicted: u64,
@@ -293,7 +298,7 @@ struct Bounded<V> {
 impl<V> Bounded<V> {
     fn new(cap: usize) -> Self {
         Self {
-            map: HashMap::new(),
+            map: HashMap::default(),
             order: std::collections::VecDeque::new(),
             cap,
             evicted: 0,
@@ -309,15 +314,16 @@ impl<V> Bounded<V> {
                 }
             }
         }
+        if self.order.len() >= 2 * self.cap.max(1) {
+            let map = &self.map;
+            self.order.retain(|k| map.contains_key(k));
+        }
         self.order.push_back(k);
         self.map.insert(k, v);
     }
 
-    fn get(&self, k: &u64) -> Option<u64>
-    where
-        V: Copy + Into<u64>,
-    {
-        self.map.get(k).map(|v| (*v).into())
+    fn get_mut(&mut self, k: &u64) -> Option<&mut V> {
+        self.map.get_mut(k)
     }
 
     fn remove(&mut self, k: &u64) -> Option<V> {
@@ -1077,8 +1083,9 @@ impl Core {
 
     /// The receiving end read the message reported as event `seq` at `ts`.
     fn on_received(&mut self, seq: u64, ts: u64) {
-        self.received.insert(seq, ts);
-        if let Some((sent, labels)) = self.awaiting_client.remove(&seq) {
+        if let Some(read) = self.received.get_mut(&seq) {
+            *read = Some(ts);
+        } else if let Some((sent, labels)) = self.awaiting_client.remove(&seq) {
             if let Some(m) = &self.metrics {
                 m.observe_client(labels.as_refs(), ts.saturating_sub(sent) as f64 / 1e9);
             }
@@ -1245,8 +1252,8 @@ impl Core {
 
         self.seq += 1;
         let seq = self.seq;
-        if let Some(r) = received {
-            self.received.insert(seq, r);
+        if c.msg.kind == Some(Kind::Request) && self.metrics.is_some() {
+            self.received.insert(seq, received);
         }
         let mut ev = McpEvent {
             ts: self.format_ts(sent),
@@ -1298,7 +1305,8 @@ impl Core {
                     ev.logical_id = p.logical_id;
                     if let Some(m) = self.metrics.clone() {
                         let labels = OpLabels::of(&ev);
-                        let request_read = self.received.get(&p.seq).unwrap_or(p.ts_ns);
+                        let request_read =
+                            self.received.remove(&p.seq).flatten().unwrap_or(p.ts_ns);
                         m.observe_server(
                             labels.as_refs(),
                             sent.saturating_sub(request_read) as f64 / 1e9,
@@ -1463,4 +1471,25 @@ fn one_sided_http_session(tgid: u32, sid: &str) -> u64 {
 
 fn m_is_error(m: &Message) -> bool {
     m.is_error && m.kind != Some(Kind::Request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Bounded;
+
+    #[test]
+    fn bounded_map_stays_bounded_when_its_entries_are_consumed() {
+        let mut b = Bounded::new(16);
+        for k in 0..100_000u64 {
+            b.insert(k, k);
+            assert_eq!(b.remove(&k), Some(k));
+        }
+        assert!(b.order.len() <= 32, "{} stale places kept", b.order.len());
+        assert_eq!(b.evicted, 0, "consumed entries are not evictions");
+        for k in 0..17u64 {
+            b.insert(k, k);
+        }
+        assert_eq!((b.map.len(), b.evicted), (16, 1), "the oldest goes");
+        assert!(b.get_mut(&0).is_none());
+    }
 }

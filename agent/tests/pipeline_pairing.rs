@@ -83,6 +83,70 @@ fn both_ends_of_two_pipes_pair_every_response_once() {
     assert_eq!(p.pair_stats().evicted, 0);
 }
 
+/// Durations on a long session: every response's responder-side and
+/// requester-side durations are observed (the read times they start and
+/// end at are kept only as long as they are needed), and none of that
+/// state is evicted, however many messages pass: more than the state's
+/// bound (65,536) here.
+#[test]
+fn durations_of_a_long_session_lose_no_state() {
+    let metrics = Arc::new(mcpscope::metrics::Metrics::new(100));
+    let (p, _sink) = pipeline();
+    let mut p = p.with_metrics(metrics.clone());
+    let n = 70_000u64;
+    for i in 0..n {
+        let req = format!(
+            r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"t","arguments":{{}}}}}}"#
+        ) + "\n";
+        let resp = format!(r#"{{"result":{{"content":[]}},"jsonrpc":"2.0","id":{i}}}"#) + "\n";
+        let t = i * 1_000_000;
+        for r in [
+            data_record(100, 5, 7001, t, req.as_bytes(), true),
+            data_record(200, 0, 7001, t + 10_000, req.as_bytes(), false),
+            data_record(200, 1, 7002, t + 500_000, resp.as_bytes(), true),
+            data_record(100, 6, 7002, t + 510_000, resp.as_bytes(), false),
+        ] {
+            p.on_record(&r);
+        }
+    }
+    p.finish();
+    p.export_metrics(&metrics);
+    let text = metrics.render();
+    let line = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in the metrics"))
+            .rsplit_once(' ')
+            .unwrap()
+            .1
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert_eq!(
+        line(r#"mcpscope_events_lost_total{reason="duration_state_evicted",stage="metrics"}"#),
+        0.0
+    );
+    // Responder side: from the server's read (t + 10 µs) to its write
+    // (t + 500 µs); requester side: from the client's write to its read.
+    let count = |name: &str| line(&format!("{name}_count{{"));
+    let sum = |name: &str| line(&format!("{name}_sum{{"));
+    let (server, client) = (
+        "mcp_server_operation_duration_seconds",
+        "mcp_client_operation_duration_seconds",
+    );
+    assert_eq!((count(server), count(client)), (n as f64, n as f64));
+    assert!(
+        (sum(server) / n as f64 - 490e-6).abs() < 1e-9,
+        "{}",
+        sum(server)
+    );
+    assert!(
+        (sum(client) / n as f64 - 510e-6).abs() < 1e-9,
+        "{}",
+        sum(client)
+    );
+}
+
 /// An HTTP client whose server is not on this host: only the client's
 /// copies exist (synthetic records, as the kernel writes them). The
 /// initialize response names the session its request did not have yet;
