@@ -1134,8 +1134,13 @@ fn loss(r: &mut Report) -> Result<()> {
     Ok(())
 }
 
-/// Records a capture of 0.5 s ping-pong runs with these argument sizes.
-fn record(name: &str, sizes: &[&str]) -> Result<PathBuf> {
+/// Records a capture of ping-pong runs with these argument sizes, each
+/// 0.5 s unpaced (rate "0") or 1 s at `rate` round trips/s. Paced below
+/// what the agent keeps up with, the capture is whole (checked: the agent
+/// lost nothing), so the replay sees every conversation complete, as a
+/// healthy agent does; unpaced, the ring buffer overflows and the replay
+/// sees torn conversations (cheaper to pair and to detect on).
+fn record(name: &str, sizes: &[&str], rate: &str) -> Result<PathBuf> {
     let capture = target().join(format!("bench/capture-{name}.bin"));
     let _ = fs::remove_file(&capture);
     let agent = Agent::start(
@@ -1147,8 +1152,16 @@ fn record(name: &str, sizes: &[&str]) -> Result<PathBuf> {
         ],
         Stdio::null(),
     )?;
+    let secs = if rate == "0" { "0.5" } else { "1" };
     for size in sizes {
-        output(Command::new(pingpong_bin()).args(["client", "0.5", size]))?;
+        output(Command::new(pingpong_bin()).args(["client", secs, size, rate]))?;
+    }
+    if rate != "0" {
+        std::thread::sleep(Duration::from_millis(1100)); // metrics export once a second
+        let lost = agent.total("mcpscope_events_lost_total");
+        if lost > 0.0 {
+            bail!("the {name} capture lost {lost} events at {rate} round trips/s");
+        }
     }
     agent.stop()?;
     Ok(capture)
@@ -1209,7 +1222,7 @@ fn replay_run(capture: &Path, detect: bool, jsonl: bool) -> Result<Replayed> {
 
 fn replay(r: &mut Report) -> Result<()> {
     step("pipeline: `mcpscope replay` of recorded captures, one core, detectors on");
-    let typical = record("typical", &["200", "2000"])?;
+    let typical = record("typical", &["200", "2000"], LIVE_RATE)?;
     // Medians of a few runs, with their spread: this VM is noisy.
     let runs = |capture: &Path| -> Result<(Replayed, (f64, f64, f64))> {
         let mut per_s = Vec::new();
@@ -1232,7 +1245,7 @@ fn replay(r: &mut Report) -> Result<()> {
         "≥ 300,000 messages/s",
         Some(median >= 300_000.0),
     );
-    let large = record("large", &["20000", "200000"])?;
+    let large = record("large", &["20000", "200000"], "0")?;
     let (l, (median, lo, hi)) = runs(&large)?;
     r.add(
         "replay, large messages (20 KB and 200 KB arguments)",
@@ -1244,7 +1257,7 @@ fn replay(r: &mut Report) -> Result<()> {
         "",
         None,
     );
-    r.notes.push("Replay: each capture holds 0.5 s ping-pong runs per argument size, recorded live (both ends of both pipes, as the agent sees them); the replay runs decode → reassembly → framing → two-ends join → JSON-RPC/MCP parse → pairing → identity → detectors → metrics, with no output sink, on one core.".to_string());
+    r.notes.push(format!("Replay: each capture holds ping-pong runs per argument size, recorded live (both ends of both pipes, as the agent sees them): the typical one 1 s per size paced to {LIVE_RATE} round trips/s, so that it is whole (the agent lost nothing, checked), the large one 0.5 s per size unpaced; the replay runs decode → reassembly → framing → two-ends join → JSON-RPC/MCP parse → pairing → identity → detectors → metrics, with no output sink, on one core."));
     detector_cost(r, &typical)
 }
 
