@@ -147,6 +147,44 @@ fn durations_of_a_long_session_lose_no_state() {
     );
 }
 
+/// A writer's record is made when its syscall returns, so the server's
+/// response can enter the ring buffer before the client's request (the
+/// server preempted the client inside write(2)). The response waits for
+/// its request and pairs; a response whose request never comes is still
+/// reported, unpaired, once its wait is over.
+#[test]
+fn a_response_recorded_before_its_request_pairs_with_it() {
+    let (mut p, sink) = pipeline();
+    let req =
+        r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"t","arguments":{}}}"#
+            .to_owned()
+            + "\n";
+    let resp = r#"{"result":{"content":[]},"jsonrpc":"2.0","id":7}"#.to_owned() + "\n";
+    let orphan = r#"{"result":{"content":[]},"jsonrpc":"2.0","id":99}"#.to_owned() + "\n";
+    for r in [
+        data_record(200, 0, 7001, 10_000, req.as_bytes(), false),
+        data_record(200, 1, 7002, 500_000, resp.as_bytes(), true),
+        data_record(100, 6, 7002, 510_000, resp.as_bytes(), false),
+        data_record(100, 5, 7001, 520_000, req.as_bytes(), true),
+        data_record(200, 1, 7002, 600_000, orphan.as_bytes(), true),
+        data_record(100, 6, 7002, 610_000, orphan.as_bytes(), false),
+    ] {
+        p.on_record(&r);
+    }
+    {
+        let events = &sink.lock().unwrap().0;
+        let kinds: Vec<_> = events.iter().map(|e| (e.kind, e.id.clone())).collect();
+        assert_eq!(events.len(), 2, "the orphan still waits: {kinds:?}");
+        assert_eq!(events[0].kind, mcpscope::protocol::Kind::Request);
+        assert_eq!(events[1].request_seq, Some(events[0].seq), "paired");
+    }
+    p.tick(610_000 + 100_000_000);
+    let events = &sink.lock().unwrap().0;
+    assert_eq!(events.len(), 3, "the orphan reported once its wait is over");
+    assert_eq!(events[2].request_seq, None);
+    assert_eq!(p.pair_stats().unmatched, 1);
+}
+
 /// An HTTP client whose server is not on this host: only the client's
 /// copies exist (synthetic records, as the kernel writes them). The
 /// initialize response names the session its request did not have yet;

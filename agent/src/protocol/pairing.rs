@@ -151,6 +151,13 @@ impl Pairer {
         found
     }
 
+    /// Whether a request `id` of `session` awaits its response.
+    pub fn awaits(&self, session: u64, id: &RpcId) -> bool {
+        self.sessions
+            .get(&session)
+            .is_some_and(|s| s.by_id.contains_key(id))
+    }
+
     /// notifications/cancelled: the request will get no response.
     pub fn cancel(&mut self, session: u64, id: &RpcId) {
         if let Some(s) = self.sessions.get_mut(&session) {
