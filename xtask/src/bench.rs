@@ -1136,8 +1136,8 @@ fn loss(r: &mut Report) -> Result<()> {
 
 /// Records a capture of ping-pong runs with these argument sizes, each
 /// 0.5 s unpaced (rate "0") or 1 s at `rate` round trips/s. Paced below
-/// what the agent keeps up with, the capture is whole (checked: the agent
-/// lost nothing), so the replay sees every conversation complete, as a
+/// what the agent keeps up with, the capture is whole (checked: no record
+/// lost in the kernel), so the replay sees every conversation complete, as a
 /// healthy agent does; unpaced, the ring buffer overflows and the replay
 /// sees torn conversations (cheaper to pair and to detect on).
 fn record(name: &str, sizes: &[&str], rate: &str) -> Result<PathBuf> {
@@ -1158,9 +1158,9 @@ fn record(name: &str, sizes: &[&str], rate: &str) -> Result<PathBuf> {
     }
     if rate != "0" {
         std::thread::sleep(Duration::from_millis(1100)); // metrics export once a second
-        let lost = agent.total("mcpscope_events_lost_total");
+        let lost = metric_sum(&agent, "mcpscope_events_lost_total", "stage=\"kernel\"");
         if lost > 0.0 {
-            bail!("the {name} capture lost {lost} events at {rate} round trips/s");
+            bail!("the {name} capture lost {lost} records in the kernel at {rate} round trips/s");
         }
     }
     agent.stop()?;
@@ -1257,7 +1257,7 @@ fn replay(r: &mut Report) -> Result<()> {
         "",
         None,
     );
-    r.notes.push(format!("Replay: each capture holds ping-pong runs per argument size, recorded live (both ends of both pipes, as the agent sees them): the typical one 1 s per size paced to {LIVE_RATE} round trips/s, so that it is whole (the agent lost nothing, checked), the large one 0.5 s per size unpaced; the replay runs decode → reassembly → framing → two-ends join → JSON-RPC/MCP parse → pairing → identity → detectors → metrics, with no output sink, on one core."));
+    r.notes.push(format!("Replay: each capture holds ping-pong runs per argument size, recorded live (both ends of both pipes, as the agent sees them): the typical one 1 s per size paced to {LIVE_RATE} round trips/s, so that it is whole (no record lost in the kernel, checked), the large one 0.5 s per size unpaced; the replay runs decode → reassembly → framing → two-ends join → JSON-RPC/MCP parse → pairing → identity → detectors → metrics, with no output sink, on one core."));
     detector_cost(r, &typical)
 }
 
