@@ -239,8 +239,11 @@ struct Core {
     received: Bounded<Option<u64>>,
     /// Responses whose reader copy is awaited for the requester-side duration.
     awaiting_client: Bounded<(u64, OpLabels)>,
-    /// Responses seen before their request (see [`Early`]), oldest first.
-    early: std::collections::VecDeque<Early>,
+    /// Responses seen before their request (see [`Early`]), by session and
+    /// id, and their keys oldest first (a key no longer held is skipped).
+    early: HashMap<(u64, RpcId), Early>,
+    early_order: std::collections::VecDeque<(u64, RpcId, u64)>,
+    early_places: u64,
     /// HTTP connections by (pid, fd): requests awaiting their responses.
     conns: HashMap<(u32, u32), Conn>,
     /// HTTP framing counters of ended streams (live ones are summed at export).
@@ -295,9 +298,9 @@ fn caller_pod(ev: &McpEvent) -> Option<&PodInfo> {
 /// response's record enters the ring buffer ahead of the request's (about
 /// one round trip in 8,000 at 20,000 a second on two CPUs).
 struct Early {
-    session: u64,
-    id: RpcId,
     held: (Captured, Option<u32>, Option<u64>),
+    /// Its place in `early_order` (a key held again gets a new one).
+    place: u64,
 }
 
 /// How long a response waits for its request (kernel time).
@@ -386,7 +389,9 @@ impl<C: StreamControl> Pipeline<C> {
             world: Box::new(LiveWorld::default()),
             received: Bounded::new(65536),
             awaiting_client: Bounded::new(65536),
-            early: std::collections::VecDeque::new(),
+            early: HashMap::new(),
+            early_order: std::collections::VecDeque::new(),
+            early_places: 0,
             conns: HashMap::new(),
             http_totals: http::HttpTotals::default(),
             cfg,
@@ -1094,13 +1099,20 @@ impl Core {
             self.emit(c, peer, other_ts);
         }
         // Early responses whose request did not come: reported unpaired.
-        while self
-            .early
-            .front()
-            .is_some_and(|e| e.held.0.ts_ns.saturating_add(EARLY_HOLD_NS) <= now_ns)
-        {
-            let (c, peer, other_ts) = self.early.pop_front().expect("checked").held;
-            self.emit_now(c, peer, other_ts, false);
+        while let Some((session, id, place)) = self.early_order.front() {
+            let held = self
+                .early
+                .get(&(*session, id.clone()))
+                .filter(|e| e.place == *place);
+            match held {
+                Some(e) if e.held.0.ts_ns.saturating_add(EARLY_HOLD_NS) > now_ns => break,
+                Some(_) => {
+                    self.release_oldest_early();
+                }
+                None => {
+                    self.early_order.pop_front(); // released already
+                }
+            }
         }
     }
 
@@ -1164,28 +1176,40 @@ impl Core {
         self.emit_now(c, peer, other_ts, true)
     }
 
-    /// Holds responses that came too early: see [`Early`].
-    fn hold_early(&mut self, early: Early) {
-        if self.early.len() >= EARLY_MAX {
-            if let Some(old) = self.early.pop_front() {
-                let (c, peer, other_ts) = old.held;
-                self.emit_now(c, peer, other_ts, false);
-            }
+    /// Holds a response that came too early (see [`Early`]); a response
+    /// already held for the same request goes on unpaired.
+    fn hold_early(&mut self, session: u64, id: RpcId, held: (Captured, Option<u32>, Option<u64>)) {
+        while self.early.len() >= EARLY_MAX && self.release_oldest_early().is_some() {}
+        self.early_places += 1;
+        let place = self.early_places;
+        self.early_order.push_back((session, id.clone(), place));
+        if let Some(old) = self.early.insert((session, id), Early { held, place }) {
+            let (c, peer, other_ts) = old.held;
+            self.emit_now(c, peer, other_ts, false);
         }
-        self.early.push_back(early);
     }
 
     /// The held response to request `id` of `session`, reported now.
     fn release_early(&mut self, session: u64, id: &RpcId) {
-        if let Some(i) = self
-            .early
-            .iter()
-            .position(|e| e.session == session && &e.id == id)
-        {
-            let e = self.early.remove(i).expect("found above");
+        if let Some(e) = self.early.remove(&(session, id.clone())) {
             let (c, peer, other_ts) = e.held;
             self.emit_now(c, peer, other_ts, false);
         }
+    }
+
+    /// The oldest held response, reported unpaired; its kernel time.
+    fn release_oldest_early(&mut self) -> Option<u64> {
+        while let Some((session, id, place)) = self.early_order.pop_front() {
+            let key = (session, id);
+            if self.early.get(&key).is_some_and(|e| e.place == place) {
+                let e = self.early.remove(&key).expect("checked");
+                let ts = e.held.0.ts_ns;
+                let (c, peer, other_ts) = e.held;
+                self.emit_now(c, peer, other_ts, false);
+                return Some(ts);
+            }
+        }
+        None
     }
 
     /// [`Core::emit`]; `may_hold`: an early response may wait for its request.
@@ -1233,12 +1257,7 @@ impl Core {
         if may_hold && matches!(c.msg.kind, Some(Kind::Response | Kind::Error)) {
             if let Some(id) = c.msg.id.clone() {
                 if !self.pairer.awaits(session_key, &id) {
-                    let held = (c, peer, other_ts);
-                    return self.hold_early(Early {
-                        session: session_key,
-                        id,
-                        held,
-                    });
+                    return self.hold_early(session_key, id, (c, peer, other_ts));
                 }
             }
         }
