@@ -1154,7 +1154,7 @@ fn record(name: &str, sizes: &[&str], rate: &str) -> Result<PathBuf> {
         ],
         Stdio::null(),
     )?;
-    let secs = if rate == "0" { "0.5" } else { "1" };
+    let secs = if rate == "0" { "0.5" } else { "2" };
     for size in sizes {
         output(Command::new(pingpong_bin()).args(["client", secs, size, rate]))?;
     }
