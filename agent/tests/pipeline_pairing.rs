@@ -51,22 +51,29 @@ fn pipeline() -> (Pipeline<NoControl>, Arc<Mutex<VecSink>>) {
     (p, sink)
 }
 
+/// Round trip `i` of a stdio session, as the kernel records it: the client
+/// (pid 100) writes a tools/call at `i` ms, the server (pid 200) reads it
+/// 10 µs later and answers at +500 µs, which the client reads at +510 µs.
+fn round_trip(i: u64) -> [Vec<u8>; 4] {
+    let req = format!(
+        r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"t","arguments":{{}}}}}}"#
+    ) + "\n";
+    let resp = format!(r#"{{"result":{{"content":[]}},"jsonrpc":"2.0","id":{i}}}"#) + "\n";
+    let t = i * 1_000_000;
+    [
+        data_record(100, 5, 7001, t, req.as_bytes(), true),
+        data_record(200, 0, 7001, t + 10_000, req.as_bytes(), false),
+        data_record(200, 1, 7002, t + 500_000, resp.as_bytes(), true),
+        data_record(100, 6, 7002, t + 510_000, resp.as_bytes(), false),
+    ]
+}
+
 #[test]
 fn both_ends_of_two_pipes_pair_every_response_once() {
     let (mut p, sink) = pipeline();
     let n = 5000u64;
     for i in 0..n {
-        let req = format!(
-            r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"t","arguments":{{}}}}}}"#
-        ) + "\n";
-        let resp = format!(r#"{{"result":{{"content":[]}},"jsonrpc":"2.0","id":{i}}}"#) + "\n";
-        let t = i * 1_000_000;
-        for r in [
-            data_record(100, 5, 7001, t, req.as_bytes(), true),
-            data_record(200, 0, 7001, t + 10_000, req.as_bytes(), false),
-            data_record(200, 1, 7002, t + 500_000, resp.as_bytes(), true),
-            data_record(100, 6, 7002, t + 510_000, resp.as_bytes(), false),
-        ] {
+        for r in round_trip(i) {
             p.on_record(&r);
         }
     }
@@ -95,17 +102,7 @@ fn durations_of_a_long_session_lose_no_state() {
     let mut p = p.with_metrics(metrics.clone());
     let n = 70_000u64;
     for i in 0..n {
-        let req = format!(
-            r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"t","arguments":{{}}}}}}"#
-        ) + "\n";
-        let resp = format!(r#"{{"result":{{"content":[]}},"jsonrpc":"2.0","id":{i}}}"#) + "\n";
-        let t = i * 1_000_000;
-        for r in [
-            data_record(100, 5, 7001, t, req.as_bytes(), true),
-            data_record(200, 0, 7001, t + 10_000, req.as_bytes(), false),
-            data_record(200, 1, 7002, t + 500_000, resp.as_bytes(), true),
-            data_record(100, 6, 7002, t + 510_000, resp.as_bytes(), false),
-        ] {
+        for r in round_trip(i) {
             p.on_record(&r);
         }
     }
