@@ -303,7 +303,9 @@ struct Early {
     place: u64,
 }
 
-/// How long a response waits for its request (kernel time).
+/// How long a response waits for its request (kernel time), at least:
+/// twice the two-ends join's window (`pair_window_ms`) when that is longer,
+/// since the request may wait that long in the join for its writer's copy.
 const EARLY_HOLD_NS: u64 = 100_000_000;
 
 /// Responses held at most: past it the oldest is reported unpaired.
@@ -1099,13 +1101,14 @@ impl Core {
             self.emit(c, peer, other_ts);
         }
         // Early responses whose request did not come: reported unpaired.
+        let hold = EARLY_HOLD_NS.max(2 * self.cfg.pair_window_ms.saturating_mul(1_000_000));
         while let Some((session, id, place)) = self.early_order.front() {
             let held = self
                 .early
                 .get(&(*session, id.clone()))
                 .filter(|e| e.place == *place);
             match held {
-                Some(e) if e.held.0.ts_ns.saturating_add(EARLY_HOLD_NS) > now_ns => break,
+                Some(e) if e.held.0.ts_ns.saturating_add(hold) > now_ns => break,
                 Some(_) => {
                     self.release_oldest_early();
                 }
@@ -1179,7 +1182,7 @@ impl Core {
     /// Holds a response that came too early (see [`Early`]); a response
     /// already held for the same request goes on unpaired.
     fn hold_early(&mut self, session: u64, id: RpcId, held: (Captured, Option<u32>, Option<u64>)) {
-        while self.early.len() >= EARLY_MAX && self.release_oldest_early().is_some() {}
+        while self.early.len() >= EARLY_MAX && self.release_oldest_early() {}
         self.early_places += 1;
         let place = self.early_places;
         self.early_order.push_back((session, id.clone(), place));
@@ -1197,19 +1200,17 @@ impl Core {
         }
     }
 
-    /// The oldest held response, reported unpaired; its kernel time.
-    fn release_oldest_early(&mut self) -> Option<u64> {
+    /// Reports the oldest held response, unpaired; false when none is held.
+    fn release_oldest_early(&mut self) -> bool {
         while let Some((session, id, place)) = self.early_order.pop_front() {
             let key = (session, id);
             if self.early.get(&key).is_some_and(|e| e.place == place) {
-                let e = self.early.remove(&key).expect("checked");
-                let ts = e.held.0.ts_ns;
-                let (c, peer, other_ts) = e.held;
+                let (c, peer, other_ts) = self.early.remove(&key).expect("checked").held;
                 self.emit_now(c, peer, other_ts, false);
-                return Some(ts);
+                return true;
             }
         }
-        None
+        false
     }
 
     /// [`Core::emit`]; `may_hold`: an early response may wait for its request.
