@@ -169,6 +169,18 @@ impl Agent {
     }
 }
 
+/// An agent the bench did not stop (a figure failed half-way) is stopped
+/// here: left running, its probes would weigh on everything after it.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: signalling our own child.
+            unsafe { libc_kill(self.child.id() as i32, 15) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
