@@ -1255,12 +1255,16 @@ impl Core {
                 },
             }
         };
-        if may_hold && matches!(c.msg.kind, Some(Kind::Response | Kind::Error)) {
-            if let Some(id) = c.msg.id.clone() {
-                if !self.pairer.awaits(session_key, &id) {
-                    return self.hold_early(session_key, id, (c, peer, other_ts));
-                }
-            }
+        let early = may_hold
+            && matches!(c.msg.kind, Some(Kind::Response | Kind::Error))
+            && c.msg
+                .id
+                .as_ref()
+                .is_some_and(|id| !self.pairer.awaits(session_key, id));
+        if early {
+            // The id is cloned only here: most responses find their request.
+            let id = c.msg.id.clone().expect("checked above");
+            return self.hold_early(session_key, id, (c, peer, other_ts));
         }
         let net = c.kind.net();
         if !self.sessions.contains_key(&session_key) {

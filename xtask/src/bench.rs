@@ -669,7 +669,6 @@ fn timeline_overhead(name: &str, kind: &str, file: &Path, to: Client) -> Result<
     // windows come last, not between the others.
     let mut agent_pairs = Vec::new();
     for cycle in 0..CYCLES {
-        let without = || Ok::<_, anyhow::Error>(window());
         let with = || {
             let agent = Agent::start(&["--stdout", "none"], Stdio::null())?;
             let w = window();
@@ -686,11 +685,11 @@ fn timeline_overhead(name: &str, kind: &str, file: &Path, to: Client) -> Result<
             Ok(w)
         };
         agent_pairs.push(if cycle % 2 == 0 {
-            let a = without()?;
+            let a = window();
             (a, with()?)
         } else {
             let b = with()?;
-            (without()?, b)
+            (window(), b)
         });
     }
     let mut strace_pairs = Vec::new();
