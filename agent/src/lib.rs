@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod capture;
+pub mod collections;
 #[cfg(target_os = "linux")]
 pub mod daemon;
 pub mod detect;

@@ -7,10 +7,7 @@
 //! is given, so a replay of recorded records produces the same events as the
 //! live run.
 
-use std::{
-    collections::HashMap,
-    hash::{Hash, Hasher},
-};
+use crate::collections::{stable_hash, FastMap};
 
 use std::sync::Arc;
 
@@ -159,10 +156,8 @@ impl Join {
             } else {
                 (flow.rport, flow.lport)
             };
-            let mut h = rustc_hash::FxHasher::default();
-            (from, to, flow.addr_xor).hash(&mut h);
             return Join {
-                channel: Some((h.finish() >> 2) | TCP),
+                channel: Some((stable_hash(&(from, to, flow.addr_xor)) >> 2) | TCP),
                 other_end: None,
             };
         }
@@ -222,7 +217,7 @@ struct Core {
     cfg: PipelineConfig,
     channels: Channels<Captured>,
     pairer: Pairer,
-    sessions: HashMap<u64, Session>,
+    sessions: FastMap<u64, Session>,
     procs: ProcessCache,
     pods: PodCache,
     sinks: Vec<Box<dyn Sink + Send>>,
@@ -241,11 +236,11 @@ struct Core {
     awaiting_client: Bounded<(u64, OpLabels)>,
     /// Responses seen before their request (see [`Early`]), by session and
     /// id, and their keys oldest first (a key no longer held is skipped).
-    early: HashMap<(u64, RpcId), Early>,
+    early: FastMap<(u64, RpcId), Early>,
     early_order: std::collections::VecDeque<(u64, RpcId, u64)>,
     early_places: u64,
     /// HTTP connections by (pid, fd): requests awaiting their responses.
-    conns: HashMap<(u32, u32), Conn>,
+    conns: FastMap<(u32, u32), Conn>,
     /// HTTP framing counters of ended streams (live ones are summed at export).
     http_totals: http::HttpTotals,
 }
@@ -316,7 +311,7 @@ const EARLY_MAX: usize = 1024;
 /// place in `order`, dropped when `order` outgrows twice the bound (so a
 /// map whose entries are all consumed stays small too).
 struct Bounded<V> {
-    map: HashMap<u64, V, foldhash::fast::RandomState>,
+    map: FastMap<u64, V>,
     order: std::collections::VecDeque<u64>,
     cap: usize,
     evicted: u64,
@@ -325,7 +320,7 @@ struct Bounded<V> {
 impl<V> Bounded<V> {
     fn new(cap: usize) -> Self {
         Self {
-            map: HashMap::default(),
+            map: FastMap::default(),
             order: std::collections::VecDeque::new(),
             cap,
             evicted: 0,
@@ -362,7 +357,7 @@ impl<V> Bounded<V> {
 pub struct Pipeline<C: StreamControl> {
     control: C,
     assembler: Assembler,
-    streams: HashMap<StreamKey, Stream>,
+    streams: FastMap<StreamKey, Stream>,
     core: Core,
     tls: tls::TlsHold,
 }
@@ -379,7 +374,7 @@ impl<C: StreamControl> Pipeline<C> {
         let core = Core {
             channels: Channels::new(cfg.pair_window_ms * 1_000_000, 4096),
             pairer: Pairer::new(cfg.max_pending_per_session),
-            sessions: HashMap::new(),
+            sessions: FastMap::default(),
             procs: ProcessCache::new(cfg.process_cache),
             pods: PodCache::new(cfg.process_cache),
             sinks,
@@ -391,17 +386,17 @@ impl<C: StreamControl> Pipeline<C> {
             world: Box::new(LiveWorld::default()),
             received: Bounded::new(65536),
             awaiting_client: Bounded::new(65536),
-            early: HashMap::new(),
+            early: FastMap::default(),
             early_order: std::collections::VecDeque::new(),
             early_places: 0,
-            conns: HashMap::new(),
+            conns: FastMap::default(),
             http_totals: http::HttpTotals::default(),
             cfg,
         };
         Self {
             control,
             assembler: Assembler::default(),
-            streams: HashMap::new(),
+            streams: FastMap::default(),
             core,
             tls: tls::TlsHold::default(),
         }
@@ -706,7 +701,7 @@ impl<C: StreamControl> Pipeline<C> {
 /// Ends a stream: flushes what its framer holds and forgets its fd's
 /// HTTP connection state.
 fn end_stream(
-    streams: &mut HashMap<StreamKey, Stream>,
+    streams: &mut FastMap<StreamKey, Stream>,
     core: &mut Core,
     key: StreamKey,
     task: Task,
@@ -736,7 +731,7 @@ fn end_stream(
 /// a close the kernel side did not report). Ends the old file's streams,
 /// both directions, as that close would have.
 fn end_reused_fd(
-    streams: &mut HashMap<StreamKey, Stream>,
+    streams: &mut FastMap<StreamKey, Stream>,
     core: &mut Core,
     key: StreamKey,
     ino: u64,
@@ -792,7 +787,7 @@ fn new_stream<C: StreamControl>(
 
 fn on_whole<C: StreamControl>(
     control: &mut C,
-    streams: &mut HashMap<StreamKey, Stream>,
+    streams: &mut FastMap<StreamKey, Stream>,
     core: &mut Core,
     w: Whole<'_>,
     task: Task,
@@ -895,11 +890,7 @@ const JOIN_HEAD: usize = 512;
 /// Join key of a message: its true length and a hash of its head, which
 /// both ends capture even when one of them lost the tail.
 fn join_key(bytes: &[u8], len: u64, index: Option<u32>) -> u64 {
-    let mut h = rustc_hash::FxHasher::default();
-    bytes[..bytes.len().min(JOIN_HEAD)].hash(&mut h);
-    len.hash(&mut h);
-    index.hash(&mut h);
-    h.finish()
+    stable_hash(&(&bytes[..bytes.len().min(JOIN_HEAD)], len, index))
 }
 
 impl Core {
@@ -1233,27 +1224,20 @@ impl Core {
 
         // Session: the unordered pair of processes (with start times, so pid
         // reuse starts a new one); one-sided: the stream itself.
-        let session_key = {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            match (&from, &to) {
-                (Some(a), Some(b)) => {
-                    let mut ends = [
-                        (a.process.pid, a.process.start_ticks),
-                        (b.process.pid, b.process.start_ticks),
-                    ];
-                    ends.sort_unstable();
-                    ends.hash(&mut h);
-                    h.finish()
-                }
-                // One-sided HTTP: the MCP session binds its connections.
-                _ => match c.http.as_ref().and_then(|h| h.session_key.as_deref()) {
-                    Some(sid) => one_sided_http_session(c.key.tgid, sid),
-                    None => {
-                        (c.key.tgid, c.key.fd, c.kind).hash(&mut h);
-                        h.finish()
-                    }
-                },
+        let session_key = match (&from, &to) {
+            (Some(a), Some(b)) => {
+                let mut ends = [
+                    (a.process.pid, a.process.start_ticks),
+                    (b.process.pid, b.process.start_ticks),
+                ];
+                ends.sort_unstable();
+                stable_hash(&ends)
             }
+            // One-sided HTTP: the MCP session binds its connections.
+            _ => match c.http.as_ref().and_then(|h| h.session_key.as_deref()) {
+                Some(sid) => one_sided_http_session(c.key.tgid, sid),
+                None => stable_hash(&(c.key.tgid, c.key.fd, c.kind)),
+            },
         };
         let early = may_hold
             && matches!(c.msg.kind, Some(Kind::Response | Kind::Error))
@@ -1567,9 +1551,7 @@ pub fn monotonic_now_ns() -> u64 {
 /// The key of a one-sided HTTP session: the capturing process and the MCP
 /// session id's fingerprint.
 fn one_sided_http_session(tgid: u32, sid: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (tgid, sid).hash(&mut h);
-    h.finish()
+    stable_hash(&(tgid, sid))
 }
 
 fn m_is_error(m: &Message) -> bool {

@@ -10,7 +10,7 @@
 //! Numbers keep their JSON kind, as `serde_json::Value` does: `1` and
 //! `1.0` differ. An object with a repeated key hashes both members.
 
-use std::{fmt, hash::BuildHasher};
+use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
@@ -241,7 +241,7 @@ fn tagged(tag: u64, v: u64) -> u64 {
 /// A fixed-seed hash of bytes (folded multiplies, 16+ bytes per step):
 /// the same in every run, fast on long strings.
 pub fn bytes_hash(b: &[u8]) -> u64 {
-    foldhash::fast::FixedState::with_seed(0x243f_6a88_85a3_08d3).hash_one(b)
+    crate::collections::stable_hash(b)
 }
 
 /// A string's hash: of its JSON text as serde_json writes it (quotes

@@ -4,7 +4,7 @@
 //! state lookup, never a string hash, an allocation or a reference count.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     fmt,
     hash::{BuildHasher, Hash},
     sync::Arc,
@@ -13,7 +13,7 @@ use std::{
 /// Hash maps of detector state. foldhash is seeded per process, so keys
 /// chosen by a remote peer (tool names, arguments) cannot be crafted to
 /// collide.
-pub(super) type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub(super) type Map<K, V> = crate::collections::FastMap<K, V>;
 
 /// A name's key: the seeded 64-bit hash of its text. Two names with equal
 /// ids are one name for the detectors (a collision is negligible, 2⁻⁶⁴

@@ -4,7 +4,6 @@
 //! another process of the same cgroup was seen.
 
 use std::{
-    collections::HashMap,
     fs,
     sync::{Arc, OnceLock},
     time::{Duration, SystemTime},
@@ -12,6 +11,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::collections::FastMap;
 
 use super::{
     container::{parse_proc_cgroup, ContainerInfo},
@@ -262,8 +263,8 @@ impl ProcessInfo {
 /// at exec and exit, so an entry is one execution), plus containers keyed
 /// by cgroup v2 id for processes that exit before they are looked up.
 pub struct ProcessCache {
-    map: HashMap<u32, Arc<ProcessInfo>>,
-    by_cgroup: HashMap<u64, Arc<ContainerInfo>>,
+    map: FastMap<u32, Arc<ProcessInfo>>,
+    by_cgroup: FastMap<u64, Arc<ContainerInfo>>,
     cap: usize,
     /// Entries evicted because the cache was full.
     pub evictions: u64,
@@ -275,8 +276,8 @@ impl ProcessCache {
     /// A cache of at most `cap` processes (and `cap` cgroups).
     pub fn new(cap: usize) -> Self {
         Self {
-            map: HashMap::new(),
-            by_cgroup: HashMap::new(),
+            map: FastMap::default(),
+            by_cgroup: FastMap::default(),
             cap: cap.max(16),
             evictions: 0,
             gone: 0,

@@ -4,7 +4,9 @@
 //! chunks are bounded per thread; the oldest beyond the bound, and chunks
 //! whose bind never came, are counted.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::collections::FastMap;
 
 use mcpscope_common::{Flow, FD_UNBOUND, FILE_SOCKET};
 
@@ -83,9 +85,9 @@ pub struct TlsBindStats {
 /// Unbound TLS writes by thread, and each thread's last socket.
 #[derive(Default)]
 pub struct TlsHold {
-    held: HashMap<u32, VecDeque<Held>>,
+    held: FastMap<u32, VecDeque<Held>>,
     /// tid → (tgid, fd, ino, flow) of its last bind.
-    last: HashMap<u32, (u32, u32, u64, Flow)>,
+    last: FastMap<u32, (u32, u32, u64, Flow)>,
     /// Counters.
     pub stats: TlsBindStats,
 }

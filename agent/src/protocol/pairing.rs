@@ -4,7 +4,7 @@
 //! There is no timeout: only a bound on pending requests per session, with
 //! every eviction counted.
 
-use std::collections::HashMap;
+use crate::collections::FastMap;
 
 use super::{Message, RpcId};
 
@@ -45,18 +45,18 @@ pub struct PairStats {
 
 #[derive(Default)]
 struct SessionPending {
-    by_id: HashMap<RpcId, Vec<Pending>>,
+    by_id: FastMap<RpcId, Vec<Pending>>,
     /// Insertion order, for O(1) amortised eviction of the oldest; entries
     /// already answered are skipped lazily.
     order: std::collections::VecDeque<(RpcId, u64)>,
     count: usize,
     /// (method, tool) → logical id, for 2026 input_required retries.
-    awaiting_input: HashMap<(Box<str>, Option<Box<str>>), RpcId>,
+    awaiting_input: FastMap<(Box<str>, Option<Box<str>>), RpcId>,
 }
 
 /// Request/response pairing across all sessions.
 pub struct Pairer {
-    sessions: HashMap<u64, SessionPending>,
+    sessions: FastMap<u64, SessionPending>,
     max_pending: usize,
     insertion: u64,
     /// Counters.
@@ -67,7 +67,7 @@ impl Pairer {
     /// A pairer keeping at most `max_pending` requests per session.
     pub fn new(max_pending: usize) -> Self {
         Self {
-            sessions: HashMap::new(),
+            sessions: FastMap::default(),
             max_pending: max_pending.max(1),
             insertion: 0,
             stats: PairStats::default(),

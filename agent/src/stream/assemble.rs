@@ -3,7 +3,7 @@
 //! in the ring, so partial syscalls are kept per thread id. A single-chunk
 //! syscall (the common case) passes through without a copy.
 
-use std::collections::HashMap;
+use crate::collections::FastMap;
 
 use crate::capture::DataChunk;
 
@@ -79,7 +79,7 @@ impl Partial {
 /// Per-thread reassembly of multi-chunk syscalls.
 #[derive(Default)]
 pub struct Assembler {
-    partial: HashMap<u32, Partial>,
+    partial: FastMap<u32, Partial>,
     /// Syscalls whose chunks stopped arriving (ring buffer full), flushed
     /// with a gap.
     pub incomplete: u64,

@@ -17,7 +17,9 @@
 //! reader could not be found in /proc (it already exited). When the window passes, the
 //! held copy is reported on its own, with the pipe's other end as known.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::collections::FastMap;
 
 /// Counters of the join.
 #[derive(Debug, Default, Clone, Copy)]
@@ -71,7 +73,7 @@ impl<T> Default for Channel<T> {
 
 /// All pipe channels, keyed by pipe inode.
 pub struct Channels<T> {
-    map: HashMap<u64, Channel<T>>,
+    map: FastMap<u64, Channel<T>>,
     window_ns: u64,
     max_awaiting: usize,
     /// Counters.
@@ -90,7 +92,7 @@ impl<T> Channels<T> {
     /// A join that holds unmatched copies for `window_ns`.
     pub fn new(window_ns: u64, max_awaiting: usize) -> Self {
         Self {
-            map: HashMap::new(),
+            map: FastMap::default(),
             window_ns,
             max_awaiting: max_awaiting.max(1),
             stats: ChannelStats::default(),
