@@ -126,7 +126,7 @@ struct Envelope<'a> {
     #[serde(default, borrow)]
     method: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    params: Option<&'a RawValue>,
+    params: Option<mcp::Params<'a>>,
     #[serde(default, borrow)]
     result: Option<&'a RawValue>,
     #[serde(default, borrow)]
@@ -231,7 +231,7 @@ fn from_envelope<'a>(env: Envelope<'a>, raw: &mut RawParts<'a>) -> Result<Messag
             Kind::Notification
         });
         m.method = Some(method.as_ref().into());
-        raw.arguments = mcp::read_params(&mut m, env.params);
+        raw.arguments = env.params.and_then(|p| mcp::read_params(&mut m, p));
     } else if let Some(err) = env.error {
         m.kind = Some(Kind::Error);
         m.is_error = true;

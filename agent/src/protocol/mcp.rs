@@ -4,7 +4,12 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
+use std::fmt;
+
+use serde::{
+    de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor},
+    Deserialize,
+};
 use serde_json::value::RawValue;
 
 use super::jsonrpc::{bounded, Message, PeerInfo, RpcId};
@@ -73,26 +78,162 @@ pub fn method_era(method: &str) -> Option<Era> {
     METHODS.iter().find(|(m, _)| *m == method).map(|(_, e)| *e)
 }
 
-#[derive(Deserialize, Default)]
-struct Params<'a> {
-    #[serde(default, borrow)]
+/// `params` of a request or notification, read in the envelope's own pass:
+/// the MCP fields are picked out as the parser goes and `arguments` stays
+/// raw (borrowed), so no byte of params is scanned twice. Lenient: a field
+/// of an unexpected type is skipped (the rest is still read), and params
+/// that are not an object read as empty; unknown shapes are kept as plain
+/// JSON-RPC, never dropped.
+#[derive(Default)]
+pub(super) struct Params<'a> {
     name: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
     arguments: Option<&'a RawValue>,
-    #[serde(default, borrow)]
     uri: Option<Cow<'a, str>>,
-    #[serde(default, borrow, rename = "protocolVersion")]
     protocol_version: Option<Cow<'a, str>>,
-    #[serde(default, rename = "clientInfo")]
     client_info: Option<PeerInfo>,
-    #[serde(default, borrow, rename = "_meta")]
     meta: Option<Meta<'a>>,
-    #[serde(default, borrow, rename = "requestState")]
-    request_state: Option<&'a RawValue>,
-    #[serde(default, borrow, rename = "inputResponses")]
-    input_responses: Option<&'a RawValue>,
-    #[serde(default, borrow, rename = "requestId")]
+    /// `requestState` or `inputResponses` present (a 2026 retry).
+    retry: bool,
     request_id: Option<&'a RawValue>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Params<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ParamsVisitor)
+    }
+}
+
+struct ParamsVisitor;
+
+impl<'de> Visitor<'de> for ParamsVisitor {
+    type Value = Params<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JSON-RPC params")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Params<'de>, A::Error> {
+        let mut p = Params::default();
+        while let Some(Text(key)) = map.next_key()? {
+            match &*key {
+                "name" => p.name = map.next_value::<MaybeText<'de>>()?.0,
+                "uri" => p.uri = map.next_value::<MaybeText<'de>>()?.0,
+                "protocolVersion" => p.protocol_version = map.next_value::<MaybeText<'de>>()?.0,
+                "arguments" => p.arguments = map.next_value()?,
+                "requestId" => p.request_id = map.next_value()?,
+                "requestState" | "inputResponses" => {
+                    p.retry |= map.next_value::<Option<IgnoredAny>>()?.is_some()
+                }
+                // Small objects: kept raw in this pass, read after it.
+                "clientInfo" => p.client_info = small(map.next_value()?),
+                "_meta" => p.meta = small(map.next_value()?),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Params<'de>, A::Error> {
+        IgnoredAny.visit_seq(seq).map(|_| Params::default())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Params<'de>, E> {
+        Ok(Params::default())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Params<'de>, E> {
+        Ok(Params::default())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Params<'de>, E> {
+        Ok(Params::default())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Params<'de>, E> {
+        Ok(Params::default())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Params<'de>, E> {
+        Ok(Params::default())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Params<'de>, E> {
+        Ok(Params::default())
+    }
+}
+
+/// A small object kept raw during the envelope's pass, read after it;
+/// `None` when it is not what MCP says it is.
+fn small<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>) -> Option<T> {
+    serde_json::from_str(raw?.get()).ok()
+}
+
+/// A string, borrowed from the message when it has no escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(TextVisitor)
+            .map(|t| Text(t.unwrap_or_default()))
+    }
+}
+
+/// A string if the value is one, else `None` (the value skipped): a field
+/// of the wrong type does not make the whole message unreadable.
+struct MaybeText<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for MaybeText<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TextVisitor).map(MaybeText)
+    }
+}
+
+struct TextVisitor;
+
+impl<'de> Visitor<'de> for TextVisitor {
+    type Value = Option<Cow<'de, str>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        IgnoredAny.visit_map(map).map(|_| None)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        IgnoredAny.visit_seq(seq).map(|_| None)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -131,14 +272,7 @@ fn name(s: &str) -> Box<str> {
 
 /// Fills the MCP facts of a request or notification from its params;
 /// returns its raw `arguments` (tools/call, prompts/get).
-pub(super) fn read_params<'a>(
-    m: &mut Message,
-    params: Option<&'a RawValue>,
-) -> Option<&'a RawValue> {
-    let raw = params?;
-    // Params that are not an object (or malformed for MCP) leave the
-    // message as plain JSON-RPC: unknown shapes are kept, not dropped.
-    let p: Params<'_> = serde_json::from_str(raw.get()).unwrap_or_default();
+pub(super) fn read_params<'a>(m: &mut Message, p: Params<'a>) -> Option<&'a RawValue> {
     match m.method.as_deref() {
         Some("tools/call") => m.tool = p.name.as_deref().map(name),
         Some("prompts/get") => m.prompt = p.name.as_deref().map(name),
@@ -152,7 +286,7 @@ pub(super) fn read_params<'a>(
         m.protocol_version = Some(name(&v));
     }
     m.client_info = p.client_info;
-    m.is_retry = p.request_state.is_some() || p.input_responses.is_some();
+    m.is_retry = p.retry;
     if let Some(meta) = p.meta {
         if let Some(v) = meta.protocol_version {
             m.protocol_version = Some(name(&v));
@@ -244,6 +378,40 @@ mod tests {
         assert_eq!(pg.prompt.as_deref(), Some("simple_prompt"));
         let c = parse(br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"r7","reason":"x"}}"#).unwrap();
         assert_eq!(c.cancelled_id, Some(RpcId::Str("r7".into())));
+    }
+
+    #[test]
+    fn params_read_in_one_pass_are_lenient_per_field() {
+        use crate::protocol::jsonrpc::parse_raw;
+        // A field of the wrong type is skipped; the others are still read.
+        let (m, raw) = parse_raw(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":5,"arguments":{"a":[1,{"b":"\"x"}]},"_meta":{"progressToken":7,"traceparent":"00-ab"}}}"#).unwrap();
+        assert_eq!(m.tool, None);
+        assert_eq!(
+            raw.arguments.map(|a| a.get()),
+            Some(r#"{"a":[1,{"b":"\"x"}]}"#)
+        );
+        assert!(m.progress_token);
+        assert_eq!(m.traceparent.as_deref(), Some("00-ab"));
+        // Escaped keys and values are read like plain ones; `null` is absent.
+        let (m, raw) = parse_raw(br#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"\u006eame":"e\u0063ho","arguments":null,"requestState":null}}"#).unwrap();
+        assert_eq!(m.tool.as_deref(), Some("echo"));
+        assert!(raw.arguments.is_none() && !m.is_retry);
+        // Params that are not an object: plain JSON-RPC, kept.
+        for params in ["[1,2]", "\"x\"", "3", "true", "null"] {
+            let line =
+                format!(r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{params}}}"#);
+            let m = crate::protocol::parse(line.as_bytes()).unwrap();
+            assert_eq!(
+                (m.method.as_deref(), m.tool),
+                (Some("tools/call"), None),
+                "{params}"
+            );
+        }
+        // Malformed JSON inside params is still invalid JSON.
+        assert!(crate::protocol::parse(
+            br#"{"jsonrpc":"2.0","id":4,"method":"x","params":{"a":}}"#
+        )
+        .is_err());
     }
 
     #[test]
