@@ -160,7 +160,18 @@ pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
 
 /// Parses one JSON-RPC message (not a batch) and returns its raw parts too.
 pub fn parse_raw(bytes: &[u8]) -> Result<(Message, RawParts<'_>), ParseError> {
-    let env: Envelope<'_> = serde_json::from_slice(bytes).map_err(|e| {
+    parse_text(utf8(bytes)?)
+}
+
+/// The message as text: UTF-8 is checked once here (a fast pass over
+/// ASCII), so that the parser, reading from a `str`, never checks a string
+/// or a raw value again.
+fn utf8(bytes: &[u8]) -> Result<&str, ParseError> {
+    std::str::from_utf8(bytes).map_err(|_| ParseError::Json)
+}
+
+fn parse_text(text: &str) -> Result<(Message, RawParts<'_>), ParseError> {
+    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
             ParseError::NotJsonRpc
         } else {
@@ -168,7 +179,7 @@ pub fn parse_raw(bytes: &[u8]) -> Result<(Message, RawParts<'_>), ParseError> {
         }
     })?;
     let mut raw = RawParts {
-        bytes,
+        bytes: text.as_bytes(),
         arguments: None,
         result: env.result,
     };
@@ -188,12 +199,12 @@ pub fn parse_batch<'a>(
         each(parse_raw(bytes));
         return Ok(1);
     }
-    let items: Vec<&RawValue> = serde_json::from_slice(bytes).map_err(|_| ParseError::Json)?;
+    let items: Vec<&RawValue> = serde_json::from_str(utf8(bytes)?).map_err(|_| ParseError::Json)?;
     if items.is_empty() {
         return Err(ParseError::EmptyBatch);
     }
     for item in &items {
-        each(parse_raw(item.get().as_bytes()));
+        each(parse_text(item.get()));
     }
     Ok(items.len())
 }
