@@ -223,6 +223,7 @@ struct Core {
     sinks: Vec<Box<dyn Sink + Send>>,
     seq: u64,
     clock_offset_ns: i128,
+    ts_format: Rfc3339Micros,
     stats: PipelineStats,
     metrics: Option<Arc<Metrics>>,
     detectors: Option<Detectors>,
@@ -380,6 +381,7 @@ impl<C: StreamControl> Pipeline<C> {
             sinks,
             seq: 0,
             clock_offset_ns,
+            ts_format: Rfc3339Micros::default(),
             stats: PipelineStats::default(),
             metrics: None,
             detectors: None,
@@ -1507,10 +1509,8 @@ impl Core {
     }
 
     fn format_ts(&self, mono_ns: u64) -> String {
-        let real = (mono_ns as i128 + self.clock_offset_ns).max(0) as u128;
-        let t = std::time::UNIX_EPOCH
-            + std::time::Duration::from_nanos(real.min(u64::MAX as u128) as u64);
-        humantime::format_rfc3339_micros(t).to_string()
+        let real = (mono_ns as i128 + self.clock_offset_ns).clamp(0, u64::MAX as i128);
+        self.ts_format.format(real as u64)
     }
 
     fn flush(&mut self) {
@@ -1519,6 +1519,31 @@ impl Core {
                 self.stats.sink_errors += 1;
             }
         }
+    }
+}
+
+/// RFC 3339 UTC timestamps with microseconds, as events carry them. The
+/// date and time of day change once a second, so they are formatted once a
+/// second; each event formats only its microseconds.
+#[derive(Default)]
+struct Rfc3339Micros(std::cell::RefCell<(u64, String)>);
+
+impl Rfc3339Micros {
+    fn format(&self, unix_ns: u64) -> String {
+        use std::fmt::Write;
+        let (secs, micros) = (unix_ns / 1_000_000_000, unix_ns % 1_000_000_000 / 1000);
+        let mut cached = self.0.borrow_mut();
+        let (second, prefix) = &mut *cached;
+        if *second != secs || prefix.is_empty() {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            *prefix = humantime::format_rfc3339_seconds(t).to_string();
+            prefix.pop(); // the `Z`
+            *second = secs;
+        }
+        let mut out = String::with_capacity(prefix.len() + 8);
+        out.push_str(prefix);
+        let _ = write!(out, ".{micros:06}Z");
+        out
     }
 }
 
@@ -1560,6 +1585,26 @@ fn m_is_error(m: &Message) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn timestamps_format_as_humantime_does() {
+        let f = super::Rfc3339Micros::default();
+        for ns in [
+            0u64,
+            999_999_999,
+            1_000_000_000,
+            1_795_000_000_123_456_789,
+            1_795_000_000_999_999_999,
+            1_795_000_001_000_000_001,
+            1_795_000_000_000_000_000,
+        ] {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns);
+            assert_eq!(
+                f.format(ns),
+                humantime::format_rfc3339_micros(t).to_string()
+            );
+        }
+    }
+
     use super::Bounded;
 
     #[test]
