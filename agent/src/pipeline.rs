@@ -7,7 +7,7 @@
 //! is given, so a replay of recorded records produces the same events as the
 //! live run.
 
-use crate::collections::{stable_hash, FastMap};
+use crate::collections::{stable_hash, FastMap, Lru};
 
 use std::sync::Arc;
 
@@ -232,9 +232,11 @@ struct Core {
     /// receiving end read them, once seen: the responder-side duration
     /// starts there. Only requests: other messages' read times are used
     /// at once or through `awaiting_client`, never later.
-    received: Bounded<Option<u64>>,
+    received: Lru<u64, Option<u64>>,
     /// Responses whose reader copy is awaited for the requester-side duration.
-    awaiting_client: Bounded<(u64, OpLabels)>,
+    awaiting_client: Lru<u64, (u64, OpLabels)>,
+    /// Entries of `received` and `awaiting_client` evicted (counted as lost).
+    duration_evicted: u64,
     /// Responses seen before their request (see [`Early`]), by session and
     /// id, and their keys oldest first (a key no longer held is skipped).
     early: FastMap<(u64, RpcId), Early>,
@@ -307,53 +309,6 @@ const EARLY_HOLD_NS: u64 = 100_000_000;
 /// Responses held at most: past it the oldest is reported unpaired.
 const EARLY_MAX: usize = 1024;
 
-/// A map from event sequence number with a size bound; the oldest entries
-/// go first (counted). Entries removed by their consumer leave a stale
-/// place in `order`, dropped when `order` outgrows twice the bound (so a
-/// map whose entries are all consumed stays small too).
-struct Bounded<V> {
-    map: FastMap<u64, V>,
-    order: std::collections::VecDeque<u64>,
-    cap: usize,
-    evicted: u64,
-}
-
-impl<V> Bounded<V> {
-    fn new(cap: usize) -> Self {
-        Self {
-            map: FastMap::default(),
-            order: std::collections::VecDeque::new(),
-            cap,
-            evicted: 0,
-        }
-    }
-
-    fn insert(&mut self, k: u64, v: V) {
-        if self.map.len() >= self.cap {
-            while let Some(old) = self.order.pop_front() {
-                if self.map.remove(&old).is_some() {
-                    self.evicted += 1;
-                    break;
-                }
-            }
-        }
-        if self.order.len() >= 2 * self.cap.max(1) {
-            let map = &self.map;
-            self.order.retain(|k| map.contains_key(k));
-        }
-        self.order.push_back(k);
-        self.map.insert(k, v);
-    }
-
-    fn get_mut(&mut self, k: &u64) -> Option<&mut V> {
-        self.map.get_mut(k)
-    }
-
-    fn remove(&mut self, k: &u64) -> Option<V> {
-        self.map.remove(k)
-    }
-}
-
 /// The pipeline.
 pub struct Pipeline<C: StreamControl> {
     control: C,
@@ -386,8 +341,9 @@ impl<C: StreamControl> Pipeline<C> {
             metrics: None,
             detectors: None,
             world: Box::new(LiveWorld::default()),
-            received: Bounded::new(65536),
-            awaiting_client: Bounded::new(65536),
+            received: Lru::new(65536),
+            awaiting_client: Lru::new(65536),
+            duration_evicted: 0,
             early: FastMap::default(),
             early_order: std::collections::VecDeque::new(),
             early_places: 0,
@@ -455,7 +411,7 @@ impl<C: StreamControl> Pipeline<C> {
             (
                 "metrics",
                 "duration_state_evicted",
-                self.core.awaiting_client.evicted + self.core.received.evicted,
+                self.core.duration_evicted,
             ),
         ] {
             m.set_lost(stage, reason, v);
@@ -1337,7 +1293,8 @@ impl Core {
         self.seq += 1;
         let seq = self.seq;
         if c.msg.kind == Some(Kind::Request) && self.metrics.is_some() {
-            self.received.insert(seq, received);
+            self.received
+                .insert_new(seq, received, &mut self.duration_evicted);
         }
         let mut ev = McpEvent {
             ts: self.format_ts(sent),
@@ -1400,7 +1357,13 @@ impl Core {
                                 labels.as_refs(),
                                 r.saturating_sub(p.ts_ns) as f64 / 1e9,
                             ),
-                            None => self.awaiting_client.insert(seq, (p.ts_ns, labels)),
+                            None => {
+                                self.awaiting_client.insert_new(
+                                    seq,
+                                    (p.ts_ns, labels),
+                                    &mut self.duration_evicted,
+                                );
+                            }
                         }
                     }
                 }
@@ -1609,23 +1572,5 @@ mod tests {
                 humantime::format_rfc3339_micros(t).to_string()
             );
         }
-    }
-
-    use super::Bounded;
-
-    #[test]
-    fn bounded_map_stays_bounded_when_its_entries_are_consumed() {
-        let mut b = Bounded::new(16);
-        for k in 0..100_000u64 {
-            b.insert(k, k);
-            assert_eq!(b.remove(&k), Some(k));
-        }
-        assert!(b.order.len() <= 32, "{} stale places kept", b.order.len());
-        assert_eq!(b.evicted, 0, "consumed entries are not evictions");
-        for k in 0..17u64 {
-            b.insert(k, k);
-        }
-        assert_eq!((b.map.len(), b.evicted), (16, 1), "the oldest goes");
-        assert!(b.get_mut(&0).is_none());
     }
 }
