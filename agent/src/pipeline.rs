@@ -1197,17 +1197,25 @@ impl Core {
                 None => stable_hash(&(c.key.tgid, c.key.fd, c.kind)),
             },
         };
-        let early = may_hold
-            && matches!(c.msg.kind, Some(Kind::Response | Kind::Error))
-            && c.msg
-                .id
-                .as_ref()
-                .is_some_and(|id| !self.pairer.awaits(session_key, id));
-        if early {
-            // The id is cloned only here: most responses find their request.
-            let id = c.msg.id.clone().expect("checked above");
-            return self.hold_early(session_key, id, (c, peer, other_ts));
-        }
+        // A response pairs here, before anything is recorded of it: one
+        // that finds no request may be early (see `hold_early`).
+        let answered = match c.msg.kind {
+            Some(Kind::Response | Kind::Error) => {
+                match self.pairer.try_response(session_key, to_pid, &c.msg) {
+                    Some(p) => Some(p),
+                    None if may_hold && c.msg.id.is_some() => {
+                        // The id is cloned only here: most responses find their request.
+                        let id = c.msg.id.clone().expect("checked above");
+                        return self.hold_early(session_key, id, (c, peer, other_ts));
+                    }
+                    None => {
+                        self.pairer.unmatched();
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let net = c.kind.net();
         if !self.sessions.contains_key(&session_key) {
             let name = format!(
@@ -1296,24 +1304,32 @@ impl Core {
             self.received
                 .insert_new(seq, received, &mut self.duration_evicted);
         }
+        let error_type = match c.http.as_ref().filter(|h| h.from_status) {
+            Some(h) => h.head.status.map(|s| s.to_string()),
+            None => mcp::error_type(m).map(|e| e.into_owned()),
+        };
+        let cancelled = m.cancelled_id.clone();
+        let logical_id = match m.kind {
+            Some(Kind::Request) => self.pairer.request(session_key, from_pid, m, sent, seq),
+            _ => None,
+        };
+        // The message's own fields move into the event (no copies).
+        let m = c.msg;
         let mut ev = McpEvent {
             ts: self.format_ts(sent),
             seq,
             kind: m.kind.unwrap_or(Kind::Notification),
-            method: m.method.clone(),
-            id: m.id.clone(),
+            method: m.method,
+            id: m.id,
             logical_id: None,
-            tool: m.tool.clone(),
-            resource: m.resource.clone(),
-            prompt: m.prompt.clone(),
+            tool: m.tool,
+            resource: m.resource,
+            prompt: m.prompt,
             is_error: m.is_error,
             error_code: m.error_code,
-            error_type: match c.http.as_ref().filter(|h| h.from_status) {
-                Some(h) => h.head.status.map(|s| s.to_string()),
-                None => mcp::error_type(m).map(|e| e.into_owned()),
-            },
-            error_message: m.error_message.clone(),
-            result_type: m.result_type.clone(),
+            error_type,
+            error_message: m.error_message,
+            result_type: m.result_type,
             latency_ms: None,
             request_seq: None,
             transport: c.http.as_ref().map_or("stdio", |h| h.transport()),
@@ -1332,11 +1348,9 @@ impl Core {
             payload: c.payload,
         };
         match ev.kind {
-            Kind::Request => {
-                ev.logical_id = self.pairer.request(session_key, from_pid, m, sent, seq)
-            }
+            Kind::Request => ev.logical_id = logical_id,
             Kind::Response | Kind::Error => {
-                if let Some(p) = self.pairer.response(session_key, to_pid, m) {
+                if let Some(p) = answered {
                     ev.latency_ms = Some(sent.saturating_sub(p.ts_ns) as f64 / 1e6);
                     ev.request_seq = Some(p.seq);
                     ev.method = p.method;
@@ -1369,7 +1383,7 @@ impl Core {
                 }
             }
             Kind::Notification => {
-                if let Some(id) = &m.cancelled_id {
+                if let Some(id) = &cancelled {
                     self.pairer.cancel(session_key, id);
                 }
             }

@@ -128,34 +128,33 @@ impl Pairer {
 
     /// Pairs a response or error sent to `recipient` (0 when unknown).
     pub fn response(&mut self, session: u64, recipient: u32, msg: &Message) -> Option<Pending> {
-        let Some(id) = msg.id.as_ref() else {
-            self.stats.unmatched += 1;
-            return None;
-        };
-        let Some(s) = self.sessions.get_mut(&session) else {
-            self.stats.unmatched += 1;
-            return None;
-        };
-        let found = take(s, id, recipient);
-        match &found {
-            Some(p) if msg.result_type.as_deref() == Some("input_required") => {
-                let logical = p.logical_id.clone().unwrap_or_else(|| id.clone());
-                s.awaiting_input.insert(
-                    (p.method.clone().unwrap_or_default(), p.tool.clone()),
-                    logical,
-                );
-            }
-            Some(_) => {}
-            None => self.stats.unmatched += 1,
+        let found = self.try_response(session, recipient, msg);
+        if found.is_none() {
+            self.unmatched();
         }
         found
     }
 
-    /// Whether a request `id` of `session` awaits its response.
-    pub fn awaits(&self, session: u64, id: &RpcId) -> bool {
-        self.sessions
-            .get(&session)
-            .is_some_and(|s| s.by_id.contains_key(id))
+    /// [`Pairer::response`], not counting a response that finds no request
+    /// as unmatched: the caller may hold it and try again once its request
+    /// is seen (see [`Pairer::unmatched`]).
+    pub fn try_response(&mut self, session: u64, recipient: u32, msg: &Message) -> Option<Pending> {
+        let id = msg.id.as_ref()?;
+        let s = self.sessions.get_mut(&session)?;
+        let found = take(s, id, recipient)?;
+        if msg.result_type.as_deref() == Some("input_required") {
+            let logical = found.logical_id.clone().unwrap_or_else(|| id.clone());
+            s.awaiting_input.insert(
+                (found.method.clone().unwrap_or_default(), found.tool.clone()),
+                logical,
+            );
+        }
+        Some(found)
+    }
+
+    /// Counts a response that found no request (after [`Pairer::try_response`]).
+    pub fn unmatched(&mut self) {
+        self.stats.unmatched += 1;
     }
 
     /// notifications/cancelled: the request will get no response.
