@@ -71,6 +71,42 @@ pub struct ProcessInfo {
     /// Start time in clock ticks since boot (with pid, unique across reuse).
     #[serde(skip, default)]
     pub start_ticks: u64,
+    /// These fields as JSON object members, rendered at the first event
+    /// that carries them (every event from or to the process does).
+    #[serde(skip)]
+    pub rendered: Rendered,
+}
+
+/// A value's JSON rendering, made once. Not part of the value: it compares
+/// equal always, and a clone (which may then be changed) starts without it.
+#[derive(Default)]
+pub struct Rendered(std::sync::OnceLock<Box<[u8]>>);
+
+impl Rendered {
+    /// The rendering, made by `render` the first time.
+    pub fn get_or(&self, render: impl FnOnce() -> Vec<u8>) -> &[u8] {
+        self.0.get_or_init(|| render().into_boxed_slice())
+    }
+}
+
+impl Clone for Rendered {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for Rendered {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Rendered {}
+
+impl std::fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rendered")
+    }
 }
 
 /// One ancestor of a process.
@@ -245,6 +281,7 @@ impl ProcessInfo {
             container,
             credential_env: secrets::credential_env_names(pid),
             start_ticks,
+            rendered: Rendered::default(),
         })
     }
 
@@ -307,7 +344,9 @@ impl ProcessCache {
             if p.cgroup_id.is_none() && cgroup_id != 0 {
                 // First seen as the peer (no kernel task at hand): now the
                 // kernel names its cgroup. Once per process.
-                Arc::make_mut(p).cgroup_id = Some(cgroup_id);
+                let info = Arc::make_mut(p);
+                info.cgroup_id = Some(cgroup_id);
+                info.rendered = Rendered::default(); // what it rendered has changed
             }
             return p.clone();
         }

@@ -100,7 +100,7 @@ impl<W: Write> Sink for JsonlWriter<W> {
         if self.pretty {
             self.line.extend_from_slice(format_pretty(ev).as_bytes());
         } else {
-            serde_json::to_writer(&mut self.line, ev)?;
+            ev.write_json(&mut self.line)?;
         }
         self.line.push(b'\n');
         self.out.write_all(&self.line)
