@@ -397,7 +397,7 @@ struct Overhead {
 
 /// `once` run with the agent (its defaults, output discarded) running.
 fn with_agent(once: &mut impl FnMut(bool) -> Result<f64>) -> Result<f64> {
-    let agent = Agent::start(&["--stdout", "none"], Stdio::null())?;
+    let agent = Agent::start(&[], Stdio::null())?;
     let rate = once(false);
     agent.stop()?;
     rate
@@ -647,22 +647,23 @@ fn timeline_overhead(name: &str, kind: &str, file: &Path, to: Client) -> Result<
             None
         }
     };
-    let mut client = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the SDK client")?;
-    let ready = BufReader::new(client.stdout.take().context("client stdout")?)
+    let mut client = Reaped(
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the SDK client")?,
+    );
+    let ready = BufReader::new(client.0.stdout.take().context("client stdout")?)
         .lines()
         .map_while(Result::ok)
         .any(|l| l == "calling");
     if !ready {
         bail!("{name}: the SDK client exited before its first call was answered");
     }
-    let mut traced = vec![client.id()];
+    let mut traced = vec![client.0.id()];
     match server_pid {
         Some(p) => traced.push(p),
-        None => traced.extend(children(client.id())?),
+        None => traced.extend(children(client.0.id())?),
     }
     // Pairs of windows without and with the agent, then without and under
     // strace: strace's effect lingers for a while after it detaches, so its
@@ -670,7 +671,7 @@ fn timeline_overhead(name: &str, kind: &str, file: &Path, to: Client) -> Result<
     let mut agent_pairs = Vec::new();
     for cycle in 0..CYCLES {
         let with = || {
-            let agent = Agent::start(&["--stdout", "none"], Stdio::null())?;
+            let agent = Agent::start(&[], Stdio::null())?;
             let w = window();
             // Proof that the window was traced: the agent counted messages
             // (its metrics are exported once a second).
@@ -702,8 +703,8 @@ fn timeline_overhead(name: &str, kind: &str, file: &Path, to: Client) -> Result<
     }
     // SAFETY: signalling our own child: it stops calling and writes its
     // timeline.
-    unsafe { libc_kill(client.id() as i32, 10) }; // SIGUSR1
-    let status = client.wait()?;
+    unsafe { libc_kill(client.0.id() as i32, 10) }; // SIGUSR1
+    let status = client.0.wait()?;
     if !status.success() {
         bail!("{name}: the SDK client failed: {status}");
     }
@@ -736,6 +737,19 @@ fn timeline_overhead(name: &str, kind: &str, file: &Path, to: Client) -> Result<
         ratio: paired(&with, &without),
         strace_ratio: paired(&strace, &strace_base),
     })
+}
+
+/// A child killed if the bench returns early (a figure failed half-way):
+/// left running, an SDK client would keep calling for up to an hour.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// A window of a timeline: its start and end (CLOCK_MONOTONIC, s).
@@ -864,9 +878,10 @@ fn kernel_cost(r: &mut Report) -> Result<()> {
     fs::write(knob, "1")?;
     let result = (|| -> Result<Vec<(String, f64, f64)>> {
         let agent = Agent::start(&["--stdout", "none"], Stdio::null())?;
-        pingpong(false)?; // The agent may still be working through the ring: wait until it
-                          // is idle (other MCP traffic on the host may trickle on: a few
-                          // records a second count as idle).
+        pingpong(false)?;
+        // The agent may still be working through the ring: wait until it
+        // is idle (other MCP traffic on the host may trickle on: a few
+        // records a second count as idle).
         let mut last = -1e9;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -1005,7 +1020,7 @@ fn cpu_ticks(pid: u32) -> Option<f64> {
 
 fn footprint(r: &mut Report) -> Result<()> {
     step("footprint: 1,000 concurrent sessions, then idle");
-    let agent = Agent::start(&["--stdout", "none"], Stdio::null())?;
+    let agent = Agent::start(&[], Stdio::null())?;
     let idle_rss = proc_field(agent.pid(), "status", "VmRSS:").unwrap_or(0.0);
     let mut fan = Command::new(pingpong_bin())
         .args(["fan", "1000"])
@@ -1166,14 +1181,29 @@ fn record(name: &str, sizes: &[&str], rate: &str) -> Result<PathBuf> {
         Stdio::null(),
     )?;
     let secs = if rate == "0" { "0.5" } else { "2" };
+    let mut sent = 0.0;
     for size in sizes {
-        output(Command::new(pingpong_bin()).args(["client", secs, size, rate]))?;
+        let out = output(Command::new(pingpong_bin()).args(["client", secs, size, rate]))?;
+        sent += 2.0 * json_number(&out, "round_trips")?;
     }
     if rate != "0" {
-        std::thread::sleep(Duration::from_millis(1100)); // metrics export once a second
-        let lost = metric_sum(&agent, "mcpscope_events_lost_total", "stage=\"kernel\"");
-        if lost > 0.0 {
-            bail!("the {name} capture lost {lost} records in the kernel at {rate} round trips/s");
+        // Whole: the agent counts every message sent, and no loss.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let lost = metric_sum(&agent, "mcpscope_events_lost_total", "stage=\"kernel\"");
+            if lost > 0.0 {
+                bail!(
+                    "the {name} capture lost {lost} records in the kernel at {rate} round trips/s"
+                );
+            }
+            let seen = agent.total("mcp_messages_total");
+            if seen >= sent {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the {name} capture: the agent counted {seen} of the {sent} messages sent");
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
     agent.stop()?;
@@ -1380,7 +1410,7 @@ fn write_markdown(r: &Report) -> Result<()> {
     writeln!(md, "Written by `cargo xtask bench` on {}.\n", machine())?;
     writeln!(
         md,
-        "Overhead figures are ratios within this run; rates are medians with min and max, ratios are medians (with min and max) of ratios paired within each round. Worst case: runs without and with the agent (and under `strace -f -e trace=read,write -s 65535 -o /dev/null`) alternate, which of the first two runs first swaps every round, {ROUNDS} rounds. Realistic workloads: separate runs of the Python SDK client differ by ±15 % here with nothing changed, so each is measured inside one client session that calls without pause: {CYCLES} pairs of {WINDOW:?} windows without and with the agent (started before its window, stopped after it; the pair's order swaps every cycle), then {STRACE_CYCLES} pairs without and under strace attached to the client and its server, each window's rate counted from the client's own timeline. The agent runs with its defaults (detectors on). Every traced workload (the worst-case pair, the SDK client and its server, the HTTP server) is pinned to CPU 0, the agent to CPU 1: unpinned, the scheduler puts the two ends of a ping-pong on one CPU or on two, run by run, and that alone moves the rate by ±15 % on this 2-core machine, more than the effect measured. The detectors' live cost runs the ping-pong paced to {LIVE_RATE} round trips/s ({LIVE_ROUNDS} rounds), below what the agent keeps up with: unpaced, the ring buffer overflows and CPU per message measures overload. The agent's RSS includes its ring buffer, which the kernel maps twice (2 × 16 MiB by default).\n"
+        "Overhead figures are ratios within this run; rates are medians with min and max, ratios are medians (with min and max) of ratios paired within each round. Worst case: runs without and with the agent (and under `strace -f -e trace=read,write -s 65535 -o /dev/null`) alternate, which of the first two runs first swaps every round, {ROUNDS} rounds. Realistic workloads: separate runs of the Python SDK client differ by ±15 % here with nothing changed, so each is measured inside one client session that calls without pause: {CYCLES} pairs of {WINDOW:?} windows without and with the agent (started before its window, stopped after it; the pair's order swaps every cycle), then {STRACE_CYCLES} pairs without and under strace attached to the client and its server, each window's rate counted from the client's own timeline. The agent runs with its defaults (detectors on, JSONL events on stdout, written to /dev/null) for the overhead, latency and footprint figures; the loss figure runs it with no output and no detectors (the capture path's own limit). Every traced workload (the worst-case pair, the SDK client and its server, the HTTP server) is pinned to CPU 0, the agent to CPU 1: unpinned, the scheduler puts the two ends of a ping-pong on one CPU or on two, run by run, and that alone moves the rate by ±15 % on this 2-core machine, more than the effect measured. The detectors' live cost runs the ping-pong paced to {LIVE_RATE} round trips/s ({LIVE_ROUNDS} rounds), below what the agent keeps up with: unpaced, the ring buffer overflows and CPU per message measures overload. The agent's RSS includes its ring buffer, which the kernel maps twice (2 × 16 MiB by default).\n"
     )?;
     writeln!(md, "| figure | value | goal |\n|---|---|---|")?;
     for row in &r.rows {
