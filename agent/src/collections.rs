@@ -8,18 +8,24 @@
 //! tool names) cannot be crafted offline to collide.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     hash::{BuildHasher, Hash},
 };
 
 /// A hash map with foldhash, seeded per process.
 pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// A hash set with foldhash, seeded per process.
-pub type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
+/// A hash seeded once per process, for keys made of what peers send (message
+/// bytes) that never leave the process.
+pub fn process_hash<T: Hash + ?Sized>(value: &T) -> u64 {
+    static SEED: std::sync::OnceLock<foldhash::fast::RandomState> = std::sync::OnceLock::new();
+    SEED.get_or_init(Default::default).hash_one(value)
+}
 
 /// A hash that is the same in every run and on every host, for keys that
-/// leave the process (session ids in events and the audit trail).
+/// leave the process (session ids in events and the audit trail). Not for
+/// keys made of what peers send: with a fixed seed, collisions can be
+/// searched for offline (see [`process_hash`]).
 pub fn stable_hash<T: Hash + ?Sized>(value: &T) -> u64 {
     // Any fixed seed; this one is π's fractional part.
     foldhash::fast::FixedState::with_seed(0x243f_6a88_85a3_08d3).hash_one(value)

@@ -7,7 +7,7 @@
 //! is given, so a replay of recorded records produces the same events as the
 //! live run.
 
-use crate::collections::{stable_hash, FastMap, Lru};
+use crate::collections::{process_hash, stable_hash, FastMap, Lru};
 
 use std::sync::Arc;
 
@@ -848,7 +848,7 @@ const JOIN_HEAD: usize = 512;
 /// Join key of a message: its true length and a hash of its head, which
 /// both ends capture even when one of them lost the tail.
 fn join_key(bytes: &[u8], len: u64, index: Option<u32>) -> u64 {
-    stable_hash(&(&bytes[..bytes.len().min(JOIN_HEAD)], len, index))
+    process_hash(&(&bytes[..bytes.len().min(JOIN_HEAD)], len, index))
 }
 
 impl Core {

@@ -2,9 +2,7 @@
 //! 2025-11-25 (initialize handshake) and 2026-07-28 (stateless, `_meta`
 //! envelope, `resultType`, input_required retries, tasks extension).
 
-use std::borrow::Cow;
-
-use std::fmt;
+use std::{borrow::Cow, fmt};
 
 use serde::{
     de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor},
@@ -78,6 +76,37 @@ pub fn method_era(method: &str) -> Option<Era> {
     METHODS.iter().find(|(m, _)| *m == method).map(|(_, e)| *e)
 }
 
+/// A visitor's answers to the JSON shapes it does not read (arrays and
+/// scalars): `$empty`, the value consumed. An unexpected shape is skipped,
+/// never an error that would make the whole message unreadable.
+macro_rules! skip_other_shapes {
+    ($de:lifetime, $value:ty, $empty:expr) => {
+        fn visit_seq<A: SeqAccess<$de>>(self, seq: A) -> Result<$value, A::Error> {
+            IgnoredAny.visit_seq(seq).map(|_| $empty)
+        }
+
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<$value, E> {
+            Ok($empty)
+        }
+
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<$value, E> {
+            Ok($empty)
+        }
+
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<$value, E> {
+            Ok($empty)
+        }
+
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<$value, E> {
+            Ok($empty)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<$value, E> {
+            Ok($empty)
+        }
+    };
+}
+
 /// `params` of a request or notification, read in the envelope's own pass:
 /// the MCP fields are picked out as the parser goes and `arguments` stays
 /// raw (borrowed), so no byte of params is scanned twice. Lenient: a field
@@ -135,33 +164,11 @@ impl<'de> Visitor<'de> for ParamsVisitor {
         Ok(p)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Params<'de>, A::Error> {
-        IgnoredAny.visit_seq(seq).map(|_| Params::default())
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Params<'de>, E> {
-        Ok(Params::default())
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Params<'de>, E> {
-        Ok(Params::default())
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Params<'de>, E> {
-        Ok(Params::default())
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Params<'de>, E> {
-        Ok(Params::default())
-    }
-
     fn visit_str<E: de::Error>(self, _: &str) -> Result<Params<'de>, E> {
         Ok(Params::default())
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<Params<'de>, E> {
-        Ok(Params::default())
-    }
+    skip_other_shapes!('de, Params<'de>, Params::default());
 }
 
 /// A small object kept raw during the envelope's pass, read after it;
@@ -211,29 +218,7 @@ impl<'de> Visitor<'de> for TextVisitor {
         IgnoredAny.visit_map(map).map(|_| None)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        IgnoredAny.visit_seq(seq).map(|_| None)
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
+    skip_other_shapes!('de, Option<Cow<'de, str>>, None);
 }
 
 #[derive(Deserialize, Default)]
