@@ -59,13 +59,30 @@ impl AuditConfig {
     }
 }
 
-#[derive(Serialize)]
-struct Record<'a, T: Serialize> {
-    seq: u64,
-    ts: &'a str,
-    kind: &'a str,
-    prev: &'a str,
-    data: &'a T,
+/// The fields of `ev` the segment index reads
+/// ([`SegmentIndex::note_message`]), as that stored record would give them.
+fn index_view(ev: &McpEvent) -> serde_json::Value {
+    let end = |e: &Option<crate::sink::Endpoint>| {
+        e.as_ref().map(|e| {
+            serde_json::json!({
+                "pid": e.process.pid,
+                "exe": e.process.exe,
+                "k8s": e.k8s.as_ref().map(|k| serde_json::json!({ "namespace": k.namespace, "pod": k.pod })),
+            })
+        })
+    };
+    serde_json::json!({
+        "session": ev.session,
+        "ts": ev.ts,
+        "kind": ev.kind,
+        "method": ev.method,
+        "is_error": ev.is_error,
+        "client": ev.client,
+        "server": ev.server,
+        "from": end(&ev.from),
+        "to": end(&ev.to),
+        "tool": ev.tool,
+    })
 }
 
 /// An open audit trail.
@@ -219,16 +236,30 @@ impl AuditLog {
 
     /// Appends one record of `kind` with `data`.
     pub fn append<T: Serialize>(&mut self, kind: &str, ts: &str, data: &T) -> io::Result<()> {
+        self.append_with(kind, ts, |line| serde_json::to_writer(line, data))
+    }
+
+    /// Appends one record of `kind` whose data `write` writes.
+    fn append_with(
+        &mut self,
+        kind: &str,
+        ts: &str,
+        write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>,
+    ) -> io::Result<()> {
         self.seq += 1;
         self.line.clear();
-        let rec = Record {
-            seq: self.seq,
-            ts,
-            kind,
-            prev: &self.last_hash,
-            data,
-        };
-        serde_json::to_writer(&mut self.line, &rec)?;
+        // `{"seq":…,"ts":…,"kind":…,"prev":…,"data":…}`, then sealed.
+        self.line.extend_from_slice(b"{\"seq\":");
+        serde_json::to_writer(&mut self.line, &self.seq)?;
+        self.line.extend_from_slice(b",\"ts\":");
+        serde_json::to_writer(&mut self.line, ts)?;
+        self.line.extend_from_slice(b",\"kind\":");
+        serde_json::to_writer(&mut self.line, kind)?;
+        self.line.extend_from_slice(b",\"prev\":");
+        serde_json::to_writer(&mut self.line, &self.last_hash)?;
+        self.line.extend_from_slice(b",\"data\":");
+        write(&mut self.line)?;
+        self.line.push(b'}');
         self.last_hash = chain::seal(&mut self.line, &self.hasher);
         self.line.push(b'\n');
         self.out.write_all(&self.line)?;
@@ -244,10 +275,12 @@ impl AuditLog {
         Ok(())
     }
 
-    /// Appends a message event (and indexes its session and tool).
+    /// Appends a message event (and indexes its session and tool). The
+    /// event is written as the JSONL output writes it (each process
+    /// rendered once), not built into a `serde_json::Value` first.
     pub fn append_message(&mut self, ev: &McpEvent) -> io::Result<()> {
-        let v = serde_json::to_value(ev)?;
-        self.append_json("message", &ev.ts, &v)
+        self.index.note_message(&index_view(ev));
+        self.append_with("message", &ev.ts, |line| ev.write_json(line))
     }
 
     /// Appends a JSON record, indexing messages and flags.
@@ -419,5 +452,50 @@ impl Sink for AuditSink {
 
     fn close(&mut self) -> io::Result<()> {
         self.log.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{audit::verify, sink::sample};
+
+    #[test]
+    fn a_message_record_is_the_event_and_indexes_as_its_value_would() {
+        let dir = std::env::temp_dir().join(format!("mcpscope-audit-msg-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut log = AuditLog::open(AuditConfig::new(dir.clone())).unwrap();
+        let events = [sample::event(true), sample::event(false)];
+        for ev in &events {
+            log.append_message(ev).unwrap();
+            // The index reads the same from the view as from the whole event.
+            let (mut by_view, mut by_value) = (SegmentIndex::default(), SegmentIndex::default());
+            by_view.note_message(&index_view(ev));
+            by_value.note_message(&serde_json::to_value(ev).unwrap());
+            assert_eq!(
+                serde_json::to_value((&by_view.sessions, &by_view.tools)).unwrap(),
+                serde_json::to_value((&by_value.sessions, &by_value.tools)).unwrap()
+            );
+        }
+        log.close().unwrap();
+        assert!(matches!(
+            verify::verify(&dir, None).unwrap(),
+            verify::Verdict::Ok { .. }
+        ));
+        let stored: Vec<serde_json::Value> = segments(&dir)
+            .unwrap()
+            .iter()
+            .flat_map(|&n| {
+                let text = fs::read_to_string(dir.join(segment_name(n))).unwrap();
+                text.lines().map(String::from).collect::<Vec<_>>()
+            })
+            .map(|l| serde_json::from_str(&l).unwrap())
+            .filter(|r: &serde_json::Value| r["kind"] == "message")
+            .collect();
+        assert_eq!(stored.len(), 2);
+        for (r, ev) in stored.iter().zip(&events) {
+            assert_eq!(r["data"], serde_json::to_value(ev).unwrap());
+        }
+        let _ = fs::remove_dir_all(&dir);
     }
 }

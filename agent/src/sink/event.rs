@@ -275,8 +275,9 @@ impl<'a> Members<'a> {
     }
 }
 
+/// Sample events for tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod sample {
     use std::sync::Arc;
 
     use super::*;
@@ -332,7 +333,8 @@ mod tests {
         }
     }
 
-    fn event(full: bool) -> McpEvent {
+    /// An event with every optional field set (`full`), or a minimal one.
+    pub(crate) fn event(full: bool) -> McpEvent {
         let some = |s: &str| full.then(|| Box::<str>::from(s));
         McpEvent {
             ts: "2026-11-27T07:16:39.779991Z".into(),
@@ -385,6 +387,13 @@ mod tests {
             payload: full.then(|| "{\"jsonrpc\":\"2.0\"}".to_string()),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::sample::event;
 
     #[test]
     fn written_json_is_what_serde_writes() {

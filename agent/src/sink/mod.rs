@@ -3,5 +3,7 @@
 mod event;
 mod output;
 
+#[cfg(test)]
+pub(crate) use event::sample;
 pub use event::{Endpoint, HttpInfo, McpEvent};
 pub use output::{format_pretty, JsonlWriter, Sink, StdoutMode, VecSink};
