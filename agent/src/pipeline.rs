@@ -1308,13 +1308,13 @@ impl Core {
             Some(h) => h.head.status.map(|s| s.to_string()),
             None => mcp::error_type(m).map(|e| e.into_owned()),
         };
-        let cancelled = m.cancelled_id.clone();
         let logical_id = match m.kind {
             Some(Kind::Request) => self.pairer.request(session_key, from_pid, m, sent, seq),
             _ => None,
         };
         // The message's own fields move into the event (no copies).
         let m = c.msg;
+        let cancelled = m.cancelled_id;
         let mut ev = McpEvent {
             ts: self.format_ts(sent),
             seq,
@@ -1485,7 +1485,7 @@ impl Core {
         }
     }
 
-    fn format_ts(&self, mono_ns: u64) -> String {
+    fn format_ts(&mut self, mono_ns: u64) -> String {
         let real = (mono_ns as i128 + self.clock_offset_ns).clamp(0, u64::MAX as i128);
         self.ts_format.format(real as u64)
     }
@@ -1503,13 +1503,17 @@ impl Core {
 /// date and time of day change once a second, so they are formatted once a
 /// second; each event formats only its microseconds.
 #[derive(Default)]
-struct Rfc3339Micros(std::cell::RefCell<(u64, String)>);
+struct Rfc3339Micros {
+    /// The Unix second `prefix` shows.
+    second: u64,
+    /// `YYYY-MM-DDTHH:MM:SS` of `second` (empty before the first event).
+    prefix: String,
+}
 
 impl Rfc3339Micros {
-    fn format(&self, unix_ns: u64) -> String {
+    fn format(&mut self, unix_ns: u64) -> String {
         let (secs, micros) = (unix_ns / 1_000_000_000, unix_ns % 1_000_000_000 / 1000);
-        let mut cached = self.0.borrow_mut();
-        let (second, prefix) = &mut *cached;
+        let Self { second, prefix } = self;
         if *second != secs || prefix.is_empty() {
             let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
             *prefix = humantime::format_rfc3339_seconds(t).to_string();
@@ -1570,7 +1574,7 @@ fn m_is_error(m: &Message) -> bool {
 mod tests {
     #[test]
     fn timestamps_format_as_humantime_does() {
-        let f = super::Rfc3339Micros::default();
+        let mut f = super::Rfc3339Micros::default();
         for ns in [
             0u64,
             999_999_999,

@@ -90,7 +90,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// The agent under measurement.
 struct Agent {
-    child: Child,
+    child: Reaped,
     addr: String,
 }
 
@@ -110,7 +110,10 @@ impl Agent {
             .stderr(Stdio::null())
             .spawn()
             .context("starting mcpscope")?;
-        let agent = Agent { child, addr };
+        let agent = Agent {
+            child: Reaped(child),
+            addr,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         while http_get(&agent.addr, "/readyz").map(|(c, _)| c) != Some(200) {
             if Instant::now() > deadline {
@@ -122,7 +125,7 @@ impl Agent {
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.0.id()
     }
 
     fn metric(&self, name: &str) -> Vec<(String, f64)> {
@@ -163,21 +166,9 @@ impl Agent {
 
     fn stop(mut self) -> Result<()> {
         // SAFETY: signalling our own child.
-        unsafe { libc_kill(self.child.id() as i32, 15) };
-        self.child.wait()?;
+        unsafe { libc_kill(self.child.0.id() as i32, 15) };
+        self.child.0.wait()?;
         Ok(())
-    }
-}
-
-/// An agent the bench did not stop (a figure failed half-way) is stopped
-/// here: left running, its probes would weigh on everything after it.
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: signalling our own child.
-            unsafe { libc_kill(self.child.id() as i32, 15) };
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -279,7 +270,7 @@ fn py_server() -> Vec<String> {
 struct HttpServer {
     url: String,
     ca: Option<PathBuf>,
-    child: Child,
+    child: Reaped,
 }
 
 impl HttpServer {
@@ -318,7 +309,7 @@ impl HttpServer {
         let server = HttpServer {
             url: format!("{scheme}://127.0.0.1:{port}/mcp"),
             ca,
-            child,
+            child: Reaped(child),
         };
         // Ready when it accepts connections.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -329,13 +320,6 @@ impl HttpServer {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(server)
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -640,7 +624,7 @@ fn timeline_overhead(name: &str, kind: &str, file: &Path, to: Client) -> Result<
             if let Some(ca) = &h.ca {
                 cmd.env("SSL_CERT_FILE", ca); // trust the bench's self-signed server
             }
-            Some(h.child.id())
+            Some(h.child.0.id())
         }
         Client::Stdio(server) => {
             cmd.arg("--").args(server);
@@ -739,9 +723,11 @@ fn timeline_overhead(name: &str, kind: &str, file: &Path, to: Client) -> Result<
     })
 }
 
-/// A child killed if the bench returns early (a figure failed half-way):
-/// left running, an SDK client would keep calling for up to an hour.
-struct Reaped(std::process::Child);
+/// A child killed when dropped still running: the bench returned early (a
+/// figure failed half-way). Left running, an agent's probes would weigh on
+/// every figure after it, and an SDK client would keep calling for up to
+/// an hour. (The kernel detaches a killed agent's programs as it exits.)
+struct Reaped(Child);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
@@ -791,13 +777,16 @@ fn strace_attach(pids: &[u32]) -> Result<Strace> {
             attached += 1;
         }
     }
-    Ok(Strace { child, _said: said })
+    Ok(Strace {
+        child: Reaped(child),
+        _said: said,
+    })
 }
 
 /// An attached `strace`; its stderr stays open (closed, strace would die
 /// of SIGPIPE on its next message).
 struct Strace {
-    child: Child,
+    child: Reaped,
     _said: BufReader<std::process::ChildStderr>,
 }
 
@@ -805,8 +794,8 @@ impl Strace {
     /// Detaches (SIGINT) and waits.
     fn stop(mut self) -> Result<()> {
         // SAFETY: signalling our own child.
-        unsafe { libc_kill(self.child.id() as i32, 2) };
-        self.child.wait()?;
+        unsafe { libc_kill(self.child.0.id() as i32, 2) };
+        self.child.0.wait()?;
         Ok(())
     }
 }
@@ -944,7 +933,7 @@ fn rfc3339_secs(ts: &str) -> Option<f64> {
 fn latency(r: &mut Report) -> Result<()> {
     step("latency from syscall to emitted event (events read from the agent's stdout)");
     let mut agent = Agent::start(&["--stdout", "json"], Stdio::piped())?;
-    let stdout = agent.child.stdout.take().expect("piped");
+    let stdout = agent.child.0.stdout.take().expect("piped");
     let reader = std::thread::spawn(move || {
         let mut lat = Vec::new();
         for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {

@@ -436,6 +436,29 @@ mod tests {
     }
 
     #[test]
+    fn a_cgroup_learned_late_is_in_the_next_rendering() {
+        let mut cache = ProcessCache::new(16);
+        for held_elsewhere in [false, true] {
+            let pid = 10 + held_elsewhere as u32;
+            let load = |_| {
+                Some(ProcessInfo {
+                    pid,
+                    ..Default::default()
+                })
+            };
+            let first = cache.get(pid, "srv", 0, load);
+            assert_eq!(first.rendered.get_or(|| b"old".to_vec()), b"old");
+            // Changed in place when the cache holds the only reference,
+            // copied when an event still holds the first.
+            let kept = held_elsewhere.then_some(first);
+            let now = cache.get(pid, "srv", 77, |_| None);
+            assert_eq!(now.cgroup_id, Some(77));
+            assert_eq!(now.rendered.get_or(|| b"new".to_vec()), b"new");
+            drop(kept);
+        }
+    }
+
+    #[test]
     fn gone_process_keeps_kernel_facts_and_cgroup_container() {
         let mut cache = ProcessCache::new(16);
         let c = Arc::new(ContainerInfo {
