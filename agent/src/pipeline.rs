@@ -210,6 +210,8 @@ struct Session {
     protocol_version: Option<Box<str>>,
     client: Option<PeerInfo>,
     server: Option<PeerInfo>,
+    /// The detectors' state of the session.
+    detect: crate::detect::SessionState,
 }
 
 /// Everything after framing (split from the stream table for borrowing).
@@ -1309,7 +1311,11 @@ impl Core {
             None => mcp::error_type(m).map(|e| e.into_owned()),
         };
         let logical_id = match m.kind {
-            Some(Kind::Request) => self.pairer.request(session_key, from_pid, m, sent, seq),
+            Some(Kind::Request) => {
+                let args_hash = c.facts.as_ref().and_then(|f| f.args_hash);
+                self.pairer
+                    .request(session_key, from_pid, m, sent, seq, args_hash)
+            }
             _ => None,
         };
         // The message's own fields move into the event (no copies).
@@ -1347,10 +1353,16 @@ impl Core {
             http: c.http.map(|h| *h),
             payload: c.payload,
         };
+        let mut asked = None;
         match ev.kind {
             Kind::Request => ev.logical_id = logical_id,
             Kind::Response | Kind::Error => {
                 if let Some(p) = answered {
+                    asked = Some(crate::detect::Asked {
+                        seq: p.seq,
+                        ts_ns: p.ts_ns,
+                        args_hash: p.args_hash,
+                    });
                     ev.latency_ms = Some(sent.saturating_sub(p.ts_ns) as f64 / 1e6);
                     ev.request_seq = Some(p.seq);
                     ev.method = p.method;
@@ -1420,9 +1432,10 @@ impl Core {
                 self.stats.sink_errors += 1;
             }
         }
-        if let Some(d) = &mut self.detectors {
+        if let (Some(d), Some(s)) = (&mut self.detectors, self.sessions.get_mut(&session_key)) {
             let none = MessageFacts::default();
-            let flags = d.observe(&ev, sent, c.facts.as_ref().unwrap_or(&none));
+            let facts = c.facts.as_ref().unwrap_or(&none);
+            let flags = d.observe(&mut s.detect, &ev, sent, facts, asked.as_ref());
             for f in flags {
                 self.emit_flag(f, &ev, sent);
             }

@@ -11,6 +11,7 @@ mod state;
 use std::{
     collections::{HashMap, VecDeque},
     path::PathBuf,
+    sync::Arc,
 };
 
 use serde::Serialize;
@@ -22,8 +23,9 @@ use policy::Policy;
 use state::{Id, Lru, Map, Name, Names};
 
 use crate::{
-    protocol::{Kind, RpcId},
-    sink::McpEvent,
+    identity::ProcessInfo,
+    protocol::{Kind, PeerInfo, RpcId},
+    sink::{Endpoint, McpEvent},
 };
 
 /// How bad a flag is.
@@ -184,17 +186,70 @@ struct SizeState {
     samples: u32,
 }
 
-/// A tools/call request waiting for its response.
-struct Pending {
+/// What the pipeline's pairing kept of the request a response answers.
+#[derive(Debug, Clone, Copy)]
+pub struct Asked {
+    /// The request's event sequence number.
+    pub seq: u64,
+    /// The request's kernel timestamp, ns.
+    pub ts_ns: u64,
+    /// The canonical hash of its arguments (tools/call).
+    pub args_hash: Option<u64>,
+}
+
+/// The detectors' state of one session, kept by the pipeline with the
+/// session itself: a message finds it without a lookup, and it goes when
+/// the session does.
+#[derive(Default)]
+pub struct SessionState {
+    /// The session's caller and server names, as last made.
+    ends: Option<Ends>,
+    /// The tool last named in the session.
+    tool: Option<Name>,
+    loops: LoopState,
+}
+
+/// A session's caller and server names and what they were made of: the
+/// same processes (the same `Arc`s, held so that the pointers cannot be
+/// reused) and the same MCP client and server names make the same names.
+struct Ends {
+    client: Option<Arc<ProcessInfo>>,
+    server: Option<Arc<ProcessInfo>>,
+    client_info: Option<Box<str>>,
+    server_info: Option<Box<str>>,
+    names: (Name, Name),
+}
+
+impl Ends {
+    fn made_of(
+        &self,
+        client: &Option<Endpoint>,
+        server: &Option<Endpoint>,
+        client_info: &Option<PeerInfo>,
+        server_info: &Option<PeerInfo>,
+    ) -> bool {
+        fn same(kept: &Option<Arc<ProcessInfo>>, end: &Option<Endpoint>) -> bool {
+            match (kept, end) {
+                (Some(k), Some(e)) => Arc::ptr_eq(k, &e.process),
+                (None, None) => true,
+                _ => false,
+            }
+        }
+        fn name(p: &Option<PeerInfo>) -> Option<&str> {
+            p.as_ref().map(|p| p.name.as_str())
+        }
+        same(&self.client, client)
+            && same(&self.server, server)
+            && self.client_info.as_deref() == name(client_info)
+            && self.server_info.as_deref() == name(server_info)
+    }
+}
+
+/// A tools/call that got its response: its key, names and request.
+struct Call<'a> {
     key: CallKey,
-    caller: Name,
-    server: Name,
-    tool: Name,
-    evidence: Evidence,
-    /// Where the request left its call and (caller, server) state: the
-    /// response finds it there, unless it was evicted in between.
-    call_slot: Option<u32>,
-    pair_slot: Option<u32>,
+    names: (&'a Name, &'a Name, &'a Name),
+    asked: Evidence,
 }
 
 /// All detectors.
@@ -203,11 +258,7 @@ pub struct Detectors {
     policy: Option<Policy>,
     state_dir: Option<PathBuf>,
     names: Names,
-    /// By (session hash, request seq).
-    pending: Lru<(u64, u64), Pending>,
     calls: Lru<CallKey, CallState>,
-    /// By session hash.
-    loops: Lru<u64, LoopState>,
     /// By (caller, server).
     pairs: Lru<(Id, Id), PairState>,
     /// By (server, tool).
@@ -240,9 +291,7 @@ impl Detectors {
             .unwrap_or_default();
         let mut d = Self {
             names: Names::new(4 * cap),
-            pending: Lru::new(cap),
             calls: Lru::new(cap),
-            loops: Lru::new(cap),
             pairs: Lru::new(cap),
             sizes: Lru::new(cap),
             seen: Lru::new(cap),
@@ -276,28 +325,41 @@ impl Detectors {
         self.listed.insert(self.names.id_of(server), by_id);
     }
 
-    /// A message's caller, server and tool names.
-    fn names_of(&mut self, ev: &McpEvent) -> (Name, Name, Name) {
-        let (caller, server) = match ev.kind {
-            Kind::Request | Kind::Notification => (
-                self.endpoint_name(&ev.from, &ev.client),
-                self.endpoint_name(&ev.to, &ev.server),
-            ),
-            _ => (
-                self.endpoint_name(&ev.to, &ev.client),
-                self.endpoint_name(&ev.from, &ev.server),
-            ),
+    /// A message's caller, server and tool names: those the session last
+    /// made, unless what they are made of changed.
+    fn names_of(&mut self, s: &mut SessionState, ev: &McpEvent) -> (Name, Name, Name) {
+        let (client, server) = match ev.kind {
+            Kind::Request | Kind::Notification => (&ev.from, &ev.to),
+            _ => (&ev.to, &ev.from),
         };
-        let tool = self.names.tool(ev.tool.as_deref().unwrap_or(""));
-        (caller, server, tool)
+        let ends = match &s.ends {
+            Some(e) if e.made_of(client, server, &ev.client, &ev.server) => e.names.clone(),
+            _ => {
+                let names = (
+                    self.endpoint_name(client, &ev.client),
+                    self.endpoint_name(server, &ev.server),
+                );
+                let info = |p: &Option<PeerInfo>| p.as_ref().map(|p| p.name.as_str().into());
+                s.ends = Some(Ends {
+                    client: client.as_ref().map(|e| e.process.clone()),
+                    server: server.as_ref().map(|e| e.process.clone()),
+                    client_info: info(&ev.client),
+                    server_info: info(&ev.server),
+                    names: names.clone(),
+                });
+                names
+            }
+        };
+        let tool = ev.tool.as_deref().unwrap_or("");
+        let tool = match &s.tool {
+            Some(t) if *t.text == *tool => t.clone(),
+            _ => s.tool.insert(self.names.tool(tool)).clone(),
+        };
+        (ends.0, ends.1, tool)
     }
 
     /// The name of an endpoint, with its MCP client or server info.
-    fn endpoint_name(
-        &mut self,
-        end: &Option<crate::sink::Endpoint>,
-        info: &Option<crate::protocol::PeerInfo>,
-    ) -> Name {
+    fn endpoint_name(&mut self, end: &Option<Endpoint>, info: &Option<PeerInfo>) -> Name {
         let exe = end
             .as_ref()
             .map_or("?", |e| e.process.exe.as_deref().unwrap_or(&e.process.comm));
@@ -316,8 +378,17 @@ impl Detectors {
         self
     }
 
-    /// Looks at one reported message; returns the flags it raises.
-    pub fn observe(&mut self, ev: &McpEvent, ts_ns: u64, facts: &MessageFacts) -> Vec<Flag> {
+    /// Looks at one reported message of a session whose detector state is
+    /// `s`; a response comes with what the pairing kept of its request.
+    /// Returns the flags it raises.
+    pub fn observe(
+        &mut self,
+        s: &mut SessionState,
+        ev: &McpEvent,
+        ts_ns: u64,
+        facts: &MessageFacts,
+        asked: Option<&Asked>,
+    ) -> Vec<Flag> {
         let mut out = Vec::new();
 
         let me = Evidence {
@@ -325,37 +396,34 @@ impl Detectors {
             id: ev.id.clone(),
             ts_ns,
         };
-        let session = self.names.id_of(&ev.session);
-        // A request's names are made here; a response is judged on its
-        // request's (kept with it), so its own are made only for a flag.
         let mut names = None;
         if ev.kind == Kind::Request {
-            let (caller, server, tool) = names.insert(self.names_of(ev));
-            let pair_slot = self.on_request(caller, server, ev, tool, &me, &mut out);
+            let (caller, server, tool) = names.insert(self.names_of(s, ev));
+            self.on_request(caller, server, ev, tool, &me, &mut out);
             if ev.method.as_deref() == Some("tools/call") {
-                let p = Pending {
-                    key: (caller.id, server.id, tool.id, facts.args_hash.unwrap_or(0)),
-                    caller: caller.clone(),
-                    server: server.clone(),
-                    tool: tool.clone(),
-                    evidence: me.clone(),
-                    call_slot: None,
-                    pair_slot,
-                };
-                self.on_call(p, session, ev, &mut out);
+                let key = (caller.id, server.id, tool.id, facts.args_hash.unwrap_or(0));
+                self.call_checks(key, (caller, server, tool), me.clone(), ev, &mut out);
             }
             if self.cfg.header_mismatch.enabled {
                 header_mismatch(ev, caller, server, &me, &mut out);
             }
         }
         if matches!(ev.kind, Kind::Response | Kind::Error) {
-            if let Some(rs) = ev.request_seq {
-                if let Some(p) = self.pending.remove(&(session, rs)) {
-                    self.on_result(p, ev, session, me.clone(), facts, &mut out);
-                }
+            if let Some(asked) = asked.filter(|_| ev.method.as_deref() == Some("tools/call")) {
+                let (caller, server, tool) = names.insert(self.names_of(s, ev));
+                let call = Call {
+                    key: (caller.id, server.id, tool.id, asked.args_hash.unwrap_or(0)),
+                    names: (caller, server, tool),
+                    asked: Evidence {
+                        seq: asked.seq,
+                        id: ev.id.clone(),
+                        ts_ns: asked.ts_ns,
+                    },
+                };
+                self.on_result(call, ev, &mut s.loops, me.clone(), facts, &mut out);
             }
             if let Some(tools) = &facts.tools {
-                let (_, server, _) = names.get_or_insert_with(|| self.names_of(ev));
+                let (_, server, _) = names.get_or_insert_with(|| self.names_of(s, ev));
                 self.drift(server, tools, me.clone(), &mut out);
             }
         }
@@ -367,7 +435,7 @@ impl Detectors {
             self.stats.flags += out.len() as u64;
             return out;
         }
-        let (caller, server, tool) = names.get_or_insert_with(|| self.names_of(ev));
+        let (caller, server, tool) = names.get_or_insert_with(|| self.names_of(s, ev));
         if self.cfg.secret_in_payload.enabled && !facts.secrets.is_empty() {
             let kinds: Vec<&str> = facts.secrets.iter().map(|s| s.kind).collect();
             let place = if ev.kind == Kind::Request {
@@ -425,21 +493,15 @@ impl Detectors {
         out
     }
 
-    /// A tools/call request: its checks, then it waits for its response.
-    fn on_call(&mut self, mut call: Pending, session: u64, ev: &McpEvent, out: &mut Vec<Flag>) {
-        call.call_slot = self.call_checks(&call, ev, out);
-        self.pending.get_or(
-            (session, call.evidence.seq),
-            || call,
-            &mut self.stats.evicted,
-        );
-    }
-
-    /// A tools/call's checks; the slot of its call state, if kept.
-    fn call_checks(&mut self, call: &Pending, ev: &McpEvent, out: &mut Vec<Flag>) -> Option<u32> {
-        let me = call.evidence.clone();
-        let (caller, server, tool) = (&call.caller, &call.server, &call.tool);
-        let key = call.key;
+    /// A tools/call request's checks.
+    fn call_checks(
+        &mut self,
+        key: CallKey,
+        (caller, server, tool): (&Name, &Name, &Name),
+        me: Evidence,
+        ev: &McpEvent,
+        out: &mut Vec<Flag>,
+    ) {
         let ts = me.ts_ns;
         let listed = self.listed.get(&server.id);
         let listed_write = listed.and_then(|t| t.get(&tool.id)).copied();
@@ -483,7 +545,7 @@ impl Detectors {
             });
         }
         if !self.cfg.duplicate_call.enabled {
-            return None;
+            return;
         }
         let window = self.cfg.duplicate_call.window_s * S;
         let min = self.cfg.duplicate_call.min_count as usize;
@@ -503,7 +565,7 @@ impl Detectors {
         }
         let n = d.calls.len();
         if n < min {
-            return Some(slot);
+            return;
         }
         let sev = if n >= min + 3 {
             Severity::High
@@ -513,7 +575,7 @@ impl Detectors {
             Severity::Low
         };
         if d.fired.is_some_and(|f| f >= sev) {
-            return Some(slot);
+            return;
         }
         d.fired = Some(sev);
         let reason = match d.last_error {
@@ -531,33 +593,31 @@ impl Detectors {
             evidence: d.calls.iter().cloned().collect(),
             details: json!({ "count": n, "reason": reason.replace(' ', "_") }),
         });
-        Some(slot)
     }
 
+    /// A tools/call's response: the checks of its outcome.
     fn on_result(
         &mut self,
-        p: Pending,
+        p: Call<'_>,
         ev: &McpEvent,
-        session: u64,
+        loops: &mut LoopState,
         me: Evidence,
         facts: &MessageFacts,
         out: &mut Vec<Flag>,
     ) {
-        let (caller, server, tool) = (&p.caller, &p.server, &p.tool);
+        let (caller, server, tool) = p.names;
         let args = p.key.3;
         let ts = me.ts_ns;
         let failed = ev.is_error;
         // One lookup of the call's state: made if retry_storm keeps it.
         let storm = self.cfg.retry_storm.enabled;
         let mut call = if storm {
-            Some(self.calls.find_or(
-                p.call_slot,
-                p.key,
-                CallState::default,
-                &mut self.stats.evicted,
-            ))
+            Some(
+                self.calls
+                    .get_or(p.key, CallState::default, &mut self.stats.evicted),
+            )
         } else {
-            self.calls.find(p.call_slot, &p.key)
+            self.calls.get_mut(&p.key)
         };
         if let Some(c) = &mut call {
             c.dup.last_error = Some(failed);
@@ -598,9 +658,7 @@ impl Detectors {
         // loop: a repeating cycle of identical calls with identical results.
         if self.cfg.loop_.enabled {
             let (maxp, k) = (self.cfg.loop_.max_period, self.cfg.loop_.min_repeats);
-            let l = self
-                .loops
-                .get_or(session, LoopState::default, &mut self.stats.evicted);
+            let l = loops;
             let sig = (tool.id, args, facts.result_hash.unwrap_or(0));
             l.sigs.push_back((sig, me.clone(), tool.clone()));
             if l.sigs.len() > maxp * k {
@@ -636,8 +694,7 @@ impl Detectors {
             let (window, min, ratio) = (c.window_s * S, c.min_calls as usize, c.ratio);
             let e = &mut self
                 .pairs
-                .find_or(
-                    p.pair_slot,
+                .get_or(
                     (caller.id, server.id),
                     PairState::default,
                     &mut self.stats.evicted,
@@ -728,7 +785,7 @@ impl Detectors {
                     caller: caller.to_string(),
                     server: server.to_string(),
                     tool: Some(tool.to_string()),
-                    evidence: vec![p.evidence.clone(), me.clone()],
+                    evidence: vec![p.asked, me.clone()],
                     details: json!({ "bytes": ev.bytes, "baseline_mean": s.mean, "samples": s.samples }),
                 });
             } else {
@@ -739,7 +796,7 @@ impl Detectors {
     }
 
     /// Any request: rate_spike and first_seen, on one lookup of the
-    /// (caller, server) state; returns that state's slot.
+    /// (caller, server) state.
     fn on_request(
         &mut self,
         caller: &Name,
@@ -748,17 +805,16 @@ impl Detectors {
         tool: &Name,
         me: &Evidence,
         out: &mut Vec<Flag>,
-    ) -> Option<u32> {
+    ) {
         let (rate_on, seen_on) = (self.cfg.rate_spike.enabled, self.cfg.first_seen.enabled);
         if !rate_on && !seen_on {
-            return None;
+            return;
         }
-        let slot = self.pairs.slot(
+        let pair = self.pairs.get_or(
             (caller.id, server.id),
             PairState::default,
             &mut self.stats.evicted,
         );
-        let pair = self.pairs.at(slot);
         if rate_on {
             rate(
                 &self.cfg.rate_spike,
@@ -770,7 +826,7 @@ impl Detectors {
             );
         }
         if !seen_on {
-            return Some(slot);
+            return;
         }
         let new_server = !std::mem::replace(&mut pair.used, true);
         let new_tool = ev.method.as_deref() == Some("tools/call")
@@ -778,7 +834,7 @@ impl Detectors {
                 .seen
                 .insert_new((caller.id, server.id, tool.id), (), &mut self.stats.evicted);
         if !new_server && !new_tool {
-            return Some(slot);
+            return;
         }
         // A caller's first request is a new server for it: its learning
         // period starts there, so only something new needs the lookup.
@@ -788,7 +844,7 @@ impl Detectors {
             .get_or(caller.id, || ts, &mut self.stats.evicted);
         let learned = ts.saturating_sub(since) as f64 / 1e9 >= self.cfg.first_seen.learning_s;
         if !learned {
-            return Some(slot);
+            return;
         }
         let mut fire = |what: String, reason: &str| {
             out.push(Flag {
@@ -810,7 +866,6 @@ impl Detectors {
         if new_tool {
             fire(format!("tool {tool} on {server}"), "new_tool");
         }
-        Some(slot)
     }
 
     fn drift(&mut self, server: &str, tools: &[ToolDef], me: Evidence, out: &mut Vec<Flag>) {

@@ -1,9 +1,12 @@
 //! Detectors on synthetic sequences: interleaved sessions, ids reused
 //! across sessions, responses out of order, and each detector's edges.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
-use super::{facts::MessageFacts, facts::ToolDef, policy::Policy, DetectConfig, Detectors, Flag};
+use super::{
+    facts::MessageFacts, facts::ToolDef, policy::Policy, Asked, DetectConfig, Detectors, Flag,
+    SessionState,
+};
 use crate::{
     identity::ProcessInfo,
     protocol::{Kind, PeerInfo, RpcId},
@@ -28,20 +31,46 @@ fn end(pid: u32) -> Option<Endpoint> {
     })
 }
 
-/// A scripted conversation: requests and responses with explicit sessions.
+/// A scripted conversation: requests and responses with explicit sessions,
+/// each with its detector state, and tools/call requests kept for their
+/// responses as the pipeline's pairing keeps them.
 struct Script {
     d: Detectors,
     seq: u64,
     flags: Vec<Flag>,
+    sessions: HashMap<String, SessionState>,
+    asked: HashMap<u64, Asked>,
 }
 
 impl Script {
     fn new(cfg: DetectConfig) -> Self {
+        Self::with(Detectors::new(cfg, None, None))
+    }
+
+    fn with(d: Detectors) -> Self {
         Self {
-            d: Detectors::new(cfg, None, None),
+            d,
             seq: 0,
             flags: Vec::new(),
+            sessions: HashMap::new(),
+            asked: HashMap::new(),
         }
+    }
+
+    /// The detectors' flags for `ev` in its session; a response comes with
+    /// its request, if that was seen.
+    fn observe(&mut self, ev: &McpEvent, ts: u64, facts: &MessageFacts) -> Vec<Flag> {
+        if ev.kind == Kind::Request {
+            let asked = Asked {
+                seq: ev.seq,
+                ts_ns: ts,
+                args_hash: facts.args_hash,
+            };
+            self.asked.insert(ev.seq, asked);
+        }
+        let asked = ev.request_seq.and_then(|s| self.asked.remove(&s));
+        let session = self.sessions.entry(ev.session.clone()).or_default();
+        self.d.observe(session, ev, ts, facts, asked.as_ref())
     }
 
     fn event(
@@ -106,7 +135,8 @@ impl Script {
             args_hash: Some(args),
             ..MessageFacts::default()
         };
-        self.flags.extend(self.d.observe(&ev, ts, &f));
+        let flags = self.observe(&ev, ts, &f);
+        self.flags.extend(flags);
         ev.seq
     }
 
@@ -132,7 +162,8 @@ impl Script {
             result_hash: Some(result),
             ..MessageFacts::default()
         };
-        self.flags.extend(self.d.observe(&ev, ts, &f));
+        let flags = self.observe(&ev, ts, &f);
+        self.flags.extend(flags);
     }
 
     fn names(&self) -> Vec<&'static str> {
@@ -437,20 +468,18 @@ fn drift_is_summarised_and_persists_across_restarts() {
         ]
     };
     let list = |d: &mut Detectors, tools: Vec<ToolDef>| {
-        let mut s = Script {
-            d: Detectors::new(DetectConfig::default(), None, None),
-            seq: 0,
-            flags: vec![],
-        };
+        let mut s = Script::new(DetectConfig::default());
         let mut ev = s.event(Kind::Response, "s", 1, 1, "", S);
         ev.method = Some("tools/list".into());
         d.observe(
+            &mut SessionState::default(),
             &ev,
             S,
             &MessageFacts {
                 tools: Some(tools),
                 ..MessageFacts::default()
             },
+            None,
         )
     };
     let mut d = Detectors::new(DetectConfig::default(), None, Some(dir.clone()));
@@ -547,7 +576,7 @@ fn state_is_bounded_and_evictions_counted() {
         s.call("s", 1, i, &format!("tool{i}"), i as u64, S);
     }
     assert!(s.d.stats.evicted > 0);
-    assert!(s.d.calls.len() <= 16 && s.d.pending.len() <= 16);
+    assert!(s.d.calls.len() <= 16 && s.d.seen.len() <= 16);
 }
 
 #[test]
@@ -572,7 +601,7 @@ fn header_mismatch_fires_on_disagreeing_mcp_headers_only() {
             answers: None,
             session_key: None,
         });
-        s.d.observe(&ev, 0, &MessageFacts::default())
+        s.observe(&ev, 0, &MessageFacts::default())
             .into_iter()
             .filter(|f| f.flag == "header_mismatch")
             .collect::<Vec<_>>()
@@ -608,7 +637,7 @@ fn a_call_to_a_tool_the_server_did_not_list_is_flagged_once() {
         tools: Some(vec![listed(false)]),
         ..MessageFacts::default()
     };
-    assert!(s.d.observe(&ev, S, &facts).is_empty());
+    assert!(s.observe(&ev, S, &facts).is_empty());
     s.call("s", 1, 2, "echo", 1, 2 * S);
     s.call("s", 1, 3, "rm_rf", 1, 3 * S);
     s.call("s", 1, 4, "rm_rf", 2, 4 * S);
@@ -620,13 +649,47 @@ fn a_call_to_a_tool_the_server_did_not_list_is_flagged_once() {
     assert_eq!(unlisted.len(), 1, "{:?}", s.names());
     assert_eq!(unlisted[0].tool.as_deref(), Some("rm_rf"));
     // Baselines handed over (as replay does) index the same way.
-    let mut s = Script {
-        d: Detectors::new(DetectConfig::default(), None, None)
+    let mut s = Script::with(
+        Detectors::new(DetectConfig::default(), None, None)
             .with_baselines([("srv@/bin/p1001".to_owned(), vec![listed(true)])].into()),
-        seq: 0,
-        flags: vec![],
-    };
+    );
     s.call("s", 1, 2, "echo", 1, S);
     s.call("s", 1, 3, "other", 1, 2 * S);
     assert_eq!(s.count("first_seen"), 1, "{:?}", s.names());
+}
+
+#[test]
+fn a_sessions_names_follow_its_ends_and_client_names() {
+    let mut s = Script::new(quiet());
+    // Events of one session share their processes' `Arc`s, as the
+    // pipeline's do: the session's names are kept and checked against them.
+    let first = s.event(Kind::Request, "s", 1, 1, "read", S);
+    let call = |s: &mut Script, client: &str, from: &Option<Endpoint>| {
+        let mut ev = first.clone();
+        s.seq += 1;
+        ev.seq = s.seq;
+        ev.id = Some(RpcId::Num(s.seq as i64));
+        ev.from = from.clone();
+        ev.client = Some(PeerInfo {
+            name: client.into(),
+            version: None,
+        });
+        let f = MessageFacts {
+            args_hash: Some(42),
+            ..MessageFacts::default()
+        };
+        let flags = s.observe(&ev, S, &f);
+        s.flags.extend(flags);
+    };
+    // The same call, before the client named itself and after: two callers.
+    call(&mut s, "before", &first.from);
+    call(&mut s, "after", &first.from);
+    assert!(s.flags.is_empty(), "{:?}", s.names());
+    // Another process at the client end (another `Arc`) is another caller.
+    let other = end(2);
+    call(&mut s, "after", &other);
+    assert!(s.flags.is_empty(), "{:?}", s.names());
+    call(&mut s, "after", &other);
+    assert_eq!(s.names(), ["duplicate_call"]);
+    assert_eq!(s.flags[0].caller, "after@/bin/p2");
 }

@@ -27,6 +27,9 @@ pub struct Pending {
     pub prompt: Option<Box<str>>,
     /// Id of the first request of an input_required chain (2026).
     pub logical_id: Option<RpcId>,
+    /// The canonical hash of a tools/call's arguments, when the detectors
+    /// computed one: what they judge the response against.
+    pub args_hash: Option<u64>,
     insertion: u64,
 }
 
@@ -88,6 +91,7 @@ impl Pairer {
         msg: &Message,
         ts_ns: u64,
         seq: u64,
+        args_hash: Option<u64>,
     ) -> Option<RpcId> {
         let id = msg.id.clone()?;
         let s = self.sessions.entry(session).or_default();
@@ -120,6 +124,7 @@ impl Pairer {
             resource: msg.resource.clone(),
             prompt: msg.prompt.clone(),
             logical_id: logical_id.clone(),
+            args_hash,
             insertion: self.insertion,
         });
         s.count += 1;
@@ -218,8 +223,8 @@ mod tests {
     fn pairs_per_session_not_by_id_alone() {
         let mut p = Pairer::new(16);
         let req = msg(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#);
-        p.request(1, 100, &req, 10, 1);
-        p.request(2, 200, &req, 20, 2);
+        p.request(1, 100, &req, 10, 1, None);
+        p.request(2, 200, &req, 20, 2, None);
         let resp = msg(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
         let a = p.response(2, 200, &resp).unwrap();
         assert_eq!((a.ts_ns, a.tool.as_deref()), (20, Some("echo")));
@@ -238,6 +243,7 @@ mod tests {
             &msg(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"}}"#),
             1,
             1,
+            None,
         );
         p.request(
             1,
@@ -245,6 +251,7 @@ mod tests {
             &msg(r#"{"jsonrpc":"2.0","id":1,"method":"roots/list"}"#),
             2,
             2,
+            None,
         );
         let resp = msg(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
         assert_eq!(
@@ -267,6 +274,7 @@ mod tests {
                 &msg(&format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"ping"}}"#)),
                 i,
                 i,
+                None,
             );
         }
         assert_eq!((p.stats.evicted, p.pending()), (1, 2));
@@ -289,6 +297,7 @@ mod tests {
                 &msg(&format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"ping"}}"#)),
                 i as u64,
                 i as u64,
+                None,
             );
             if i % 3 == 0 {
                 p.response(
@@ -317,12 +326,13 @@ mod tests {
             &msg(r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"book"}}"#),
             1,
             1,
+            None,
         );
         p.response(1, 1, &msg(r#"{"jsonrpc":"2.0","id":5,"result":{"resultType":"input_required","requestState":"s"}}"#));
         let retry = msg(
             r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"book","requestState":"s","inputResponses":{}}}"#,
         );
-        assert_eq!(p.request(1, 1, &retry, 2, 2), Some(RpcId::Num(5)));
+        assert_eq!(p.request(1, 1, &retry, 2, 2, None), Some(RpcId::Num(5)));
         assert_eq!(
             p.response(
                 1,
