@@ -576,10 +576,16 @@ pub fn extract(
     }
     if is_response {
         // Results of one server for one call are byte-identical when equal;
-        // hashing the raw bytes avoids building a tree for every response.
-        f.result_hash = raw
-            .result
-            .map(|r| canonical::bytes_hash(r.get().as_bytes()));
+        // hashing what the tool returned, raw, avoids building a tree for
+        // every response.
+        f.result_hash = raw.result.map(|r| {
+            let part = |v: Option<&serde_json::value::RawValue>| {
+                v.map_or(canonical::NULL, |v| {
+                    canonical::bytes_hash(v.get().as_bytes())
+                })
+            };
+            part(r.content) ^ part(r.structured_content).rotate_left(21) ^ u64::from(r.is_error)
+        });
         // INPUT_SCHEMA is an anchor: unanchored, it is not there.
         static LIST: OnceLock<memchr::memmem::Finder<'static>> = OnceLock::new();
         let is_list = anchored

@@ -128,7 +128,7 @@ struct Envelope<'a> {
     #[serde(default, borrow)]
     params: Option<mcp::Params<'a>>,
     #[serde(default, borrow)]
-    result: Option<&'a RawValue>,
+    result: Option<mcp::ResultBody<'a>>,
     #[serde(default, borrow)]
     error: Option<&'a RawValue>,
 }
@@ -149,8 +149,8 @@ pub struct RawParts<'a> {
     pub bytes: &'a [u8],
     /// `params.arguments` of a request.
     pub arguments: Option<&'a RawValue>,
-    /// `result` of a response.
-    pub result: Option<&'a RawValue>,
+    /// What a tool returned (`result` of a response).
+    pub result: Option<mcp::ToolOutput<'a>>,
 }
 
 /// Parses one JSON-RPC message (not a batch).
@@ -181,7 +181,7 @@ fn parse_text(text: &str) -> Result<(Message, RawParts<'_>), ParseError> {
     let mut raw = RawParts {
         bytes: text.as_bytes(),
         arguments: None,
-        result: env.result,
+        result: None,
     };
     let m = from_envelope(env, &mut raw)?;
     Ok((m, raw))
@@ -252,7 +252,7 @@ fn from_envelope<'a>(env: Envelope<'a>, raw: &mut RawParts<'a>) -> Result<Messag
         }
     } else if let Some(result) = env.result {
         m.kind = Some(Kind::Response);
-        mcp::read_result(&mut m, result);
+        raw.result = Some(mcp::read_result(&mut m, result));
     } else {
         return Err(ParseError::NotJsonRpc);
     }

@@ -235,18 +235,75 @@ struct Meta<'a> {
     traceparent: Option<Cow<'a, str>>,
 }
 
-#[derive(Deserialize, Default)]
-struct ResultBody<'a> {
-    #[serde(default, rename = "isError")]
-    is_error: Option<bool>,
-    #[serde(default, borrow, rename = "protocolVersion")]
+/// `result` of a response, read in the envelope's own pass (as
+/// [`Params`] is): the MCP fields are picked out as the parser goes, and
+/// what a tool returned (`content`, `structuredContent`) stays raw
+/// (borrowed) for the detectors; the rest is skipped. A result used to be
+/// kept raw and parsed a second time, every byte of it scanned twice.
+/// Lenient: a field of an unexpected type is skipped, and a result that is
+/// not an object reads as empty.
+#[derive(Default)]
+pub(super) struct ResultBody<'a> {
+    is_error: Option<&'a RawValue>,
     protocol_version: Option<Cow<'a, str>>,
-    #[serde(default, rename = "serverInfo")]
-    server_info: Option<PeerInfo>,
-    #[serde(default, borrow, rename = "resultType")]
+    server_info: Option<&'a RawValue>,
     result_type: Option<Cow<'a, str>>,
-    #[serde(default, borrow, rename = "_meta")]
-    meta: Option<Meta<'a>>,
+    meta: Option<&'a RawValue>,
+    content: Option<&'a RawValue>,
+    structured_content: Option<&'a RawValue>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ResultBody<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ResultVisitor)
+    }
+}
+
+struct ResultVisitor;
+
+impl<'de> Visitor<'de> for ResultVisitor {
+    type Value = ResultBody<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON-RPC result")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ResultBody<'de>, A::Error> {
+        let mut r = ResultBody::default();
+        while let Some(Text(key)) = map.next_key()? {
+            match &*key {
+                "content" => r.content = map.next_value()?,
+                "structuredContent" => r.structured_content = map.next_value()?,
+                "isError" => r.is_error = map.next_value()?,
+                "protocolVersion" => r.protocol_version = map.next_value::<MaybeText<'de>>()?.0,
+                "resultType" => r.result_type = map.next_value::<MaybeText<'de>>()?.0,
+                // Small objects: kept raw in this pass, read after it.
+                "serverInfo" => r.server_info = map.next_value()?,
+                "_meta" => r.meta = map.next_value()?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<ResultBody<'de>, E> {
+        Ok(ResultBody::default())
+    }
+
+    skip_other_shapes!('de, ResultBody<'de>, ResultBody::default());
+}
+
+/// What a tool returned, raw, for the detectors.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ToolOutput<'a> {
+    /// `result.content`.
+    pub content: Option<&'a RawValue>,
+    /// `result.structuredContent`.
+    pub structured_content: Option<&'a RawValue>,
+    /// `result.isError` is `true`.
+    pub is_error: bool,
 }
 
 const MAX_NAME: usize = 512;
@@ -285,20 +342,24 @@ pub(super) fn read_params<'a>(m: &mut Message, p: Params<'a>) -> Option<&'a RawV
     p.arguments
 }
 
-/// Fills the MCP facts of a result.
-pub(super) fn read_result(m: &mut Message, result: &RawValue) {
-    let r: ResultBody<'_> = serde_json::from_str(result.get()).unwrap_or_default();
-    m.is_error = r.is_error == Some(true);
+/// Fills the MCP facts of a result; returns what a tool returned, raw.
+pub(super) fn read_result<'a>(m: &mut Message, r: ResultBody<'a>) -> ToolOutput<'a> {
+    m.is_error = r.is_error.is_some_and(|v| v.get() == "true");
     m.protocol_version = r.protocol_version.as_deref().map(name);
-    m.server_info = r.server_info;
+    m.server_info = small(r.server_info);
     m.result_type = r.result_type.as_deref().map(name);
-    if let Some(meta) = r.meta {
+    if let Some(meta) = small::<Meta<'_>>(r.meta) {
         if meta.server_info.is_some() {
             m.server_info = meta.server_info;
         }
         if let Some(v) = meta.protocol_version {
             m.protocol_version = Some(name(&v));
         }
+    }
+    ToolOutput {
+        content: r.content,
+        structured_content: r.structured_content,
+        is_error: m.is_error,
     }
 }
 
@@ -363,6 +424,33 @@ mod tests {
         assert_eq!(pg.prompt.as_deref(), Some("simple_prompt"));
         let c = parse(br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"r7","reason":"x"}}"#).unwrap();
         assert_eq!(c.cancelled_id, Some(RpcId::Str("r7".into())));
+    }
+
+    #[test]
+    fn results_read_in_one_pass_are_lenient_per_field() {
+        use crate::protocol::{jsonrpc::parse_raw, Kind};
+        // A field of the wrong type is skipped; the others are still read,
+        // and what the tool returned is kept raw.
+        let (m, raw) = parse_raw(br#"{"jsonrpc":"2.0","id":1,"result":{"isError":"yes","content":[{"type":"text","text":"a \"b\""}],"structuredContent":{"n":1},"resultType":7,"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"srv","version":"1"}}}}"#).unwrap();
+        assert_eq!(m.kind, Some(Kind::Response));
+        assert!(!m.is_error && m.result_type.is_none());
+        assert_eq!(m.server_info.map(|s| s.name).as_deref(), Some("srv"));
+        let out = raw.result.expect("a result");
+        assert_eq!(
+            out.content.map(|c| c.get()),
+            Some(r#"[{"type":"text","text":"a \"b\""}]"#)
+        );
+        assert_eq!(out.structured_content.map(|c| c.get()), Some(r#"{"n":1}"#));
+        let (m, raw) = parse_raw(br#"{"jsonrpc":"2.0","id":2,"result":{"isError":true,"serverInfo":{"name":5},"protocolVersion":"2025-11-25"}}"#).unwrap();
+        assert!(m.is_error && raw.result.is_some_and(|r| r.is_error));
+        assert_eq!(m.protocol_version.as_deref(), Some("2025-11-25"));
+        assert!(m.server_info.is_none(), "a malformed serverInfo is skipped");
+        // A result that is not an object is a response all the same.
+        for result in ["[1,2]", "\"x\"", "3", "true", "{}"] {
+            let line = format!(r#"{{"jsonrpc":"2.0","id":3,"result":{result}}}"#);
+            let m = crate::protocol::parse(line.as_bytes()).unwrap();
+            assert_eq!(m.kind, Some(Kind::Response), "{result}");
+        }
     }
 
     #[test]
