@@ -923,7 +923,8 @@ impl Core {
         let detecting = self.detectors.is_some();
         let mut index = 0u32;
         let mut ok = false;
-        let res = parse_batch(f.bytes, &mut |r| {
+        // Arguments are kept raw only where facts are made (see below).
+        let res = parse_batch(f.bytes, detecting && key.egress, &mut |r| {
             let bi = batch.then_some(index);
             index += 1;
             match r {

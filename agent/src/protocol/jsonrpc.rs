@@ -118,7 +118,7 @@ impl ParseError {
 }
 
 #[derive(Deserialize)]
-struct Envelope<'a> {
+struct Envelope<'a, const RAW: bool> {
     #[serde(default, borrow)]
     jsonrpc: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
@@ -126,7 +126,7 @@ struct Envelope<'a> {
     #[serde(default, borrow)]
     method: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    params: Option<mcp::Params<'a>>,
+    params: Option<mcp::Params<'a, RAW>>,
     #[serde(default, borrow)]
     result: Option<mcp::ResultBody<'a>>,
     #[serde(default, borrow)]
@@ -147,7 +147,8 @@ struct ErrorObj<'a> {
 pub struct RawParts<'a> {
     /// The message's own bytes (one element of a batch, not the batch).
     pub bytes: &'a [u8],
-    /// `params.arguments` of a request.
+    /// `params.arguments` of a request, when asked for (see
+    /// [`parse_batch`]).
     pub arguments: Option<&'a RawValue>,
     /// What a tool returned (`result` of a response).
     pub result: Option<mcp::ToolOutput<'a>>,
@@ -155,12 +156,13 @@ pub struct RawParts<'a> {
 
 /// Parses one JSON-RPC message (not a batch).
 pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
-    parse_raw(bytes).map(|(m, _)| m)
+    parse_text::<false>(utf8(bytes)?).map(|(m, _)| m)
 }
 
-/// Parses one JSON-RPC message (not a batch) and returns its raw parts too.
+/// Parses one JSON-RPC message (not a batch) and returns its raw parts too
+/// (what the detectors read).
 pub fn parse_raw(bytes: &[u8]) -> Result<(Message, RawParts<'_>), ParseError> {
-    parse_text(utf8(bytes)?)
+    parse_text::<true>(utf8(bytes)?)
 }
 
 /// The message as text: UTF-8 is checked once here (a fast pass over
@@ -170,8 +172,9 @@ fn utf8(bytes: &[u8]) -> Result<&str, ParseError> {
     std::str::from_utf8(bytes).map_err(|_| ParseError::Json)
 }
 
-fn parse_text(text: &str) -> Result<(Message, RawParts<'_>), ParseError> {
-    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
+/// One message; with `RAW`, its `arguments` kept raw, else skipped.
+fn parse_text<const RAW: bool>(text: &str) -> Result<(Message, RawParts<'_>), ParseError> {
+    let env: Envelope<'_, RAW> = serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
             ParseError::NotJsonRpc
         } else {
@@ -189,14 +192,21 @@ fn parse_text(text: &str) -> Result<(Message, RawParts<'_>), ParseError> {
 
 /// Parses a line that may be a batch (a JSON array, allowed by 2025-03-26).
 /// Calls `each` per element in order, with the element's raw parts, and
-/// returns how many were parsed.
+/// returns how many were parsed. With `raw_arguments` (the detectors are
+/// on), a request's `arguments` are kept raw ([`RawParts::arguments`]);
+/// without, they are only skipped.
 pub fn parse_batch<'a>(
     bytes: &'a [u8],
+    raw_arguments: bool,
     each: &mut dyn FnMut(Result<(Message, RawParts<'a>), ParseError>),
 ) -> Result<usize, ParseError> {
+    let one = |text| match raw_arguments {
+        true => parse_text::<true>(text),
+        false => parse_text::<false>(text),
+    };
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'[') {
-        each(parse_raw(bytes));
+        each(utf8(bytes).and_then(one));
         return Ok(1);
     }
     let items: Vec<&RawValue> = serde_json::from_str(utf8(bytes)?).map_err(|_| ParseError::Json)?;
@@ -204,7 +214,7 @@ pub fn parse_batch<'a>(
         return Err(ParseError::EmptyBatch);
     }
     for item in &items {
-        each(parse_text(item.get()));
+        each(one(item.get()));
     }
     Ok(items.len())
 }
@@ -225,7 +235,10 @@ fn parse_id(raw: &RawValue) -> Option<RpcId> {
     }
 }
 
-fn from_envelope<'a>(env: Envelope<'a>, raw: &mut RawParts<'a>) -> Result<Message, ParseError> {
+fn from_envelope<'a, const RAW: bool>(
+    env: Envelope<'a, RAW>,
+    raw: &mut RawParts<'a>,
+) -> Result<Message, ParseError> {
     if let Some(v) = &env.jsonrpc {
         if v != "2.0" {
             return Err(ParseError::NotJsonRpc);
@@ -330,11 +343,15 @@ mod tests {
         let mut got = Vec::new();
         let n = parse_batch(
             br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#,
+            false,
             &mut |m| got.push(m.unwrap().0.kind),
         )
         .unwrap();
         assert_eq!(n, 2);
         assert_eq!(got, vec![Some(Kind::Request), Some(Kind::Notification)]);
-        assert_eq!(parse_batch(b"[]", &mut |_| {}), Err(ParseError::EmptyBatch));
+        assert_eq!(
+            parse_batch(b"[]", false, &mut |_| {}),
+            Err(ParseError::EmptyBatch)
+        );
     }
 }

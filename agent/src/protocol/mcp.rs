@@ -108,14 +108,14 @@ macro_rules! skip_other_shapes {
 }
 
 /// `params` of a request or notification, read in the envelope's own pass:
-/// the MCP fields are picked out as the parser goes and `arguments` stays
-/// raw (borrowed), so no byte of params is scanned twice. Lenient: a field
-/// of an unexpected type is skipped (the rest is still read), and params
-/// that are not an object read as empty; unknown shapes are kept as plain
-/// JSON-RPC, never dropped.
-#[derive(Default)]
-pub(super) struct Params<'a> {
+/// the MCP fields are picked out as the parser goes, and `arguments` is
+/// skipped, or, with `RAW` (the detectors are on), kept raw (borrowed) for
+/// them, so no byte of params is parsed twice. Lenient: a field of an unexpected type is skipped (the rest is
+/// still read), and params that are not an object read as empty; unknown
+/// shapes are kept as plain JSON-RPC, never dropped.
+pub(super) struct Params<'a, const RAW: bool> {
     name: Option<Cow<'a, str>>,
+    /// `arguments`, raw (with `RAW`).
     arguments: Option<&'a RawValue>,
     uri: Option<Cow<'a, str>>,
     protocol_version: Option<Cow<'a, str>>,
@@ -126,29 +126,44 @@ pub(super) struct Params<'a> {
     request_id: Option<&'a RawValue>,
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for Params<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ParamsVisitor)
+impl<'a, const RAW: bool> Default for Params<'a, RAW> {
+    fn default() -> Self {
+        Self {
+            name: None,
+            arguments: None,
+            uri: None,
+            protocol_version: None,
+            client_info: None,
+            meta: None,
+            retry: false,
+            request_id: None,
+        }
     }
 }
 
-struct ParamsVisitor;
+impl<'de: 'a, 'a, const RAW: bool> Deserialize<'de> for Params<'a, RAW> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ParamsVisitor::<RAW>)
+    }
+}
 
-impl<'de> Visitor<'de> for ParamsVisitor {
-    type Value = Params<'de>;
+struct ParamsVisitor<const RAW: bool>;
+
+impl<'de, const RAW: bool> Visitor<'de> for ParamsVisitor<RAW> {
+    type Value = Params<'de, RAW>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("JSON-RPC params")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Params<'de>, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Params<'de, RAW>, A::Error> {
         let mut p = Params::default();
         while let Some(Text(key)) = map.next_key()? {
             match &*key {
                 "name" => p.name = map.next_value::<MaybeText<'de>>()?.0,
                 "uri" => p.uri = map.next_value::<MaybeText<'de>>()?.0,
                 "protocolVersion" => p.protocol_version = map.next_value::<MaybeText<'de>>()?.0,
-                "arguments" => p.arguments = map.next_value()?,
+                "arguments" if RAW => p.arguments = map.next_value()?,
                 "requestId" => p.request_id = map.next_value()?,
                 "requestState" | "inputResponses" => {
                     p.retry |= map.next_value::<Option<IgnoredAny>>()?.is_some()
@@ -164,11 +179,11 @@ impl<'de> Visitor<'de> for ParamsVisitor {
         Ok(p)
     }
 
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Params<'de>, E> {
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Params<'de, RAW>, E> {
         Ok(Params::default())
     }
 
-    skip_other_shapes!('de, Params<'de>, Params::default());
+    skip_other_shapes!('de, Params<'de, RAW>, Params::default());
 }
 
 /// A small object kept raw during the envelope's pass, read after it;
@@ -313,8 +328,11 @@ fn name(s: &str) -> Box<str> {
 }
 
 /// Fills the MCP facts of a request or notification from its params;
-/// returns its raw `arguments` (tools/call, prompts/get).
-pub(super) fn read_params<'a>(m: &mut Message, p: Params<'a>) -> Option<&'a RawValue> {
+/// returns its raw `arguments`, if they were kept.
+pub(super) fn read_params<'a, const RAW: bool>(
+    m: &mut Message,
+    p: Params<'a, RAW>,
+) -> Option<&'a RawValue> {
     match m.method.as_deref() {
         Some("tools/call") => m.tool = p.name.as_deref().map(name),
         Some("prompts/get") => m.prompt = p.name.as_deref().map(name),
