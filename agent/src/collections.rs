@@ -108,30 +108,6 @@ impl<K: Hash + Eq + Copy, V> Lru<K, V> {
             .value
     }
 
-    /// The value of `k`, if present (not a touch): at `kept`, a slot
-    /// number kept from [`Lru::slot`], while that slot still holds `k`
-    /// (it may have been evicted and the slot reused), else looked up.
-    pub fn find(&mut self, kept: Option<u32>, k: &K) -> Option<&mut V> {
-        match kept.filter(|&s| self.holds(s, k)) {
-            Some(s) => Some(self.at(s)),
-            None => self.get_mut(k),
-        }
-    }
-
-    /// [`Lru::find`], making the value if absent (as [`Lru::get_or`]).
-    pub fn find_or(
-        &mut self,
-        kept: Option<u32>,
-        k: K,
-        make: impl FnOnce() -> V,
-        evicted: &mut u64,
-    ) -> &mut V {
-        match kept.filter(|&s| self.holds(s, &k)) {
-            Some(s) => self.at(s),
-            None => self.get_or(k, make, evicted),
-        }
-    }
-
     /// Whether `slot` holds `k`.
     fn holds(&self, slot: u32, k: &K) -> bool {
         self.slots
@@ -142,18 +118,14 @@ impl<K: Hash + Eq + Copy, V> Lru<K, V> {
 
     /// `k`'s slot, made if absent, and whether it was; touches `k`.
     fn slot_of(&mut self, k: K, make: impl FnOnce() -> V, evicted: &mut u64) -> (u32, bool) {
-        self.clock += 1;
-        let clock = self.clock;
         match self.index.get(&k) {
             Some(&i) => {
-                let slot = self.slots[i as usize].as_mut().expect("indexed slot");
-                if clock - slot.touched > (self.cap as u64 / 8).max(1) {
-                    slot.touched = clock;
-                    self.queue_touch(k, clock);
-                } // else: touched recently, its queued touch stands (see above)
+                self.touch(i, k);
                 (i, false)
             }
             None => {
+                self.clock += 1;
+                let clock = self.clock;
                 if self.index.len() >= self.cap {
                     self.evict_one(evicted);
                 }
@@ -176,6 +148,37 @@ impl<K: Hash + Eq + Copy, V> Lru<K, V> {
                 self.queue_touch(k, clock);
                 (i, true)
             }
+        }
+    }
+
+    /// Marks the value in slot `i` (holding `k`) used now.
+    fn touch(&mut self, i: u32, k: K) {
+        self.clock += 1;
+        let clock = self.clock;
+        let slot = self.slots[i as usize].as_mut().expect("an occupied slot");
+        if clock - slot.touched > (self.cap as u64 / 8).max(1) {
+            slot.touched = clock;
+            self.queue_touch(k, clock);
+        } // else: touched recently, its queued touch stands (see above)
+    }
+
+    /// [`Lru::slot`] with a slot number kept from an earlier call, tried
+    /// first: a key used again and again (a session's caller and server)
+    /// costs a comparison, not a hash-map probe, and is marked used all
+    /// the same. Also says whether the value was made.
+    pub fn slot_kept(
+        &mut self,
+        kept: Option<u32>,
+        k: K,
+        make: impl FnOnce() -> V,
+        evicted: &mut u64,
+    ) -> (u32, bool) {
+        match kept.filter(|&s| self.holds(s, &k)) {
+            Some(s) => {
+                self.touch(s, k);
+                (s, false)
+            }
+            None => self.slot_of(k, make, evicted),
         }
     }
 
@@ -242,17 +245,34 @@ mod tests {
     fn a_kept_slot_is_checked_against_its_key() {
         let mut l: Lru<u32, u32> = Lru::new(1);
         let mut evicted = 0;
-        let s1 = l.slot(1, || 10, &mut evicted);
+        let (s1, made) = l.slot_kept(None, 1, || 10, &mut evicted);
+        assert!(made);
         *l.at(s1) += 1;
-        assert_eq!(l.find(Some(s1), &1).copied(), Some(11));
+        assert_eq!(l.slot_kept(Some(s1), 1, || 0, &mut evicted), (s1, false));
+        assert_eq!(*l.at(s1), 11);
         // 1 is evicted and its slot reused by 2: the kept number no
         // longer stands for 1.
         let s2 = l.slot(2, || 20, &mut evicted);
         assert_eq!((s1, evicted), (s2, 1));
-        assert_eq!(l.find(Some(s1), &1), None);
-        assert_eq!(*l.find_or(Some(s1), 1, || 30, &mut evicted), 30);
-        assert_eq!(evicted, 2, "1 made again, in place of 2");
-        assert_eq!(l.find(Some(s2), &2), None);
+        let (s, made) = l.slot_kept(Some(s1), 1, || 30, &mut evicted);
+        assert!(made, "1 made again, in place of 2");
+        assert_eq!((*l.at(s), evicted), (30, 2));
+    }
+
+    #[test]
+    fn a_key_found_by_its_kept_slot_is_touched() {
+        // Found by its kept slot only, 1 stays the most recently used.
+        let mut l: Lru<u32, u32> = Lru::new(16);
+        let mut evicted = 0;
+        let (s1, _) = l.slot_kept(None, 1, || 1, &mut evicted);
+        for k in 2..=16 {
+            l.slot(k, || k, &mut evicted);
+            l.slot_kept(Some(s1), 1, || 0, &mut evicted);
+        }
+        l.slot(17, || 17, &mut evicted);
+        assert_eq!(evicted, 1);
+        assert_eq!(l.get_mut(&1).copied(), Some(1), "2 went, not 1");
+        assert!(l.get_mut(&2).is_none());
     }
 
     #[test]

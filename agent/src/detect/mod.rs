@@ -207,6 +207,21 @@ pub struct SessionState {
     /// The tool last named in the session.
     tool: Option<Name>,
     loops: LoopState,
+    /// Where the session's last keys are in the detectors' maps.
+    slots: Slots,
+}
+
+/// Slot numbers of a session's last keys in the detectors' maps (see
+/// [`Lru::slot_kept`]): a session's caller and server, and mostly its tool,
+/// stay the same from message to message.
+#[derive(Default)]
+struct Slots {
+    /// In `pairs`: (caller, server).
+    pair: Option<u32>,
+    /// In `seen`: (caller, server, tool).
+    seen: Option<u32>,
+    /// In `sizes`: (server, tool).
+    size: Option<u32>,
 }
 
 /// A session's caller and server names and what they were made of: the
@@ -399,7 +414,7 @@ impl Detectors {
         let mut names = None;
         if ev.kind == Kind::Request {
             let (caller, server, tool) = names.insert(self.names_of(s, ev));
-            self.on_request(caller, server, ev, tool, &me, &mut out);
+            self.on_request((caller, server, tool), ev, &me, &mut s.slots, &mut out);
             if ev.method.as_deref() == Some("tools/call") {
                 let key = (caller.id, server.id, tool.id, facts.args_hash.unwrap_or(0));
                 self.call_checks(key, (caller, server, tool), me.clone(), ev, &mut out);
@@ -420,7 +435,7 @@ impl Detectors {
                         ts_ns: asked.ts_ns,
                     },
                 };
-                self.on_result(call, ev, &mut s.loops, me.clone(), facts, &mut out);
+                self.on_result(call, ev, s, me.clone(), facts, &mut out);
             }
             if let Some(tools) = &facts.tools {
                 let (_, server, _) = names.get_or_insert_with(|| self.names_of(s, ev));
@@ -600,7 +615,7 @@ impl Detectors {
         &mut self,
         p: Call<'_>,
         ev: &McpEvent,
-        loops: &mut LoopState,
+        s: &mut SessionState,
         me: Evidence,
         facts: &MessageFacts,
         out: &mut Vec<Flag>,
@@ -658,7 +673,7 @@ impl Detectors {
         // loop: a repeating cycle of identical calls with identical results.
         if self.cfg.loop_.enabled {
             let (maxp, k) = (self.cfg.loop_.max_period, self.cfg.loop_.min_repeats);
-            let l = loops;
+            let l = &mut s.loops;
             let sig = (tool.id, args, facts.result_hash.unwrap_or(0));
             l.sigs.push_back((sig, me.clone(), tool.clone()));
             if l.sigs.len() > maxp * k {
@@ -692,14 +707,15 @@ impl Detectors {
         if self.cfg.error_burst.enabled {
             let c = &self.cfg.error_burst;
             let (window, min, ratio) = (c.window_s * S, c.min_calls as usize, c.ratio);
-            let e = &mut self
-                .pairs
-                .get_or(
-                    (caller.id, server.id),
-                    PairState::default,
-                    &mut self.stats.evicted,
-                )
-                .errors; // Amortised O(1) per message: counts kept as calls enter and leave.
+            let (slot, _) = self.pairs.slot_kept(
+                s.slots.pair,
+                (caller.id, server.id),
+                PairState::default,
+                &mut self.stats.evicted,
+            );
+            s.slots.pair = Some(slot);
+            // Amortised O(1) per message: counts kept as calls enter and leave.
+            let e = &mut self.pairs.at(slot).errors;
             let slot_ns = (window / ERROR_SLOTS).max(1);
             let slot = ts / slot_ns;
             let error = usize::from(failed);
@@ -760,11 +776,14 @@ impl Detectors {
         // large_response: far above the tool's own size, or an absolute limit.
         if self.cfg.large_response.enabled && !failed {
             let c = &self.cfg.large_response;
-            let s = self.sizes.get_or(
+            let (slot, _) = self.sizes.slot_kept(
+                s.slots.size,
                 (server.id, tool.id),
                 SizeState::default,
                 &mut self.stats.evicted,
             );
+            s.slots.size = Some(slot);
+            let s = self.sizes.at(slot);
             let b = ev.bytes as f64;
             let why = if ev.bytes > c.absolute_bytes {
                 Some(format!("above the {} byte limit", c.absolute_bytes))
@@ -799,22 +818,24 @@ impl Detectors {
     /// (caller, server) state.
     fn on_request(
         &mut self,
-        caller: &Name,
-        server: &Name,
+        (caller, server, tool): (&Name, &Name, &Name),
         ev: &McpEvent,
-        tool: &Name,
         me: &Evidence,
+        slots: &mut Slots,
         out: &mut Vec<Flag>,
     ) {
         let (rate_on, seen_on) = (self.cfg.rate_spike.enabled, self.cfg.first_seen.enabled);
         if !rate_on && !seen_on {
             return;
         }
-        let pair = self.pairs.get_or(
+        let (slot, _) = self.pairs.slot_kept(
+            slots.pair,
             (caller.id, server.id),
             PairState::default,
             &mut self.stats.evicted,
         );
+        slots.pair = Some(slot);
+        let pair = self.pairs.at(slot);
         if rate_on {
             rate(
                 &self.cfg.rate_spike,
@@ -829,10 +850,16 @@ impl Detectors {
             return;
         }
         let new_server = !std::mem::replace(&mut pair.used, true);
-        let new_tool = ev.method.as_deref() == Some("tools/call")
-            && self
-                .seen
-                .insert_new((caller.id, server.id, tool.id), (), &mut self.stats.evicted);
+        let new_tool = ev.method.as_deref() == Some("tools/call") && {
+            let (slot, new) = self.seen.slot_kept(
+                slots.seen,
+                (caller.id, server.id, tool.id),
+                || (),
+                &mut self.stats.evicted,
+            );
+            slots.seen = Some(slot);
+            new
+        };
         if !new_server && !new_tool {
             return;
         }
