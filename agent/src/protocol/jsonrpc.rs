@@ -120,11 +120,11 @@ impl ParseError {
 #[derive(Deserialize)]
 struct Envelope<'a, const RAW: bool> {
     #[serde(default, borrow)]
-    jsonrpc: Option<Cow<'a, str>>,
+    jsonrpc: Option<mcp::Text<'a>>,
     #[serde(default, borrow)]
     id: Option<&'a RawValue>,
     #[serde(default, borrow)]
-    method: Option<Cow<'a, str>>,
+    method: Option<mcp::MaybeText<'a>>,
     #[serde(default, borrow)]
     params: Option<mcp::Params<'a, RAW>>,
     #[serde(default, borrow)]
@@ -239,7 +239,7 @@ fn from_envelope<'a, const RAW: bool>(
     env: Envelope<'a, RAW>,
     raw: &mut RawParts<'a>,
 ) -> Result<Message, ParseError> {
-    if let Some(v) = &env.jsonrpc {
+    if let Some(mcp::Text(v)) = &env.jsonrpc {
         if v != "2.0" {
             return Err(ParseError::NotJsonRpc);
         }
@@ -248,7 +248,7 @@ fn from_envelope<'a, const RAW: bool>(
         id: env.id.and_then(parse_id),
         ..Message::default()
     };
-    if let Some(method) = env.method {
+    if let Some(method) = env.method.and_then(|m| m.0) {
         m.kind = Some(if env.id.is_some() {
             Kind::Request
         } else {

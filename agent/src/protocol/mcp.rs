@@ -192,8 +192,10 @@ fn small<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>) -> Option<T> {
     serde_json::from_str(raw?.get()).ok()
 }
 
-/// A string, borrowed from the message when it has no escapes.
-struct Text<'a>(Cow<'a, str>);
+/// A string, borrowed from the message when it has no escapes (serde's
+/// own `Option<Cow<str>>` allocates every time, `borrow` or not); any other
+/// value reads as empty.
+pub(super) struct Text<'a>(pub Cow<'a, str>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -204,7 +206,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
 
 /// A string if the value is one, else `None` (the value skipped): a field
 /// of the wrong type does not make the whole message unreadable.
-struct MaybeText<'a>(Option<Cow<'a, str>>);
+pub(super) struct MaybeText<'a>(pub Option<Cow<'a, str>>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for MaybeText<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
