@@ -200,7 +200,8 @@ struct Captured {
 
 #[derive(Default)]
 struct Session {
-    name: String,
+    /// Its name (shared by its events).
+    name: Arc<str>,
     pids: [u32; 2],
     start_ns: u64,
     net: &'static str,
@@ -1102,14 +1103,11 @@ impl Core {
                 self.procs
                     .get(pid, &comm, t.cgroup_id, |p| world.process(p))
             }
-            None => {
-                let comm = self
-                    .procs
-                    .peek(pid)
-                    .map(|i| i.comm.clone())
-                    .unwrap_or_default();
-                self.procs.get(pid, &comm, 0, |p| world.process(p))
-            }
+            // The peer (no kernel task at hand): as last seen, if it was.
+            None => match self.procs.peek(pid) {
+                Some(p) => p.clone(),
+                None => self.procs.get(pid, "", 0, |p| world.process(p)),
+            },
         };
         let k8s = process
             .container
@@ -1232,7 +1230,7 @@ impl Core {
             let start = serde_json::json!({ "session": name, "net": net, "from": from, "to": to });
             self.record("session_start", sent, &start);
             let s = Session {
-                name,
+                name: name.into(),
                 pids: [from_pid, to_pid],
                 start_ns: sent,
                 net,
@@ -1289,7 +1287,7 @@ impl Core {
         if let (Some(sid), false) = (named, from_pid != 0 && to_pid != 0) {
             let key = one_sided_http_session(c.key.tgid, sid);
             self.sessions.entry(key).or_insert_with(|| Session {
-                name: format!("http:{key:016x}"),
+                name: format!("http:{key:016x}").into(),
                 pids: [from_pid, to_pid],
                 start_ns: sent,
                 net,

@@ -69,7 +69,7 @@ impl Script {
             self.asked.insert(ev.seq, asked);
         }
         let asked = ev.request_seq.and_then(|s| self.asked.remove(&s));
-        let session = self.sessions.entry(ev.session.clone()).or_default();
+        let session = self.sessions.entry(ev.session.to_string()).or_default();
         self.d.observe(session, ev, ts, facts, asked.as_ref())
     }
 

@@ -133,7 +133,7 @@ pub struct McpEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<Endpoint>,
     /// Stable key of the connection or session.
-    pub session: String,
+    pub session: Arc<str>,
     /// Protocol version in force for the session (negotiated or `_meta`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol_version: Option<Box<str>>,
