@@ -1,7 +1,7 @@
 //! JSON-RPC 2.0 envelopes, parsed with borrowed raw values so large params
 //! and results are validated but never copied.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -59,9 +59,9 @@ pub struct Message {
     /// `id`.
     pub id: Option<RpcId>,
     /// `method` (requests and notifications).
-    pub method: Option<Box<str>>,
+    pub method: Option<Arc<str>>,
     /// `params.name` of tools/call.
-    pub tool: Option<Box<str>>,
+    pub tool: Option<Arc<str>>,
     /// `params.uri` of resources/read, subscribe, unsubscribe.
     pub resource: Option<Box<str>>,
     /// `params.name` of prompts/get.

@@ -336,7 +336,7 @@ pub(super) fn read_params<'a, const RAW: bool>(
     p: Params<'a, RAW>,
 ) -> Option<&'a RawValue> {
     match m.method.as_deref() {
-        Some("tools/call") => m.tool = p.name.as_deref().map(name),
+        Some("tools/call") => m.tool = p.name.as_deref().map(|n| bounded(n, MAX_NAME).into()),
         Some("prompts/get") => m.prompt = p.name.as_deref().map(name),
         Some("resources/read" | "resources/subscribe" | "resources/unsubscribe") => {
             m.resource = p.uri.as_deref().map(name)

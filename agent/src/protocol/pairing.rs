@@ -4,6 +4,8 @@
 //! There is no timeout: only a bound on pending requests per session, with
 //! every eviction counted.
 
+use std::sync::Arc;
+
 use crate::collections::FastMap;
 
 use super::{Message, RpcId};
@@ -18,9 +20,9 @@ pub struct Pending {
     /// Event sequence number of the request.
     pub seq: u64,
     /// Method.
-    pub method: Option<Box<str>>,
+    pub method: Option<Arc<str>>,
     /// Tool, resource, prompt of the request.
-    pub tool: Option<Box<str>>,
+    pub tool: Option<Arc<str>>,
     /// Resource URI.
     pub resource: Option<Box<str>>,
     /// Prompt name.
@@ -54,7 +56,7 @@ struct SessionPending {
     order: std::collections::VecDeque<(RpcId, u64)>,
     count: usize,
     /// (method, tool) → logical id, for 2026 input_required retries.
-    awaiting_input: FastMap<(Box<str>, Option<Box<str>>), RpcId>,
+    awaiting_input: FastMap<(Arc<str>, Option<Arc<str>>), RpcId>,
 }
 
 /// Request/response pairing across all sessions.

@@ -84,7 +84,7 @@ pub struct McpEvent {
     pub kind: Kind,
     /// Method; for responses, the method of the paired request.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub method: Option<Box<str>>,
+    pub method: Option<Arc<str>>,
     /// JSON-RPC id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<RpcId>,
@@ -93,7 +93,7 @@ pub struct McpEvent {
     pub logical_id: Option<RpcId>,
     /// Tool name (tools/call and its response).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tool: Option<Box<str>>,
+    pub tool: Option<Arc<str>>,
     /// Resource URI (resources/read and its response).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource: Option<Box<str>>,
@@ -340,10 +340,10 @@ pub(crate) mod sample {
             ts: "2026-11-27T07:16:39.779991Z".into(),
             seq: 7,
             kind: Kind::Response,
-            method: some("tools/call"),
+            method: Some("tools/call".into()),
             id: full.then(|| RpcId::Str("a\"1".into())),
             logical_id: full.then_some(RpcId::Num(-3)),
-            tool: some("echo"),
+            tool: Some("echo".into()),
             resource: some("file:///etc/hosts"),
             prompt: some("p"),
             is_error: full,
