@@ -162,24 +162,27 @@ impl<K: Hash + Eq + Copy, V> Lru<K, V> {
         } // else: touched recently, its queued touch stands (see above)
     }
 
-    /// [`Lru::slot`] with a slot number kept from an earlier call, tried
-    /// first: a key used again and again (a session's caller and server)
-    /// costs a comparison, not a hash-map probe, and is marked used all
-    /// the same. Also says whether the value was made.
-    pub fn slot_kept(
+    /// [`Lru::get_or`] with the slot number `kept` from an earlier call,
+    /// tried first and then updated: a key used again and again (a
+    /// session's caller and server) costs a comparison, not a hash-map
+    /// probe, and is marked used all the same. Also says whether the value
+    /// was made.
+    pub fn get_kept(
         &mut self,
-        kept: Option<u32>,
+        kept: &mut Option<u32>,
         k: K,
         make: impl FnOnce() -> V,
         evicted: &mut u64,
-    ) -> (u32, bool) {
-        match kept.filter(|&s| self.holds(s, &k)) {
+    ) -> (&mut V, bool) {
+        let (slot, made) = match kept.filter(|&s| self.holds(s, &k)) {
             Some(s) => {
                 self.touch(s, k);
                 (s, false)
             }
             None => self.slot_of(k, make, evicted),
-        }
+        };
+        *kept = Some(slot);
+        (self.at(slot), made)
     }
 
     /// When `k`'s queued touch was (None: not held).
@@ -245,18 +248,23 @@ mod tests {
     fn a_kept_slot_is_checked_against_its_key() {
         let mut l: Lru<u32, u32> = Lru::new(1);
         let mut evicted = 0;
-        let (s1, made) = l.slot_kept(None, 1, || 10, &mut evicted);
+        let mut kept = None;
+        let (v, made) = l.get_kept(&mut kept, 1, || 10, &mut evicted);
+        *v += 1;
         assert!(made);
-        *l.at(s1) += 1;
-        assert_eq!(l.slot_kept(Some(s1), 1, || 0, &mut evicted), (s1, false));
-        assert_eq!(*l.at(s1), 11);
+        let s1 = kept;
+        assert_eq!(
+            l.get_kept(&mut kept, 1, || 0, &mut evicted),
+            (&mut 11, false)
+        );
+        assert_eq!(kept, s1);
         // 1 is evicted and its slot reused by 2: the kept number no
         // longer stands for 1.
         let s2 = l.slot(2, || 20, &mut evicted);
-        assert_eq!((s1, evicted), (s2, 1));
-        let (s, made) = l.slot_kept(Some(s1), 1, || 30, &mut evicted);
+        assert_eq!((s1, evicted), (Some(s2), 1));
+        let (v, made) = l.get_kept(&mut kept, 1, || 30, &mut evicted);
         assert!(made, "1 made again, in place of 2");
-        assert_eq!((*l.at(s), evicted), (30, 2));
+        assert_eq!((*v, evicted), (30, 2));
     }
 
     #[test]
@@ -264,10 +272,11 @@ mod tests {
         // Found by its kept slot only, 1 stays the most recently used.
         let mut l: Lru<u32, u32> = Lru::new(16);
         let mut evicted = 0;
-        let (s1, _) = l.slot_kept(None, 1, || 1, &mut evicted);
+        let mut kept = None;
+        l.get_kept(&mut kept, 1, || 1, &mut evicted);
         for k in 2..=16 {
             l.slot(k, || k, &mut evicted);
-            l.slot_kept(Some(s1), 1, || 0, &mut evicted);
+            l.get_kept(&mut kept, 1, || 0, &mut evicted);
         }
         l.slot(17, || 17, &mut evicted);
         assert_eq!(evicted, 1);

@@ -212,7 +212,7 @@ pub struct SessionState {
 }
 
 /// Slot numbers of a session's last keys in the detectors' maps (see
-/// [`Lru::slot_kept`]): a session's caller and server, and mostly its tool,
+/// [`Lru::get_kept`]): a session's caller and server, and mostly its tool,
 /// stay the same from message to message.
 #[derive(Default)]
 struct Slots {
@@ -707,15 +707,17 @@ impl Detectors {
         if self.cfg.error_burst.enabled {
             let c = &self.cfg.error_burst;
             let (window, min, ratio) = (c.window_s * S, c.min_calls as usize, c.ratio);
-            let (slot, _) = self.pairs.slot_kept(
-                s.slots.pair,
-                (caller.id, server.id),
-                PairState::default,
-                &mut self.stats.evicted,
-            );
-            s.slots.pair = Some(slot);
             // Amortised O(1) per message: counts kept as calls enter and leave.
-            let e = &mut self.pairs.at(slot).errors;
+            let e = &mut self
+                .pairs
+                .get_kept(
+                    &mut s.slots.pair,
+                    (caller.id, server.id),
+                    PairState::default,
+                    &mut self.stats.evicted,
+                )
+                .0
+                .errors;
             let slot_ns = (window / ERROR_SLOTS).max(1);
             let slot = ts / slot_ns;
             let error = usize::from(failed);
@@ -776,14 +778,12 @@ impl Detectors {
         // large_response: far above the tool's own size, or an absolute limit.
         if self.cfg.large_response.enabled && !failed {
             let c = &self.cfg.large_response;
-            let (slot, _) = self.sizes.slot_kept(
-                s.slots.size,
+            let (s, _) = self.sizes.get_kept(
+                &mut s.slots.size,
                 (server.id, tool.id),
                 SizeState::default,
                 &mut self.stats.evicted,
             );
-            s.slots.size = Some(slot);
-            let s = self.sizes.at(slot);
             let b = ev.bytes as f64;
             let why = if ev.bytes > c.absolute_bytes {
                 Some(format!("above the {} byte limit", c.absolute_bytes))
@@ -828,14 +828,12 @@ impl Detectors {
         if !rate_on && !seen_on {
             return;
         }
-        let (slot, _) = self.pairs.slot_kept(
-            slots.pair,
+        let (pair, _) = self.pairs.get_kept(
+            &mut slots.pair,
             (caller.id, server.id),
             PairState::default,
             &mut self.stats.evicted,
         );
-        slots.pair = Some(slot);
-        let pair = self.pairs.at(slot);
         if rate_on {
             rate(
                 &self.cfg.rate_spike,
@@ -850,16 +848,16 @@ impl Detectors {
             return;
         }
         let new_server = !std::mem::replace(&mut pair.used, true);
-        let new_tool = ev.method.as_deref() == Some("tools/call") && {
-            let (slot, new) = self.seen.slot_kept(
-                slots.seen,
-                (caller.id, server.id, tool.id),
-                || (),
-                &mut self.stats.evicted,
-            );
-            slots.seen = Some(slot);
-            new
-        };
+        let new_tool = ev.method.as_deref() == Some("tools/call")
+            && self
+                .seen
+                .get_kept(
+                    &mut slots.seen,
+                    (caller.id, server.id, tool.id),
+                    || (),
+                    &mut self.stats.evicted,
+                )
+                .1;
         if !new_server && !new_tool {
             return;
         }
