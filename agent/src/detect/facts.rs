@@ -555,9 +555,8 @@ pub fn extract(
     let anchored = anchors().any_in(line) == Anchored::Something;
     let matched = anchored.then(|| prefilter().matches(line));
     let hit = |i: usize| matched.as_ref().is_some_and(|m| m.matched(i));
-    let secret_kinds = SECRET_KINDS;
     let mut f = MessageFacts {
-        secrets: if (0..secret_kinds).any(hit) {
+        secrets: if (0..SECRET_KINDS).any(hit) {
             secrets_where(line, hit)
         } else {
             Vec::new()
@@ -566,7 +565,7 @@ pub fn extract(
     };
     let marker_possible = matched
         .as_ref()
-        .is_some_and(|m| m.iter().any(|i| i >= secret_kinds));
+        .is_some_and(|m| m.iter().any(|i| i >= SECRET_KINDS));
     if method == Some("tools/call") {
         // Canonical: key order and whitespace do not change the hash.
         f.args_hash = Some(
