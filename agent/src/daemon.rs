@@ -252,6 +252,7 @@ fn agent_config(o: &RunOptions, attached: usize) -> serde_json::Value {
         "max_message_bytes": o.pipeline.max_message_bytes,
         "pair_window_ms": o.pipeline.pair_window_ms,
         "max_pending_per_session": o.pipeline.max_pending_per_session,
+        "max_sessions": o.pipeline.max_sessions,
         "capture_payloads": o.pipeline.capture_payloads,
         "metrics_addr": o.metrics_addr.to_string(),
         "output": o.output.as_ref().map(|p| p.display().to_string()),

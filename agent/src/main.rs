@@ -187,6 +187,10 @@ struct RunArgs {
     /// Pending requests per session before the oldest is evicted (counted).
     #[arg(long, default_value_t = 4096, env = "MCPSCOPE_MAX_PENDING_PER_SESSION")]
     max_pending_per_session: usize,
+    /// Sessions held at once; past it the least recently active eighth ends
+    /// early (`session_end` with `reason: "evicted"`, counted).
+    #[arg(long, default_value_t = 16384, env = "MCPSCOPE_MAX_SESSIONS")]
+    max_sessions: usize,
     /// Keep a tamper-evident audit trail in this directory (0700, files 0600).
     #[arg(long, env = "MCPSCOPE_AUDIT_DIR")]
     audit_dir: Option<PathBuf>,
@@ -367,6 +371,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             max_message_bytes: a.max_message_bytes,
             pair_window_ms: a.pair_window_ms,
             max_pending_per_session: a.max_pending_per_session,
+            max_sessions: a.max_sessions,
             capture_payloads: a.capture_payloads,
             payload_max_bytes: a.payload_max_bytes,
             ..PipelineConfig::default()

@@ -47,6 +47,9 @@ pub struct PipelineConfig {
     pub pair_window_ms: u64,
     /// Pending requests per session before the oldest is evicted.
     pub max_pending_per_session: usize,
+    /// Sessions held at once; past it the least recently active eighth
+    /// ends early (`session_end` with `reason: "evicted"`, counted).
+    pub max_sessions: usize,
     /// Put the raw message into events.
     pub capture_payloads: bool,
     /// Cap of `payload`, bytes.
@@ -65,6 +68,7 @@ impl Default for PipelineConfig {
             max_message_bytes: 8 << 20,
             pair_window_ms: 50,
             max_pending_per_session: 4096,
+            max_sessions: 16384,
             capture_payloads: false,
             payload_max_bytes: 64 << 10,
             not_mcp_strikes: 3,
@@ -106,6 +110,8 @@ pub struct PipelineStats {
     pub ignored_bytes: u64,
     /// Sink write errors.
     pub sink_errors: u64,
+    /// Sessions ended early by `max_sessions` (their state went).
+    pub sessions_evicted: u64,
     /// Bytes of MCP messages by direction: [egress captures, ingress captures].
     pub message_bytes: u64,
 }
@@ -204,6 +210,8 @@ struct Session {
     name: Arc<str>,
     pids: [u32; 2],
     start_ns: u64,
+    /// Kernel time of its latest message (the eviction order).
+    last_ns: u64,
     net: &'static str,
     client_pid: Option<u32>,
     messages: u64,
@@ -411,6 +419,7 @@ impl<C: StreamControl> Pipeline<C> {
             ("identity", "cache_evicted", self.core.procs.evictions),
             ("identity", "pod_cache_evicted", self.core.pods.evictions),
             ("sink", "write_error", s.sink_errors),
+            ("session", "evicted", s.sessions_evicted),
             (
                 "metrics",
                 "duration_state_evicted",
@@ -587,23 +596,7 @@ impl<C: StreamControl> Pipeline<C> {
                     self.core.record("process_exit", p.ts_ns, &data);
                 }
                 for k in ended {
-                    if let Some(s) = self.core.sessions.remove(&k) {
-                        let name = |p: &Option<PeerInfo>| p.as_ref().map(|p| p.name.clone());
-                        let data = serde_json::json!({
-                            "session": s.name, "pids": s.pids, "messages": s.messages, "errors": s.errors,
-                            "client": name(&s.client), "server": name(&s.server),
-                            "duration_s": p.ts_ns.saturating_sub(s.start_ns) as f64 / 1e9,
-                        });
-                        self.core.record("session_end", p.ts_ns, &data);
-                        if let Some(m) = &self.core.metrics {
-                            let name = |p: &Option<PeerInfo>| {
-                                p.as_ref().map_or(String::new(), |p| p.name.clone())
-                            };
-                            let secs = p.ts_ns.saturating_sub(s.start_ns) as f64 / 1e9;
-                            m.session_ended([s.net, &name(&s.client), &name(&s.server)], secs);
-                        }
-                    }
-                    self.core.pairer.end_session(k);
+                    self.core.end_session(k, p.ts_ns, "exit");
                 }
                 self.core.forget_process(p.tgid);
                 self.core.procs.invalidate(p.tgid);
@@ -1236,10 +1229,12 @@ impl Core {
                 net,
                 ..Session::default()
             };
+            self.make_room_for_session(sent);
             self.sessions.insert(session_key, s);
         }
         let session = self.sessions.get_mut(&session_key).expect("inserted above");
         session.messages += 1;
+        session.last_ns = session.last_ns.max(sent);
         if m_is_error(&c.msg) {
             session.errors += 1;
         }
@@ -1286,10 +1281,14 @@ impl Core {
         });
         if let (Some(sid), false) = (named, from_pid != 0 && to_pid != 0) {
             let key = one_sided_http_session(c.key.tgid, sid);
+            if !self.sessions.contains_key(&key) {
+                self.make_room_for_session(sent);
+            }
             self.sessions.entry(key).or_insert_with(|| Session {
                 name: format!("http:{key:016x}").into(),
                 pids: [from_pid, to_pid],
                 start_ns: sent,
+                last_ns: sent,
                 net,
                 client_pid: Some(c.key.tgid),
                 protocol_version: protocol_version.clone(),
@@ -1479,6 +1478,52 @@ impl Core {
             if s.flag(&v).is_err() {
                 self.stats.sink_errors += 1;
             }
+        }
+    }
+
+    /// Ends session `key`: its `session_end` record (`reason`: `exit` or
+    /// `evicted`), its duration metric, and its pending requests.
+    fn end_session(&mut self, key: u64, ts_ns: u64, reason: &str) {
+        if let Some(s) = self.sessions.remove(&key) {
+            let name = |p: &Option<PeerInfo>| p.as_ref().map(|p| p.name.clone());
+            let secs = ts_ns.saturating_sub(s.start_ns) as f64 / 1e9;
+            let data = serde_json::json!({
+                "session": s.name, "pids": s.pids, "messages": s.messages, "errors": s.errors,
+                "client": name(&s.client), "server": name(&s.server),
+                "duration_s": secs, "reason": reason,
+            });
+            self.record("session_end", ts_ns, &data);
+            if let Some(m) = &self.metrics {
+                fn label(p: &Option<PeerInfo>) -> &str {
+                    p.as_ref().map_or("", |p| p.name.as_str())
+                }
+                m.session_ended([s.net, label(&s.client), label(&s.server)], secs);
+            }
+        }
+        self.pairer.end_session(key);
+    }
+
+    /// Keeps the session map within `max_sessions` before one is added:
+    /// when full, the least recently active eighth ends (`evicted`). In
+    /// eighths, so that the scan for them is amortised over many new
+    /// sessions, not paid for each one. A session ends at its process's
+    /// exit otherwise, and a long-lived HTTP server can hold one per MCP
+    /// session id for its whole life.
+    fn make_room_for_session(&mut self, now_ns: u64) {
+        let cap = self.cfg.max_sessions.max(1);
+        if self.sessions.len() < cap {
+            return;
+        }
+        let mut by_age: Vec<(u64, u64)> = self
+            .sessions
+            .iter()
+            .map(|(k, s)| (s.last_ns.max(s.start_ns), *k))
+            .collect();
+        let n = (cap / 8).max(1).min(by_age.len());
+        by_age.select_nth_unstable(n - 1);
+        for &(_, key) in &by_age[..n] {
+            self.end_session(key, now_ns, "evicted");
+            self.stats.sessions_evicted += 1;
         }
     }
 

@@ -182,6 +182,25 @@ fn a_response_recorded_before_its_request_pairs_with_it() {
     assert_eq!(p.pair_stats().unmatched, 1);
 }
 
+/// A Streamable HTTP POST of `body`, in MCP session `sid` if given.
+fn post(body: &str, sid: Option<&str>) -> String {
+    let sid = sid.map_or(String::new(), |s| format!("Mcp-Session-Id: {s}\r\n"));
+    format!(
+        "POST /mcp HTTP/1.1\r\nHost: mcp.example\r\nContent-Type: application/json\r\n\
+Accept: application/json, text/event-stream\r\n{sid}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A JSON answer to a Streamable HTTP POST, in MCP session `sid`.
+fn answer(body: &str, sid: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: {sid}\r\n\
+Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 /// An HTTP client whose server is not on this host: only the client's
 /// copies exist (synthetic records, as the kernel writes them). The
 /// initialize response names the session its request did not have yet;
@@ -189,21 +208,6 @@ fn a_response_recorded_before_its_request_pairs_with_it() {
 #[test]
 fn one_sided_http_client_pairs_across_connections_by_mcp_session() {
     let (mut p, sink) = pipeline();
-    let post = |body: &str, sid: Option<&str>| {
-        let sid = sid.map_or(String::new(), |s| format!("Mcp-Session-Id: {s}\r\n"));
-        format!(
-            "POST /mcp HTTP/1.1\r\nHost: mcp.example\r\nContent-Type: application/json\r\n\
-Accept: application/json, text/event-stream\r\n{sid}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-    };
-    let answer = |body: &str, sid: &str| {
-        format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: {sid}\r\n\
-Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-    };
     let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"far-client","version":"1"}}}"#;
     let init_ok = r#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"far-server","version":"1"}}}"#;
     let call =
@@ -343,4 +347,83 @@ Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
         events[1].http.as_ref().map(|h| h.head.status),
         Some(Some(401))
     );
+}
+
+/// Keeps the pipeline's non-message records (`session_start`, …).
+#[derive(Clone, Default)]
+struct Records(Arc<Mutex<Vec<(String, serde_json::Value)>>>);
+impl Sink for Records {
+    fn emit(&mut self, _ev: &mcpscope::sink::McpEvent) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn record(&mut self, kind: &str, _ts: &str, data: &serde_json::Value) -> std::io::Result<()> {
+        self.0.lock().unwrap().push((kind.to_owned(), data.clone()));
+        Ok(())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A long-lived HTTP client that opens a new MCP session (a new
+/// `Mcp-Session-Id`) for every call and never exits: its sessions would
+/// otherwise be held until it does. Past `max_sessions` the least recently
+/// active go, each with a `session_end` saying so, counted; the gauge
+/// never passes the bound, and the session in use still pairs.
+#[test]
+fn sessions_past_the_bound_end_as_evicted_and_are_counted() {
+    let records = Records::default();
+    let cfg = PipelineConfig {
+        max_sessions: 16,
+        ..PipelineConfig::default()
+    };
+    let metrics = Arc::new(mcpscope::metrics::Metrics::new(100));
+    let mut p = Pipeline::new(cfg, NoControl, vec![Box::new(records.clone())], 0)
+        .with_world(Box::new(ReplayWorld::default()))
+        .with_metrics(metrics.clone());
+    let call =
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{}}}"#;
+    let call_ok = r#"{"jsonrpc":"2.0","id":2,"result":{"content":[]}}"#;
+    let ms = 1_000_000;
+    let sessions = 100u64;
+    for i in 0..sessions {
+        let sid = format!("s-{i}");
+        let t = i * 1000 * ms;
+        p.on_record(&tcp_record(100, 5, t + ms, &post(call, Some(&sid)), true));
+        p.on_record(&tcp_record(
+            100,
+            5,
+            t + 2 * ms,
+            &answer(call_ok, &sid),
+            false,
+        ));
+        p.tick(t + 500 * ms); // past every hold: the messages are emitted
+        p.export_metrics(&metrics);
+        assert!(
+            metrics.sessions_active.get() <= 16,
+            "held {}",
+            metrics.sessions_active.get()
+        );
+    }
+    assert_eq!(p.pair_stats().unmatched, 0, "every response paired");
+    let recs = records.0.lock().unwrap();
+    let count = |kind: &str, reason: Option<&str>| {
+        recs.iter()
+            .filter(|(k, d)| k == kind && reason.is_none_or(|r| d["reason"] == r))
+            .count() as u64
+    };
+    let started = count("session_start", None);
+    let evicted = count("session_end", Some("evicted"));
+    assert_eq!(started, sessions, "one session per MCP session id");
+    assert_eq!(
+        evicted + metrics.sessions_active.get() as u64,
+        started,
+        "every session not held ended as evicted"
+    );
+    let text = metrics.render();
+    let lost = text
+        .lines()
+        .find(|l| l.starts_with("mcpscope_events_lost_total{reason=\"evicted\",stage=\"session\"}"))
+        .expect("the eviction counter is exported");
+    assert!(lost.ends_with(&format!(" {evicted}")), "{lost}");
 }
