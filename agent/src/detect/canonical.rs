@@ -238,6 +238,15 @@ fn tagged(tag: u64, v: u64) -> u64 {
     mix(tag.rotate_left(56) ^ mix(v))
 }
 
+/// The hash of what a tool returned: the raw texts of its `content` and
+/// `structuredContent` (one server writes equal results byte for byte, so
+/// they are hashed as they are, not parsed) and `isError`, each under its
+/// own tag: a result that differs in any one of them hashes apart.
+pub fn output_hash(content: Option<&[u8]>, structured: Option<&[u8]>, is_error: bool) -> u64 {
+    let part = |tag: u64, text: Option<&[u8]>| text.map_or(NULL, |t| tagged(tag, bytes_hash(t)));
+    mix(part(9, content) ^ part(10, structured).rotate_left(32) ^ tagged(2, u64::from(is_error)))
+}
+
 /// A fixed-seed hash of bytes (folded multiplies, 16+ bytes per step):
 /// the same in every run, fast on long strings.
 pub fn bytes_hash(b: &[u8]) -> u64 {

@@ -578,12 +578,15 @@ pub fn extract(
         // hashing what the tool returned, raw, avoids building a tree for
         // every response.
         f.result_hash = raw.result.map(|r| {
-            let part = |v: Option<&serde_json::value::RawValue>| {
-                v.map_or(canonical::NULL, |v| {
-                    canonical::bytes_hash(v.get().as_bytes())
-                })
-            };
-            part(r.content) ^ part(r.structured_content).rotate_left(21) ^ u64::from(r.is_error)
+            let (content, structured) = (
+                r.content.map(|v| v.get()),
+                r.structured_content.map(|v| v.get()),
+            );
+            canonical::output_hash(
+                content.map(str::as_bytes),
+                structured.map(str::as_bytes),
+                r.is_error,
+            )
         });
         // INPUT_SCHEMA is an anchor: unanchored, it is not there.
         static LIST: OnceLock<memchr::memmem::Finder<'static>> = OnceLock::new();
@@ -753,6 +756,39 @@ mod tests {
             matches!(anchors(), Anchors::Packed(_))
                 || !std::arch::is_x86_feature_detected!("ssse3"),
             "the anchors fit the packed (SIMD) searcher"
+        );
+    }
+
+    #[test]
+    fn results_differing_only_in_is_error_or_structured_content_hash_apart() {
+        let result = |r: &str| {
+            let line = format!(r#"{{"jsonrpc":"2.0","id":3,"result":{r}}}"#);
+            let (_, raw) = crate::protocol::parse_raw(line.as_bytes()).expect("valid");
+            extract(raw, None, true, Some("tools/call"))
+                .result_hash
+                .expect("a tool's result is hashed")
+        };
+        let ok = result(r#"{"content":[{"type":"text","text":"7"}]}"#);
+        let failed = result(r#"{"content":[{"type":"text","text":"7"}],"isError":true}"#);
+        let structured =
+            result(r#"{"content":[{"type":"text","text":"7"}],"structuredContent":{"n":7}}"#);
+        let other =
+            result(r#"{"content":[{"type":"text","text":"7"}],"structuredContent":{"n":8}}"#);
+        // Content and structured content swapped are not the same output.
+        let swapped =
+            result(r#"{"content":{"n":7},"structuredContent":[{"type":"text","text":"7"}]}"#);
+        let mirrored = result(
+            r#"{"content":[{"type":"text","text":"7"}],"structuredContent":[{"type":"text","text":"7"}]}"#,
+        );
+        let all = [ok, failed, structured, other, swapped, mirrored];
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert_ne!(a, b, "{all:x?}");
+            }
+        }
+        assert_eq!(
+            ok,
+            result(r#"{"isError":false,"content":[{"type":"text","text":"7"}]}"#)
         );
     }
 

@@ -110,9 +110,11 @@ macro_rules! skip_other_shapes {
 /// `params` of a request or notification, read in the envelope's own pass:
 /// the MCP fields are picked out as the parser goes, and `arguments` is
 /// skipped, or, with `RAW` (the detectors are on), kept raw (borrowed) for
-/// them, so no byte of params is parsed twice. Lenient: a field of an unexpected type is skipped (the rest is
-/// still read), and params that are not an object read as empty; unknown
-/// shapes are kept as plain JSON-RPC, never dropped.
+/// them, so no byte of params is parsed twice. Lenient: a field of an
+/// unexpected type is skipped (the rest is still read), and params that
+/// are not an object read as empty; unknown shapes are kept as plain
+/// JSON-RPC, never dropped.
+#[derive(Default)]
 pub(super) struct Params<'a, const RAW: bool> {
     name: Option<Cow<'a, str>>,
     /// `arguments`, raw (with `RAW`).
@@ -124,21 +126,6 @@ pub(super) struct Params<'a, const RAW: bool> {
     /// `requestState` or `inputResponses` present (a 2026 retry).
     retry: bool,
     request_id: Option<&'a RawValue>,
-}
-
-impl<'a, const RAW: bool> Default for Params<'a, RAW> {
-    fn default() -> Self {
-        Self {
-            name: None,
-            arguments: None,
-            uri: None,
-            protocol_version: None,
-            client_info: None,
-            meta: None,
-            retry: false,
-            request_id: None,
-        }
-    }
 }
 
 impl<'de: 'a, 'a, const RAW: bool> Deserialize<'de> for Params<'a, RAW> {
