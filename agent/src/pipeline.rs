@@ -38,8 +38,11 @@ use crate::{
     },
 };
 
-/// Tunables of the pipeline.
+/// Tunables of the pipeline. Kept in a capture (`run --record`) for its
+/// replay: a field it lacks (one added since it was recorded) takes its
+/// default.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct PipelineConfig {
     /// Longest message kept whole; longer ones are cut and salvaged.
     pub max_message_bytes: usize,
@@ -1629,6 +1632,22 @@ fn m_is_error(m: &Message) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_config_recorded_before_a_field_existed_takes_its_default() {
+        // A capture's config from before `max_sessions` was added.
+        let old = serde_json::json!({
+            "max_message_bytes": 1024, "pair_window_ms": 50, "max_pending_per_session": 4096,
+            "capture_payloads": false, "payload_max_bytes": 65536, "not_mcp_strikes": 3,
+            "process_cache": 16384, "resolve_fds": true,
+        });
+        let cfg: super::PipelineConfig = serde_json::from_value(old).expect("it reads");
+        assert_eq!(cfg.max_message_bytes, 1024);
+        assert_eq!(
+            cfg.max_sessions,
+            super::PipelineConfig::default().max_sessions
+        );
+    }
+
     #[test]
     fn timestamps_format_as_humantime_does() {
         let mut f = super::Rfc3339Micros::default();
