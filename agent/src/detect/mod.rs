@@ -5,6 +5,7 @@
 pub mod canonical;
 pub mod config;
 pub mod facts;
+mod literals;
 pub mod policy;
 mod state;
 

@@ -1,0 +1,372 @@
+//! Whether any of a few short literals occurs in a text, ASCII case
+//! folded, in one AVX2 pass: Teddy's algorithm (as in aho-corasick's
+//! packed searcher), with the fold built into its tables.
+//!
+//! aho-corasick's Teddy searches exact bytes, so the text had to be
+//! folded into a copy first (a write and a read of every byte), and its
+//! 32-pattern limit kept Slack's `xox` prefix out (a memmem pass of its
+//! own). Here a raw byte matches a folded pattern byte `f` when its own
+//! fold is `f`: the byte is `f` or `f` without bit 5, and the low nibble
+//! is the same for both, so the high-nibble table takes both nibbles. One
+//! pass, no copy, any number of patterns.
+//!
+//! Each pattern is fingerprinted by its first [`FINGERPRINT`] bytes; each
+//! of the eight buckets merges the fingerprints of its patterns. Per chunk
+//! of 32 bytes, a nibble lookup per byte and fingerprint position gives
+//! the buckets whose fingerprint could have that byte there; shifted into
+//! line (across chunks: the previous chunk's lookups are carried) and
+//! ANDed, they give the buckets whose fingerprint could end at each byte.
+//! Only those are verified: first four bytes, then the whole pattern.
+//!
+//! The unsafe code is the SIMD: loads stay inside the text (its last
+//! partial chunk is copied into a zero-filled one), and every function
+//! using AVX2 is reached only through [`FoldedLiterals::new`], which
+//! checks that the CPU has it.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::{
+    __m256i, _mm256_alignr_epi8, _mm256_and_si256, _mm256_castsi256_si128, _mm256_cmpeq_epi8,
+    _mm256_extracti128_si256, _mm256_loadu_si256, _mm256_max_epu8, _mm256_movemask_epi8,
+    _mm256_permute2x128_si256, _mm256_set1_epi8, _mm256_setzero_si256, _mm256_shuffle_epi8,
+    _mm256_srli_epi16, _mm256_storeu_si256, _mm256_testz_si256, _mm_cvtsi128_si32, _mm_max_epu8,
+    _mm_srli_si128,
+};
+
+/// Bytes of each pattern in its fingerprint (every pattern has at least
+/// as many).
+pub const FINGERPRINT: usize = 4;
+
+/// Bytes per chunk (an AVX2 register).
+const BLOCK: usize = 32;
+
+/// Filler of the last chunk past the text's end: zero, so that it never
+/// raises the largest byte. Its fold, a space, may complete a fingerprint
+/// whose last byte is a space (the text ending in `you` for `you are
+/// now`); verification then finds the text too short, so the filler costs
+/// at most one verification and never finds a pattern.
+const FILLER: u8 = 0;
+
+/// The search, built for a CPU with AVX2 (see [`FoldedLiterals::new`]).
+pub struct FoldedLiterals {
+    /// Per fingerprint position: bucket bits by the byte's low nibble, and
+    /// by its high nibble (both 16 entries, repeated for each 128-bit lane
+    /// as the byte shuffle looks them up per lane).
+    lo: [[u8; BLOCK]; FINGERPRINT],
+    hi: [[u8; BLOCK]; FINGERPRINT],
+    /// The patterns of each bucket.
+    buckets: [Bucket; 8],
+}
+
+/// The patterns of one bucket, folded, and their first four bytes as a
+/// number: a candidate is compared with those first (one comparison per
+/// pattern; most candidates fail there).
+#[derive(Default)]
+struct Bucket {
+    heads: Vec<u32>,
+    patterns: Vec<Box<[u8]>>,
+}
+
+/// [`fold_byte`] of four bytes at once.
+const FOLD_HEAD: u32 = 0x2020_2020;
+
+/// The first four bytes of `b` as a number (little-endian), if it has them.
+fn head(b: &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(..FINGERPRINT)?.try_into().ok()?))
+}
+
+/// The fold of one byte: bit 5 set (ASCII letters to lower case).
+pub const fn fold_byte(b: u8) -> u8 {
+    b | 0x20
+}
+
+impl FoldedLiterals {
+    /// A search for `patterns` (folded, each at least [`FINGERPRINT`]
+    /// bytes), pattern `i` in bucket `bucket(i)`; `None` where the CPU has
+    /// no AVX2.
+    pub fn new(patterns: &[Vec<u8>], bucket: impl Fn(usize) -> usize) -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Some(Self::build(patterns, bucket));
+        }
+        let _ = (patterns, bucket);
+        None
+    }
+
+    fn build(patterns: &[Vec<u8>], bucket: impl Fn(usize) -> usize) -> Self {
+        let mut s = Self {
+            lo: [[0; BLOCK]; FINGERPRINT],
+            hi: [[0; BLOCK]; FINGERPRINT],
+            buckets: Default::default(),
+        };
+        for (i, p) in patterns.iter().enumerate() {
+            assert!(
+                p.len() >= FINGERPRINT,
+                "a pattern shorter than its fingerprint"
+            );
+            let b = bucket(i) % 8;
+            let bit = 1u8 << b;
+            for (k, &f) in p[..FINGERPRINT].iter().enumerate() {
+                assert_eq!(f, fold_byte(f), "patterns are folded");
+                let (low, high) = ((f & 0xF) as usize, (f >> 4) as usize);
+                // Raw bytes whose fold is `f`: `f` and `f` without bit 5
+                // (the high nibble's bit 1).
+                for lane in [0, 16] {
+                    s.lo[k][lane + low] |= bit;
+                    s.hi[k][lane + high] |= bit;
+                    s.hi[k][lane + (high ^ 2)] |= bit;
+                }
+            }
+            s.buckets[b].heads.push(head(p).expect("checked above"));
+            s.buckets[b].patterns.push(p.clone().into_boxed_slice());
+        }
+        s
+    }
+
+    /// Whether a pattern occurs in `text` folded; when none does, also the
+    /// largest byte of `text` (0 when empty). A found pattern ends the
+    /// search, and the byte is then 0.
+    pub fn scan(&self, text: &[u8]) -> (bool, u8) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `new` built `self` only on a CPU with AVX2.
+        unsafe {
+            self.scan_avx2(text)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("built only on x86-64 with AVX2")
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn scan_avx2(&self, text: &[u8]) -> (bool, u8) {
+        // Per fingerprint position, the previous chunk's bucket bits: a
+        // fingerprint that starts in one chunk ends in the next.
+        let mut carry = [_mm256_setzero_si256(); FINGERPRINT - 1];
+        let mut top = _mm256_setzero_si256();
+        let mut at = 0;
+        while at + BLOCK <= text.len() {
+            // SAFETY: the 32 bytes at `at` are inside `text` (the loop's
+            // condition); unaligned loads are allowed.
+            let chunk = unsafe { _mm256_loadu_si256(text.as_ptr().add(at).cast()) };
+            top = _mm256_max_epu8(top, chunk);
+            let ends = self.ends(chunk, &mut carry);
+            // Most chunks have no candidate: tested here, not in a call.
+            if _mm256_testz_si256(ends, ends) == 0 && self.verify(text, at, ends) {
+                return (true, 0);
+            }
+            at += BLOCK;
+        }
+        // The rest (fewer than 32 bytes), in a filled copy.
+        let rest = &text[at..];
+        if !rest.is_empty() {
+            let mut tail = [FILLER; BLOCK];
+            tail[..rest.len()].copy_from_slice(rest);
+            // SAFETY: `tail` is 32 bytes.
+            let chunk = unsafe { _mm256_loadu_si256(tail.as_ptr().cast()) };
+            top = _mm256_max_epu8(top, chunk);
+            let ends = self.ends(chunk, &mut carry);
+            if _mm256_testz_si256(ends, ends) == 0 && self.verify(text, at, ends) {
+                return (true, 0);
+            }
+        }
+        let top = max_byte(top);
+        (false, top)
+    }
+
+    /// For each byte of `chunk`, the buckets with a fingerprint that ends
+    /// there: its last byte here, and the others just before (in this
+    /// chunk, or in the previous one by `carry`, updated for the next).
+    /// Each byte is looked up once per position, and the lookups are
+    /// shifted into place, as aho-corasick's Teddy does.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn ends(&self, chunk: __m256i, carry: &mut [__m256i; FINGERPRINT - 1]) -> __m256i {
+        let nibble = _mm256_set1_epi8(0x0F);
+        let low = _mm256_and_si256(chunk, nibble);
+        let high = _mm256_and_si256(_mm256_srli_epi16::<4>(chunk), nibble);
+        let at = |k: usize| {
+            // SAFETY: the tables are 32 bytes each.
+            let (lo, hi) = unsafe {
+                (
+                    _mm256_loadu_si256(self.lo[k].as_ptr().cast()),
+                    _mm256_loadu_si256(self.hi[k].as_ptr().cast()),
+                )
+            };
+            _mm256_and_si256(_mm256_shuffle_epi8(lo, low), _mm256_shuffle_epi8(hi, high))
+        };
+        let (p0, p1, p2, p3) = (at(0), at(1), at(2), at(3));
+        // Position k of a fingerprint ending here sits 3 − k bytes back.
+        let ends = _mm256_and_si256(
+            _mm256_and_si256(p3, back::<15>(p2, carry[2])),
+            _mm256_and_si256(back::<14>(p1, carry[1]), back::<13>(p0, carry[0])),
+        );
+        *carry = [p0, p1, p2];
+        ends
+    }
+
+    /// Whether a candidate of `ends` (bucket bits of the fingerprints
+    /// ending at `at..at + 32` of `text`) is a pattern.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn verify(&self, text: &[u8], at: usize, ends: __m256i) -> bool {
+        let zero = _mm256_cmpeq_epi8(ends, _mm256_setzero_si256());
+        let mut candidates = !(_mm256_movemask_epi8(zero) as u32);
+        let mut bits = [0u8; BLOCK];
+        // SAFETY: `bits` is 32 bytes.
+        unsafe { _mm256_storeu_si256(bits.as_mut_ptr().cast(), ends) };
+        while candidates != 0 {
+            let j = candidates.trailing_zeros() as usize;
+            candidates &= candidates - 1;
+            // A fingerprint ending at `at + j` starts 3 bytes before (the
+            // first chunk's carry is zero: none starts before the text).
+            let start = (at + j).saturating_sub(FINGERPRINT - 1);
+            let here = text.get(start..).unwrap_or_default();
+            let Some(folded) = head(here).map(|h| h | FOLD_HEAD) else {
+                break; // too near the end (or past it) for any pattern
+            };
+            let mut buckets = bits[j];
+            while buckets != 0 {
+                let b = &self.buckets[buckets.trailing_zeros() as usize];
+                buckets &= buckets - 1;
+                let found = (b.heads.iter().zip(&b.patterns))
+                    .any(|(&h, p)| h == folded && folded_prefix(here, p));
+                if found {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// `v` moved `16 − N` bytes towards its end, its first bytes taken from
+/// the end of `before` (the previous chunk's): a shift across the two
+/// 128-bit lanes, which `alignr` alone shifts apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn back<const N: i32>(v: __m256i, before: __m256i) -> __m256i {
+    _mm256_alignr_epi8::<N>(v, _mm256_permute2x128_si256::<0x21>(before, v))
+}
+
+/// Whether `text` starts with `pattern` (folded) once folded.
+fn folded_prefix(text: &[u8], pattern: &[u8]) -> bool {
+    text.len() >= pattern.len() && text.iter().zip(pattern).all(|(&t, &p)| fold_byte(t) == p)
+}
+
+/// The largest byte of a register: the halves, then their halves, down
+/// to one byte.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn max_byte(v: __m256i) -> u8 {
+    let x = _mm_max_epu8(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let x = _mm_max_epu8(x, _mm_srli_si128::<8>(x));
+    let x = _mm_max_epu8(x, _mm_srli_si128::<4>(x));
+    let x = _mm_max_epu8(x, _mm_srli_si128::<2>(x));
+    let x = _mm_max_epu8(x, _mm_srli_si128::<1>(x));
+    _mm_cvtsi128_si32(x) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The largest byte of a few bytes.
+    fn max_of(bytes: &[u8]) -> u8 {
+        bytes.iter().copied().max().unwrap_or(0)
+    }
+
+    /// The reference: fold the text, look for each pattern.
+    fn naive(patterns: &[Vec<u8>], text: &[u8]) -> bool {
+        let folded: Vec<u8> = text.iter().map(|&b| fold_byte(b)).collect();
+        patterns
+            .iter()
+            .any(|p| folded.windows(p.len()).any(|w| w == &p[..]))
+    }
+
+    /// A small deterministic generator (xorshift64*).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn finds_exactly_what_a_folded_search_finds_at_every_place_and_case() {
+        let patterns: Vec<Vec<u8>> = [
+            "token",
+            "akia",
+            "xoxb",
+            "-----begin",
+            ".eyj",
+            "\\u200",
+            "you are now",
+        ]
+        .iter()
+        .map(|p| p.bytes().map(fold_byte).collect())
+        .collect();
+        let Some(search) = FoldedLiterals::new(&patterns, |i| 7 - i % 8) else {
+            return; // no AVX2 here: the fallback searcher is used instead
+        };
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        // Pieces of patterns, their case changed, and bytes near them
+        // (bit 5 off, high bytes, filler) make near misses common.
+        let alphabet: &[u8] = b"tokenAKIAxoXB-beGIN.eyJ\\u2 yOU0@\x80\xff\x0d\x00";
+        for round in 0..20_000 {
+            let len = rng.below(100);
+            let mut text: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.below(alphabet.len())])
+                .collect();
+            if round % 3 == 0 && len > 0 {
+                // Plant a pattern in a random case at a random place.
+                let p = &patterns[rng.below(patterns.len())];
+                let at = rng.below(len);
+                for (i, &c) in p.iter().enumerate() {
+                    if let Some(t) = text.get_mut(at + i) {
+                        *t = if rng.below(2) == 0 {
+                            c
+                        } else {
+                            c.to_ascii_uppercase()
+                        };
+                    }
+                }
+            }
+            let (found, top) = search.scan(&text);
+            assert_eq!(
+                found,
+                naive(&patterns, &text),
+                "{:?}",
+                String::from_utf8_lossy(&text)
+            );
+            if !found {
+                assert_eq!(top, max_of(&text), "the largest byte");
+            }
+        }
+    }
+
+    #[test]
+    fn the_largest_byte_is_found_in_blocks_and_tail() {
+        let patterns = vec![b"zzzz".to_vec()];
+        let Some(search) = FoldedLiterals::new(&patterns, |_| 0) else {
+            return;
+        };
+        for len in 0..140usize {
+            for at in [0, len / 2, len.saturating_sub(1)] {
+                let mut text = vec![b'a'; len];
+                if len > 0 {
+                    text[at] = 0xE2;
+                }
+                assert_eq!(
+                    search.scan(&text),
+                    (false, max_of(&text)),
+                    "len {len} at {at}"
+                );
+            }
+        }
+    }
+}
