@@ -259,9 +259,10 @@ fn strings(v: &Value, out: &mut Vec<String>) {
 /// [`fold_byte`]): a superset (every match of a pattern contains an
 /// anchor, [`SLACK_PREFIX`], or a lead byte ≥ 0xE2 that
 /// [`raw_hidden_characters_possible`] then checks), so a message without
-/// any — most messages — skips the regex pass entirely. Searched in the
-/// folded message with the SIMD (Teddy) packed searcher, or an automaton
-/// where the CPU lacks it.
+/// any — most messages — skips the regex pass entirely. Searched by the
+/// folding search where the CPU has AVX2 (the message read once, see
+/// [`FoldedLiterals`]), else in a folded copy by aho-corasick's packed
+/// (Teddy) searcher, or its automaton where the CPU lacks SSSE3.
 ///
 /// Every anchor is at least four bytes long, so Teddy fingerprints four
 /// bytes, not three: on English text and code a three-byte fingerprint
@@ -549,9 +550,11 @@ fn anchors() -> &'static Anchors {
 /// automaton.
 fn build_anchors(folding: bool) -> Anchors {
     let pats = anchor_patterns();
-    let with_slack: Vec<Vec<u8>> = pats.iter().cloned().chain(slack_anchors()).collect();
-    if let Some(f) = FoldedLiterals::new(&with_slack, folding_bucket).filter(|_| folding) {
-        return Anchors::Folding(Box::new(f));
+    if folding {
+        let with_slack: Vec<Vec<u8>> = pats.iter().cloned().chain(slack_anchors()).collect();
+        if let Some(f) = FoldedLiterals::new(&with_slack, folding_bucket) {
+            return Anchors::Folding(Box::new(f));
+        }
     }
     match aho_corasick::packed::Searcher::new(pats.iter()) {
         Some(s) => Anchors::Packed(s),
