@@ -1224,16 +1224,16 @@ impl Core {
                 }
             );
             let start = serde_json::json!({ "session": name, "net": net, "from": from, "to": to });
-            self.record("session_start", sent, &start);
             let s = Session {
                 name: name.into(),
                 pids: [from_pid, to_pid],
                 start_ns: sent,
+                last_ns: sent,
                 net,
                 ..Session::default()
             };
-            self.make_room_for_session(sent);
-            self.sessions.insert(session_key, s);
+            self.open_session(session_key, s);
+            self.record("session_start", sent, &start);
         }
         let session = self.sessions.get_mut(&session_key).expect("inserted above");
         session.messages += 1;
@@ -1285,20 +1285,20 @@ impl Core {
         if let (Some(sid), false) = (named, from_pid != 0 && to_pid != 0) {
             let key = one_sided_http_session(c.key.tgid, sid);
             if !self.sessions.contains_key(&key) {
-                self.make_room_for_session(sent);
+                let s = Session {
+                    name: format!("http:{key:016x}").into(),
+                    pids: [from_pid, to_pid],
+                    start_ns: sent,
+                    last_ns: sent,
+                    net,
+                    client_pid: Some(c.key.tgid),
+                    protocol_version: protocol_version.clone(),
+                    client: client.clone(),
+                    server: server.clone(),
+                    ..Session::default()
+                };
+                self.open_session(key, s);
             }
-            self.sessions.entry(key).or_insert_with(|| Session {
-                name: format!("http:{key:016x}").into(),
-                pids: [from_pid, to_pid],
-                start_ns: sent,
-                last_ns: sent,
-                net,
-                client_pid: Some(c.key.tgid),
-                protocol_version: protocol_version.clone(),
-                client: client.clone(),
-                server: server.clone(),
-                ..Session::default()
-            });
         }
 
         self.seq += 1;
@@ -1506,6 +1506,13 @@ impl Core {
         self.pairer.end_session(key);
     }
 
+    /// Adds session `key`, within `max_sessions` (see
+    /// [`Core::make_room_for_session`]).
+    fn open_session(&mut self, key: u64, s: Session) {
+        self.make_room_for_session(s.start_ns);
+        self.sessions.insert(key, s);
+    }
+
     /// Keeps the session map within `max_sessions` before one is added:
     /// when full, the least recently active eighth ends (`evicted`). In
     /// eighths, so that the scan for them is amortised over many new
@@ -1517,11 +1524,8 @@ impl Core {
         if self.sessions.len() < cap {
             return;
         }
-        let mut by_age: Vec<(u64, u64)> = self
-            .sessions
-            .iter()
-            .map(|(k, s)| (s.last_ns.max(s.start_ns), *k))
-            .collect();
+        let mut by_age: Vec<(u64, u64)> =
+            self.sessions.iter().map(|(k, s)| (s.last_ns, *k)).collect();
         let n = (cap / 8).max(1).min(by_age.len());
         by_age.select_nth_unstable(n - 1);
         for &(_, key) in &by_age[..n] {

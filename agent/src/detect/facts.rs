@@ -273,6 +273,13 @@ enum Anchors {
     /// AVX2: the text is folded as it is searched, and Slack's prefix is
     /// among the anchors (see [`slack_anchors`]).
     Folding(Box<FoldedLiterals>),
+    /// Elsewhere: aho-corasick over a folded copy.
+    Copy(CopySearch),
+}
+
+/// aho-corasick's searches, over a folded copy of the message: its packed
+/// (Teddy) searcher, or its automaton where the CPU lacks SSSE3.
+enum CopySearch {
     Packed(aho_corasick::packed::Searcher),
     Automaton(aho_corasick::AhoCorasick),
 }
@@ -296,14 +303,22 @@ enum Anchored {
 
 impl Anchors {
     fn any_in(&self, line: &[u8]) -> Anchored {
-        if let Anchors::Folding(f) = self {
-            let (word, top) = f.scan(line);
-            return if word || (top >= 0xE2 && raw_hidden_characters_possible(line)) {
-                Anchored::Something
-            } else {
-                Anchored::Nothing
-            };
+        let (word, top) = match self {
+            Anchors::Folding(f) => f.scan(line),
+            Anchors::Copy(c) => c.search(line),
+        };
+        if word || (top >= 0xE2 && raw_hidden_characters_possible(line)) {
+            Anchored::Something
+        } else {
+            Anchored::Nothing
         }
+    }
+}
+
+impl CopySearch {
+    /// Whether an anchor (or Slack's prefix) is in `line`, and its largest
+    /// byte, searched in a folded copy.
+    fn search(&self, line: &[u8]) -> (bool, u8) {
         thread_local! {
             static FOLDED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
@@ -326,9 +341,8 @@ impl Anchors {
             buf[len..padded].fill(0);
             let folded = &buf[..padded];
             let word = match self {
-                Anchors::Packed(s) => s.find(folded).is_some(),
-                Anchors::Automaton(a) => a.is_match(folded),
-                Anchors::Folding(_) => unreachable!("searched above"),
+                CopySearch::Packed(s) => s.find(folded).is_some(),
+                CopySearch::Automaton(a) => a.is_match(folded),
             };
             static SLACK: OnceLock<memchr::memmem::Finder<'static>> = OnceLock::new();
             let slack = || {
@@ -337,11 +351,7 @@ impl Anchors {
                     .find(line)
                     .is_some()
             };
-            if word || slack() || (top >= 0xE2 && raw_hidden_characters_possible(line)) {
-                Anchored::Something
-            } else {
-                Anchored::Nothing
-            }
+            (word || slack(), top)
         })
     }
 }
@@ -556,15 +566,15 @@ fn build_anchors(folding: bool) -> Anchors {
             return Anchors::Folding(Box::new(f));
         }
     }
-    match aho_corasick::packed::Searcher::new(pats.iter()) {
-        Some(s) => Anchors::Packed(s),
-        None => Anchors::Automaton(
+    Anchors::Copy(match aho_corasick::packed::Searcher::new(pats.iter()) {
+        Some(s) => CopySearch::Packed(s),
+        None => CopySearch::Automaton(
             aho_corasick::AhoCorasick::builder()
                 .kind(Some(aho_corasick::AhoCorasickKind::DFA))
                 .build(pats)
                 .expect("valid anchors"),
         ),
-    }
+    })
 }
 
 /// One pass over a message for everything the detectors look for: the
@@ -815,7 +825,7 @@ mod tests {
                 "AVX2 takes the folding search"
             );
             assert!(
-                matches!(build_anchors(false), Anchors::Packed(_))
+                matches!(build_anchors(false), Anchors::Copy(CopySearch::Packed(_)))
                     || !std::arch::is_x86_feature_detected!("ssse3"),
                 "the anchors fit the packed (SIMD) searcher"
             );

@@ -312,7 +312,9 @@ pub struct ToolOutput<'a> {
 
 const MAX_NAME: usize = 512;
 
-fn name(s: &str) -> Box<str> {
+/// A name from params, bounded (as a `Box<str>`, or an `Arc<str>` where
+/// the parse, the pairing and the event share it).
+fn name<T: for<'s> From<&'s str>>(s: &str) -> T {
     bounded(s, MAX_NAME).into()
 }
 
@@ -323,7 +325,7 @@ pub(super) fn read_params<'a, const RAW: bool>(
     p: Params<'a, RAW>,
 ) -> Option<&'a RawValue> {
     match m.method.as_deref() {
-        Some("tools/call") => m.tool = p.name.as_deref().map(|n| bounded(n, MAX_NAME).into()),
+        Some("tools/call") => m.tool = p.name.as_deref().map(name),
         Some("prompts/get") => m.prompt = p.name.as_deref().map(name),
         Some("resources/read" | "resources/subscribe" | "resources/unsubscribe") => {
             m.resource = p.uri.as_deref().map(name)
