@@ -1223,7 +1223,6 @@ impl Core {
                     _ => "stdio",
                 }
             );
-            let start = serde_json::json!({ "session": name, "net": net, "from": from, "to": to });
             let s = Session {
                 name: name.into(),
                 pids: [from_pid, to_pid],
@@ -1232,8 +1231,7 @@ impl Core {
                 net,
                 ..Session::default()
             };
-            self.open_session(session_key, s);
-            self.record("session_start", sent, &start);
+            self.open_session(session_key, s, (&from, &to));
         }
         let session = self.sessions.get_mut(&session_key).expect("inserted above");
         session.messages += 1;
@@ -1297,7 +1295,7 @@ impl Core {
                     server: server.clone(),
                     ..Session::default()
                 };
-                self.open_session(key, s);
+                self.open_session(key, s, (&from, &to));
             }
         }
 
@@ -1507,10 +1505,20 @@ impl Core {
     }
 
     /// Adds session `key`, within `max_sessions` (see
-    /// [`Core::make_room_for_session`]).
-    fn open_session(&mut self, key: u64, s: Session) {
+    /// [`Core::make_room_for_session`]), and records its `session_start`:
+    /// `from` and `to` are the ends of the message that opened it. Every
+    /// session is opened here, so every `session_end` has its start.
+    fn open_session(
+        &mut self,
+        key: u64,
+        s: Session,
+        (from, to): (&Option<Endpoint>, &Option<Endpoint>),
+    ) {
         self.make_room_for_session(s.start_ns);
+        let start = serde_json::json!({ "session": s.name, "net": s.net, "from": from, "to": to });
+        let ts = s.start_ns;
         self.sessions.insert(key, s);
+        self.record("session_start", ts, &start);
     }
 
     /// Keeps the session map within `max_sessions` before one is added:

@@ -427,3 +427,78 @@ fn sessions_past_the_bound_end_as_evicted_and_are_counted() {
         .expect("the eviction counter is exported");
     assert!(lost.ends_with(&format!(" {evicted}")), "{lost}");
 }
+
+/// Every session has its `session_start` on record, the one-sided HTTP
+/// session an initialize answer names (`Mcp-Session-Id`) too: the audit
+/// trail never shows a session's messages or its end without its start.
+#[test]
+fn a_session_named_by_an_initialize_answer_has_its_session_start() {
+    let records = Records::default();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let cfg = PipelineConfig {
+        max_sessions: 1, // the named session's arrival evicts the first: its end is on record
+        ..PipelineConfig::default()
+    };
+    let mut p = Pipeline::new(
+        cfg,
+        NoControl,
+        vec![
+            Box::new(records.clone()),
+            Box::new(Sessions(events.clone())),
+        ],
+        0,
+    )
+    .with_world(Box::new(ReplayWorld::default()));
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"far-client","version":"1"}}}"#;
+    let init_ok = r#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"far-server","version":"1"}}}"#;
+    let call =
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{}}}"#;
+    let call_ok = r#"{"jsonrpc":"2.0","id":2,"result":{"content":[]}}"#;
+    let ms = 1_000_000;
+    for r in [
+        tcp_record(100, 5, ms, &post(init, None), true),
+        tcp_record(100, 5, 2 * ms, &answer(init_ok, "s-123"), false),
+        tcp_record(100, 6, 3 * ms, &post(call, Some("s-123")), true),
+        tcp_record(100, 6, 4 * ms, &answer(call_ok, "s-123"), false),
+    ] {
+        p.on_record(&r);
+    }
+    p.finish();
+    let recs = records.0.lock().unwrap();
+    let named = |kind: &str| -> Vec<String> {
+        recs.iter()
+            .filter(|(k, _)| k == kind)
+            .map(|(_, d)| d["session"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let (started, ended) = (named("session_start"), named("session_end"));
+    let carried = events.lock().unwrap();
+    assert!(
+        carried.iter().all(|s| started.contains(s)),
+        "messages in sessions never started: {carried:?}, started {started:?}"
+    );
+    assert!(!ended.is_empty(), "the bound of one ended a session");
+    for s in &ended {
+        assert!(started.contains(s), "{s} ended, never started: {started:?}");
+    }
+    assert_eq!(
+        started.len(),
+        2,
+        "the connection's and the MCP session's: {started:?}"
+    );
+}
+
+/// Keeps the session name of every message.
+struct Sessions(Arc<Mutex<Vec<String>>>);
+impl Sink for Sessions {
+    fn emit(&mut self, ev: &mcpscope::sink::McpEvent) -> std::io::Result<()> {
+        self.0.lock().unwrap().push(ev.session.to_string());
+        Ok(())
+    }
+    fn record(&mut self, _: &str, _: &str, _: &serde_json::Value) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
