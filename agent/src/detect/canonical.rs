@@ -247,10 +247,13 @@ pub fn output_hash(content: Option<&[u8]>, structured: Option<&[u8]>, is_error: 
     mix(part(9, content) ^ part(10, structured).rotate_left(32) ^ tagged(2, u64::from(is_error)))
 }
 
-/// A fixed-seed hash of bytes (folded multiplies, 16+ bytes per step):
-/// the same in every run, fast on long strings.
+/// A hash of bytes, seeded once per process: argument strings and
+/// results are what peers send, and with a fixed seed colliding ones could
+/// be searched for offline (see [`crate::collections::process_hash`]).
+/// Equal within one run, not across runs: nothing made of it leaves the
+/// process.
 pub fn bytes_hash(b: &[u8]) -> u64 {
-    crate::collections::stable_hash(b)
+    crate::collections::process_hash(b)
 }
 
 /// A string's hash: of its JSON text as serde_json writes it (quotes
