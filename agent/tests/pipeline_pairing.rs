@@ -349,11 +349,16 @@ Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
     );
 }
 
-/// Keeps the pipeline's non-message records (`session_start`, …).
+/// Keeps the pipeline's non-message records (`session_start`, …), and the
+/// session of each message.
 #[derive(Clone, Default)]
-struct Records(Arc<Mutex<Vec<(String, serde_json::Value)>>>);
+struct Records(
+    Arc<Mutex<Vec<(String, serde_json::Value)>>>,
+    Arc<Mutex<Vec<String>>>,
+);
 impl Sink for Records {
-    fn emit(&mut self, _ev: &mcpscope::sink::McpEvent) -> std::io::Result<()> {
+    fn emit(&mut self, ev: &mcpscope::sink::McpEvent) -> std::io::Result<()> {
+        self.1.lock().unwrap().push(ev.session.to_string());
         Ok(())
     }
     fn record(&mut self, kind: &str, _ts: &str, data: &serde_json::Value) -> std::io::Result<()> {
@@ -434,21 +439,12 @@ fn sessions_past_the_bound_end_as_evicted_and_are_counted() {
 #[test]
 fn a_session_named_by_an_initialize_answer_has_its_session_start() {
     let records = Records::default();
-    let events = Arc::new(Mutex::new(Vec::new()));
     let cfg = PipelineConfig {
         max_sessions: 1, // the named session's arrival evicts the first: its end is on record
         ..PipelineConfig::default()
     };
-    let mut p = Pipeline::new(
-        cfg,
-        NoControl,
-        vec![
-            Box::new(records.clone()),
-            Box::new(Sessions(events.clone())),
-        ],
-        0,
-    )
-    .with_world(Box::new(ReplayWorld::default()));
+    let mut p = Pipeline::new(cfg, NoControl, vec![Box::new(records.clone())], 0)
+        .with_world(Box::new(ReplayWorld::default()));
     let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"far-client","version":"1"}}}"#;
     let init_ok = r#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"far-server","version":"1"}}}"#;
     let call =
@@ -472,7 +468,7 @@ fn a_session_named_by_an_initialize_answer_has_its_session_start() {
             .collect()
     };
     let (started, ended) = (named("session_start"), named("session_end"));
-    let carried = events.lock().unwrap();
+    let carried = records.1.lock().unwrap();
     assert!(
         carried.iter().all(|s| started.contains(s)),
         "messages in sessions never started: {carried:?}, started {started:?}"
@@ -486,19 +482,4 @@ fn a_session_named_by_an_initialize_answer_has_its_session_start() {
         2,
         "the connection's and the MCP session's: {started:?}"
     );
-}
-
-/// Keeps the session name of every message.
-struct Sessions(Arc<Mutex<Vec<String>>>);
-impl Sink for Sessions {
-    fn emit(&mut self, ev: &mcpscope::sink::McpEvent) -> std::io::Result<()> {
-        self.0.lock().unwrap().push(ev.session.to_string());
-        Ok(())
-    }
-    fn record(&mut self, _: &str, _: &str, _: &serde_json::Value) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
