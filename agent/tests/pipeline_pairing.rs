@@ -201,13 +201,10 @@ Content-Length: {}\r\n\r\n{body}",
     )
 }
 
-/// An HTTP client whose server is not on this host: only the client's
-/// copies exist (synthetic records, as the kernel writes them). The
-/// initialize response names the session its request did not have yet;
-/// later requests carry it on a new connection. Every response pairs.
-#[test]
-fn one_sided_http_client_pairs_across_connections_by_mcp_session() {
-    let (mut p, sink) = pipeline();
+/// What the kernel records of an HTTP client whose server is elsewhere:
+/// on connection 1 (fd 5) an initialize with no session yet, answered
+/// with `Mcp-Session-Id: s-123`; on connection 2 (fd 6) a call in it.
+fn one_sided_http_client() -> [Vec<u8>; 4] {
     let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"far-client","version":"1"}}}"#;
     let init_ok = r#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"far-server","version":"1"}}}"#;
     let call =
@@ -215,14 +212,22 @@ fn one_sided_http_client_pairs_across_connections_by_mcp_session() {
     let call_ok = r#"{"jsonrpc":"2.0","id":2,"result":{"content":[]}}"#;
     let ms = 1_000_000;
     let tcp = |fd, ts, data: &str, egress| tcp_record(100, fd, ts, data, egress);
-    for r in [
-        // Connection 1 (fd 5): initialize, no session yet.
+    [
         tcp(5, ms, &post(init, None), true),
         tcp(5, 2 * ms, &answer(init_ok, "s-123"), false),
-        // Connection 2 (fd 6): a call in the session.
         tcp(6, 3 * ms, &post(call, Some("s-123")), true),
         tcp(6, 4 * ms, &answer(call_ok, "s-123"), false),
-    ] {
+    ]
+}
+
+/// An HTTP client whose server is not on this host: only the client's
+/// copies exist (synthetic records, as the kernel writes them). The
+/// initialize response names the session its request did not have yet;
+/// later requests carry it on a new connection. Every response pairs.
+#[test]
+fn one_sided_http_client_pairs_across_connections_by_mcp_session() {
+    let (mut p, sink) = pipeline();
+    for r in one_sided_http_client() {
         p.on_record(&r);
     }
     p.finish();
@@ -445,18 +450,7 @@ fn a_session_named_by_an_initialize_answer_has_its_session_start() {
     };
     let mut p = Pipeline::new(cfg, NoControl, vec![Box::new(records.clone())], 0)
         .with_world(Box::new(ReplayWorld::default()));
-    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"far-client","version":"1"}}}"#;
-    let init_ok = r#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"far-server","version":"1"}}}"#;
-    let call =
-        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{}}}"#;
-    let call_ok = r#"{"jsonrpc":"2.0","id":2,"result":{"content":[]}}"#;
-    let ms = 1_000_000;
-    for r in [
-        tcp_record(100, 5, ms, &post(init, None), true),
-        tcp_record(100, 5, 2 * ms, &answer(init_ok, "s-123"), false),
-        tcp_record(100, 6, 3 * ms, &post(call, Some("s-123")), true),
-        tcp_record(100, 6, 4 * ms, &answer(call_ok, "s-123"), false),
-    ] {
+    for r in one_sided_http_client() {
         p.on_record(&r);
     }
     p.finish();
