@@ -1227,7 +1227,6 @@ impl Core {
                 name: name.into(),
                 pids: [from_pid, to_pid],
                 start_ns: sent,
-                last_ns: sent,
                 net,
                 ..Session::default()
             };
@@ -1287,7 +1286,6 @@ impl Core {
                     name: format!("http:{key:016x}").into(),
                     pids: [from_pid, to_pid],
                     start_ns: sent,
-                    last_ns: sent,
                     net,
                     client_pid: Some(c.key.tgid),
                     protocol_version: protocol_version.clone(),
@@ -1505,15 +1503,17 @@ impl Core {
     }
 
     /// Adds session `key`, within `max_sessions` (see
-    /// [`Core::make_room_for_session`]), and records its `session_start`:
-    /// `from` and `to` are the ends of the message that opened it. Every
-    /// session is opened here, so every `session_end` has its start.
+    /// [`Core::make_room_for_session`]), active since its `start_ns`, and
+    /// records its `session_start`: `from` and `to` are the ends of the
+    /// message that opened it. Every session is opened here, so every
+    /// `session_end` has its start.
     fn open_session(
         &mut self,
         key: u64,
-        s: Session,
+        mut s: Session,
         (from, to): (&Option<Endpoint>, &Option<Endpoint>),
     ) {
+        s.last_ns = s.start_ns;
         self.make_room_for_session(s.start_ns);
         let start = serde_json::json!({ "session": s.name, "net": s.net, "from": from, "to": to });
         let ts = s.start_ns;

@@ -12,9 +12,8 @@ use std::{
 use regex::bytes::Regex;
 
 use super::canonical;
-use crate::protocol::RawParts;
-
 use super::literals::{fold_byte, FoldedLiterals};
+use crate::protocol::RawParts;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

@@ -1,5 +1,6 @@
-//! Whether any of a few short literals occurs in a text, ASCII case
-//! folded, in one AVX2 pass: Teddy's algorithm (as in aho-corasick's
+//! Whether any of a few short literals occurs in a text, folded by
+//! [`fold_byte`] (ASCII case, and a few aliases: a prefilter's superset),
+//! in one AVX2 pass: Teddy's algorithm (as in aho-corasick's
 //! packed searcher), with the fold built into its tables.
 //!
 //! aho-corasick's Teddy searches exact bytes, so the text had to be
@@ -74,7 +75,13 @@ fn head(b: &[u8]) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(..FINGERPRINT)?.try_into().ok()?))
 }
 
-/// The fold of one byte: bit 5 set (ASCII letters to lower case).
+/// The fold the patterns and the searched text both go through: bit 5
+/// set. ASCII letters become lower case (the patterns are
+/// case-insensitive); a few other bytes alias (`_` and DEL, `\\` and `|`,
+/// `[` and `{`, control characters and digits or punctuation), which can
+/// only let more text through to the exact pass, never less. One OR per
+/// byte: unlike a lower-casing that leaves other bytes alone, it needs no
+/// compare.
 pub const fn fold_byte(b: u8) -> u8 {
     b | 0x20
 }
@@ -143,10 +150,19 @@ impl FoldedLiterals {
         let mut carry = [_mm256_setzero_si256(); FINGERPRINT - 1];
         let mut top = _mm256_setzero_si256();
         let mut at = 0;
-        while at + BLOCK <= text.len() {
-            // SAFETY: the 32 bytes at `at` are inside `text` (the loop's
-            // condition); unaligned loads are allowed.
-            let chunk = unsafe { _mm256_loadu_si256(text.as_ptr().add(at).cast()) };
+        let mut tail = [FILLER; BLOCK];
+        while at < text.len() {
+            let chunk = match text.get(at..at + BLOCK) {
+                // SAFETY: 32 bytes of `text`; unaligned loads are allowed.
+                Some(whole) => unsafe { _mm256_loadu_si256(whole.as_ptr().cast()) },
+                None => {
+                    // The rest (fewer than 32 bytes), in a filled copy.
+                    let rest = &text[at..];
+                    tail[..rest.len()].copy_from_slice(rest);
+                    // SAFETY: `tail` is 32 bytes.
+                    unsafe { _mm256_loadu_si256(tail.as_ptr().cast()) }
+                }
+            };
             top = _mm256_max_epu8(top, chunk);
             let ends = self.ends(chunk, &mut carry);
             // Most chunks have no candidate: tested here, not in a call.
@@ -155,21 +171,7 @@ impl FoldedLiterals {
             }
             at += BLOCK;
         }
-        // The rest (fewer than 32 bytes), in a filled copy.
-        let rest = &text[at..];
-        if !rest.is_empty() {
-            let mut tail = [FILLER; BLOCK];
-            tail[..rest.len()].copy_from_slice(rest);
-            // SAFETY: `tail` is 32 bytes.
-            let chunk = unsafe { _mm256_loadu_si256(tail.as_ptr().cast()) };
-            top = _mm256_max_epu8(top, chunk);
-            let ends = self.ends(chunk, &mut carry);
-            if _mm256_testz_si256(ends, ends) == 0 && self.verify(text, at, ends) {
-                return (true, 0);
-            }
-        }
-        let top = max_byte(top);
-        (false, top)
+        (false, max_byte(top))
     }
 
     /// For each byte of `chunk`, the buckets with a fingerprint that ends
