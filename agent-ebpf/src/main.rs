@@ -2,8 +2,8 @@
 //! library for plaintext (`tls`): this kernel family has no kprobes and
 //! refuses fentry/fexit, and tracepoints are a stable ABI.
 //!
-//! Flow: `sys_enter_*` saves the buffer arguments per thread; `sys_exit_*`
-//! knows how many bytes moved, decides whether the fd is worth capturing and
+//! Flow: `sys_exit_*` knows how many bytes moved, reads the arguments from
+//! the task's saved registers, decides whether the fd is worth capturing and
 //! copies the bytes into the ring buffer in chunks. Everything else (framing,
 //! parsing, identities) happens in userspace.
 #![cfg_attr(target_arch = "bpf", no_std)]

@@ -6,8 +6,7 @@ use aya_ebpf::{
     Global,
 };
 use mcpscope_common::{
-    counter, DataHeader, FileOffsets, SslArgs, SslConn, SslKey, StreamInfo, SyscallArgs, TlsThread,
-    CHUNK_SIZE,
+    counter, DataHeader, FileOffsets, SslArgs, SslConn, SslKey, StreamInfo, TlsThread, CHUNK_SIZE,
 };
 
 /// tgid of the agent itself: its own I/O is never captured.
@@ -31,11 +30,6 @@ pub static FILE_OFFSETS: Global<FileOffsets> = Global::new(FileOffsets::ZERO);
 /// at load time (`--ringbuf-size`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
-
-/// Arguments saved at syscall entry, keyed by pid_tgid. A plain hash (not
-/// LRU) so a full map is visible and counted instead of silently evicting.
-#[map]
-pub static ARGS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(65536, 0);
 
 /// Per-(tgid, fd) capture decision and file identity.
 /// LRU: fds that vanish without `close` (exec, exit) age out by themselves.

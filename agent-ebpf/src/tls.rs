@@ -17,11 +17,11 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use mcpscope_common::{
-    counter, stream_key, Flow, SslArgs, SslConn, SslKey, StreamInfo, Syscall, SyscallArgs,
-    TlsThread, FD_UNBOUND, FILE_SOCKET, STREAM_IGNORED, STREAM_TRACKED,
+    counter, stream_key, Flow, SslArgs, SslConn, SslKey, StreamInfo, Syscall, TlsThread,
+    FD_UNBOUND, FILE_SOCKET, STREAM_IGNORED, STREAM_TRACKED,
 };
 
-use crate::capture::copy_out;
+use crate::capture::{copy_out, SyscallArgs};
 use crate::maps::{count, AGENT_TGID, SSL_ARGS, SSL_CONNS, TLS_FDS, TLS_THREADS};
 
 #[uprobe]
@@ -102,7 +102,7 @@ fn on_call(ctx: &ProbeContext, sc: Syscall, ex: bool) {
         _pad: 0,
     };
     if SSL_ARGS.insert(pid_tgid, args, 0).is_err() {
-        count(counter::ARGS_MAP_FULL, 1);
+        count(counter::SSL_ARGS_MAP_FULL, 1);
         return;
     }
     mark_tls_thread(pid_tgid);
@@ -201,7 +201,6 @@ fn on_return(ctx: &RetProbeContext) {
         buf: args.buf,
         iovcnt: 0,
         fd,
-        syscall: sc as u32,
     };
     let info = StreamInfo {
         state: STREAM_TRACKED,

@@ -1435,7 +1435,10 @@ fn write_markdown(r: &Report) -> Result<()> {
 /// `agent` for the agent measurements alone, anything else filters criterion.
 pub fn all(only: Option<&str>) -> Result<()> {
     build::all()?;
-    if !matches!(only, Some("agent" | "replay" | "realistic" | "detectors")) {
+    if !matches!(
+        only,
+        Some("agent" | "worst" | "replay" | "realistic" | "detectors")
+    ) {
         step("criterion benchmarks (reports in target/criterion)");
         let mut c = Command::new("cargo");
         c.current_dir(root()).args(["bench", "-p", "mcpscope"]);
@@ -1464,6 +1467,10 @@ pub fn all(only: Option<&str>) -> Result<()> {
         Some("replay") => Some(|r| {
             replay(r)?;
             detector_cost_live(r)
+        }),
+        Some("worst") => Some(|r| {
+            worst_case(r)?;
+            kernel_cost(r)
         }),
         Some("realistic") => Some(realistic),
         Some("detectors") => Some(detector_cost_live),

@@ -328,20 +328,6 @@ pub struct ProcRecord {
     pub comm: [u8; COMM_LEN],
 }
 
-/// Arguments saved at syscall entry, keyed by `pid_tgid`, consumed at exit.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct SyscallArgs {
-    /// Buffer pointer, or iovec array pointer for vectored calls.
-    pub buf: u64,
-    /// iovec count for vectored calls, otherwise 0.
-    pub iovcnt: u64,
-    /// File descriptor.
-    pub fd: u32,
-    /// [`Syscall`] as `u32`.
-    pub syscall: u32,
-}
-
 /// [`StreamInfo::state`]: the fd carries MCP (or looked like it); capture it all.
 pub const STREAM_TRACKED: u32 = 1;
 /// [`StreamInfo::state`]: not MCP, decided by userspace after it saw the
@@ -439,8 +425,9 @@ pub mod counter {
     pub const TRUNCATED_BYTES: u32 = 3;
     /// `bpf_probe_read_user` failures (bytes could not be copied).
     pub const READ_FAULTS: u32 = 4;
-    /// Syscall entries not recorded because the args map was full.
-    pub const ARGS_MAP_FULL: u32 = 5;
+    /// TLS library calls not recorded because the map of their arguments
+    /// (kept from the call to its return) was full.
+    pub const SSL_ARGS_MAP_FULL: u32 = 5;
     /// Syscalls whose data was captured.
     pub const CAPTURED_SYSCALLS: u32 = 6;
     /// Bytes captured.
@@ -457,7 +444,7 @@ pub mod counter {
         "truncated_syscalls",
         "truncated_bytes",
         "read_faults",
-        "args_map_full",
+        "ssl_args_map_full",
         "captured_syscalls",
         "captured_bytes",
         "ringbuf_pending_bytes",
@@ -467,8 +454,6 @@ pub mod counter {
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] integers and byte arrays without padding.
-    unsafe impl aya::Pod for super::SyscallArgs {}
-    // SAFETY: as above.
     unsafe impl aya::Pod for super::StreamInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FileOffsets {}

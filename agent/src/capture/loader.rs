@@ -23,21 +23,13 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// (program, tracepoint category, tracepoint name).
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("enter_read", "syscalls", "sys_enter_read"),
     ("exit_read", "syscalls", "sys_exit_read"),
-    ("enter_write", "syscalls", "sys_enter_write"),
     ("exit_write", "syscalls", "sys_exit_write"),
-    ("enter_readv", "syscalls", "sys_enter_readv"),
     ("exit_readv", "syscalls", "sys_exit_readv"),
-    ("enter_writev", "syscalls", "sys_enter_writev"),
     ("exit_writev", "syscalls", "sys_exit_writev"),
-    ("enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
     ("exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
-    ("enter_sendto", "syscalls", "sys_enter_sendto"),
     ("exit_sendto", "syscalls", "sys_exit_sendto"),
-    ("enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
     ("exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
-    ("enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
     ("exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
     ("enter_close", "syscalls", "sys_enter_close"),
     ("sched_exec", "sched", "sched_process_exec"),
@@ -262,7 +254,9 @@ pub fn preflight() -> Result<()> {
     check_kernel_version()?;
     check_capabilities()?;
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        log::warn!("kernel BTF (/sys/kernel/btf/vmlinux) is missing; mcpscope does not need it today, but a kernel built with CONFIG_DEBUG_INFO_BTF=y is recommended");
+        // The syscall programs read their arguments through BTF pointers
+        // (`bpf_task_pt_regs`), which the verifier types from it.
+        bail!("kernel BTF (/sys/kernel/btf/vmlinux) is missing: mcpscope needs a kernel built with CONFIG_DEBUG_INFO_BTF=y");
     }
     ensure_tracefs()
 }
