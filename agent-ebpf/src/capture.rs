@@ -13,9 +13,10 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use mcpscope_common::{
-    counter, stream_key, DataHeader, RecordKind, SslConn, SslKey, StreamInfo, Syscall, TlsThread,
-    CHUNK_SIZE, DATA_HEADER_LEN, FILE_OTHER, FILE_SOCKET, FLAG_EGRESS, FLAG_TLS, FLAG_TRUNCATED,
-    MAX_CAPTURE_CAP, MAX_CHUNKS, MAX_IOV, STREAM_RULED_OUT, STREAM_TRACKED,
+    counter, stream_key, DataHeader, Flow, RecordKind, SslConn, SslKey, StreamInfo, Syscall,
+    TlsThread, CHUNK_SIZE, DATA_HEADER_LEN, FILE_OTHER, FILE_SOCKET, FLAG_EGRESS, FLAG_TLS,
+    FLAG_TRUNCATED, MAX_CAPTURE_CAP, MAX_CHUNKS, MAX_IOV, STREAM_CIPHERTEXT, STREAM_RULED_OUT,
+    STREAM_TRACKED,
 };
 
 use crate::files::file_of;
@@ -136,33 +137,44 @@ fn on_exit(ctx: &TracePointContext, sc: Syscall) {
     // SAFETY: in-bounds slot of `struct pt_regs` (see `saved_regs`).
     let fd = unsafe { *regs.add(REGS_DI) } as u32;
     let key = stream_key(tgid, fd);
-    // SAFETY: plain-data map value, copied out.
-    let known = unsafe { STREAMS.get(key) }.copied();
-    if known.is_some_and(|i| i.state != STREAM_TRACKED) {
-        return; // ruled out before: the cheapest possible exit
+    // SAFETY: plain-data map value, valid while the program runs.
+    // Verifier: kept as a reference and copied only where it is `Some`: a
+    // copied-out `Option` spills its uninitialised payload on the `None`
+    // path, a read of an unset register that the verifier refuses.
+    let known = unsafe { STREAMS.get(key) };
+    match known {
+        Some(i) if i.state == STREAM_CIPHERTEXT => {
+            if let Some(t) = TLS_THREADS.get_ptr_mut(pid_tgid) {
+                // SAFETY: this thread's own map value.
+                on_tls_thread_io(unsafe { &mut *t }, fd, sc, pid_tgid, || identity(i));
+            }
+            return; // never captured
+        }
+        Some(i) if i.state != STREAM_TRACKED => return, // ruled out: one lookup
+        _ => {}
     }
+    let thread = TLS_THREADS.get_ptr_mut(pid_tgid);
     let Some(args) = args_of(sc, regs, fd) else {
         return;
     };
-    if let Some(t) = TLS_THREADS.get_ptr_mut(pid_tgid) {
-        // SAFETY: this thread's own map value.
-        on_tls_thread_io(unsafe { &mut *t }, &args, sc, pid_tgid);
-    }
     let info = match known {
-        Some(i) => i,
+        Some(i) => *i,
         None => {
             let head = classify_head(&args, sc, ret);
             if head == Head::Text {
+                if let Some(t) = thread {
+                    // SAFETY: this thread's own map value.
+                    on_tls_thread_io(unsafe { &mut *t }, fd, sc, pid_tgid, || file_of(fd));
+                }
                 return; // maybe the middle of a message: ask again next time
             }
-            let (file_kind, ino, flow) = file_of(args.fd);
+            let (file_kind, ino, flow) = file_of(fd);
             let tcp = file_kind == FILE_SOCKET && flow.lport != 0;
-            if head == Head::Binary && tcp {
-                // A TLS thread's ciphertext fd: its syscalls must keep reaching
-                // `on_tls_thread_io`, which an ignored stream's would not.
-                return;
-            }
-            let state = if file_kind == FILE_OTHER || head == Head::Binary {
+            let state = if head == Head::Binary && tcp {
+                // TLS ciphertext (or another binary protocol): a TLS
+                // thread's syscalls on it still reach `on_tls_thread_io`.
+                STREAM_CIPHERTEXT
+            } else if file_kind == FILE_OTHER || head == Head::Binary {
                 STREAM_RULED_OUT
             } else {
                 STREAM_TRACKED
@@ -175,31 +187,55 @@ fn on_exit(ctx: &TracePointContext, sc: Syscall) {
             };
             // BPF_NOEXIST: never overwrite a decision userspace made meanwhile.
             let _ = STREAMS.insert(key, info, BPF_NOEXIST as u64);
-            if state == STREAM_RULED_OUT {
-                return; // JSON in a regular file or tty: not a transport
+            if state == STREAM_CIPHERTEXT {
+                if let Some(t) = thread {
+                    // SAFETY: this thread's own map value.
+                    on_tls_thread_io(unsafe { &mut *t }, fd, sc, pid_tgid, || identity(&info));
+                }
+            }
+            if state != STREAM_TRACKED {
+                return; // not a transport of MCP text
             }
             info
         }
     };
+    if let Some(t) = thread {
+        // SAFETY: this thread's own map value.
+        on_tls_thread_io(unsafe { &mut *t }, fd, sc, pid_tgid, || identity(&info));
+    }
     copy_out(&args, sc, ret, pid_tgid, &info);
 }
 
-/// A thread that uses the TLS library moved bytes: a TCP read names the
-/// connection its next `SSL_read` decrypts; the first TCP write after an
-/// `SSL_write` names the connection of that plaintext (a `TlsBind` record).
-/// Only TLS threads get here, so the fd walk stays off other threads' path.
+/// Kind, inode and connection of a stream, as `file_of` gives them.
 #[inline(always)]
-fn on_tls_thread_io(t: &mut TlsThread, args: &SyscallArgs, sc: Syscall, pid_tgid: u64) {
+fn identity(info: &StreamInfo) -> (u32, u64, Flow) {
+    (info.file_kind, info.ino, info.flow)
+}
+
+/// A thread that uses the TLS library moved bytes on `fd`: a TCP read
+/// names the connection its next `SSL_read` decrypts; the first TCP write
+/// after an `SSL_write` names the connection of that plaintext (a
+/// `TlsBind` record). `file` gives the fd's kind, inode and connection:
+/// from its stream's entry where it has one, else read from the task's
+/// file table, and only when needed.
+#[inline(always)]
+fn on_tls_thread_io(
+    t: &mut TlsThread,
+    fd: u32,
+    sc: Syscall,
+    pid_tgid: u64,
+    file: impl FnOnce() -> (u32, u64, Flow),
+) {
     let egress = sc.is_egress();
     if egress && t.pending_ssl == 0 {
         return;
     }
-    let (kind, ino, flow) = file_of(args.fd);
+    let (kind, ino, flow) = file();
     if kind != FILE_SOCKET || flow.lport == 0 {
         return; // not TCP (a pipe, the event loop's socketpair …)
     }
     if !egress {
-        t.read_fd = args.fd;
+        t.read_fd = fd;
         t.read_ino = ino;
         t.read_flow = flow;
         t.read_fresh = 1;
@@ -212,24 +248,25 @@ fn on_tls_thread_io(t: &mut TlsThread, args: &SyscallArgs, sc: Syscall, pid_tgid
         _pad: 0,
     };
     let conn = SslConn {
-        fd: args.fd,
+        fd,
         _pad: 0,
         ino,
         flow,
     };
     let _ = SSL_CONNS.insert(&key, &conn, 0);
     t.pending_ssl = 0;
-    let _ = TLS_FDS.insert(
-        stream_key(tgid, args.fd),
-        STREAM_TRACKED,
-        BPF_NOEXIST as u64,
-    );
+    let fd_key = stream_key(tgid, fd);
+    // SAFETY: plain u32 value. A lookup first: an LRU insert that finds
+    // the key takes a free element and the bucket locks before it fails.
+    if unsafe { TLS_FDS.get(fd_key) }.is_none() {
+        let _ = TLS_FDS.insert(fd_key, STREAM_TRACKED, BPF_NOEXIST as u64);
+    }
     let bind = DataHeader {
         kind: RecordKind::TlsBind as u32,
         flags: FLAG_TLS | FLAG_EGRESS,
         tgid,
         tid: pid_tgid as u32,
-        fd: args.fd,
+        fd,
         syscall: sc as u32,
         ts_ns: unsafe { bpf_ktime_get_ns() },
         total_len: 0,

@@ -9,7 +9,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use mcpscope_common::{stream_key, ProcRecord, RecordKind, STREAM_RULED_OUT};
+use mcpscope_common::{stream_key, ProcRecord, RecordKind, STREAM_CIPHERTEXT, STREAM_RULED_OUT};
 
 use crate::maps::{wakeup_flags, AGENT_TGID, EVENTS, EXIT_GROUP_DEAD_OFFSET, STREAMS, TLS_FDS};
 
@@ -32,7 +32,7 @@ pub fn enter_close(ctx: TracePointContext) -> u32 {
     // results combined as `a || b` get merged by LLVM into `ptr | ptr`,
     // which is prohibited).
     match unsafe { STREAMS.get(key) } {
-        Some(info) if info.state == STREAM_RULED_OUT => {
+        Some(info) if info.state == STREAM_RULED_OUT || info.state == STREAM_CIPHERTEXT => {
             // Userspace never heard of this fd as a stream: forget it without
             // a record, unless it carried TLS plaintext (a TCP socket whose
             // port was already released, read after a reset, looks like a

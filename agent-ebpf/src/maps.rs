@@ -2,11 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
     Global,
 };
 use mcpscope_common::{
-    counter, DataHeader, FileOffsets, SslArgs, SslConn, SslKey, StreamInfo, TlsThread, CHUNK_SIZE,
+    counter, DataHeader, FileOffsets, SslConn, SslKey, StreamInfo, TlsThread, CHUNK_SIZE,
 };
 
 /// tgid of the agent itself: its own I/O is never captured.
@@ -35,10 +35,6 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 /// LRU: fds that vanish without `close` (exec, exit) age out by themselves.
 #[map]
 pub static STREAMS: LruHashMap<u64, StreamInfo> = LruHashMap::with_max_entries(65536, 0);
-
-/// `SSL_*` arguments between uprobe entry and return, keyed by pid_tgid.
-#[map]
-pub static SSL_ARGS: HashMap<u64, SslArgs> = HashMap::with_max_entries(16384, 0);
 
 /// Threads that called into the TLS library, and the connection their
 /// plaintext belongs to. LRU: threads end without telling us.

@@ -22,7 +22,7 @@ use mcpscope_common::{
 };
 
 use crate::capture::{copy_out, SyscallArgs};
-use crate::maps::{count, AGENT_TGID, SSL_ARGS, SSL_CONNS, TLS_FDS, TLS_THREADS};
+use crate::maps::{count, AGENT_TGID, SSL_CONNS, TLS_FDS, TLS_THREADS};
 
 #[uprobe]
 pub fn ssl_write(ctx: ProbeContext) -> u32 {
@@ -66,7 +66,7 @@ pub fn ssl_handshake(ctx: ProbeContext) -> u32 {
     }
     // A TLS thread from its handshake on: the TCP reads that finish the
     // handshake name the socket of its first SSL_read.
-    mark_tls_thread(pid_tgid);
+    let _ = tls_thread(pid_tgid);
     0
 }
 
@@ -79,7 +79,7 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
 
 /// `SSL_write(ssl, buf, num)` / `SSL_write_ex(ssl, buf, num, *written)`, and
 /// the same shapes for reads: the buffer is argument 1, the `_ex` count
-/// pointer argument 3.
+/// pointer argument 3. Saved in the thread's state until the return.
 #[inline(always)]
 fn on_call(ctx: &ProbeContext, sc: Syscall, ex: bool) {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -94,47 +94,55 @@ fn on_call(ctx: &ProbeContext, sc: Syscall, ex: bool) {
     } else {
         0
     };
-    let args = SslArgs {
+    let Some(thread) = tls_thread(pid_tgid) else {
+        return count(counter::TLS_CALLS_LOST, 1);
+    };
+    // SAFETY: map value of this thread; only this thread writes it.
+    unsafe { &mut *thread }.call = SslArgs {
         ssl,
         buf,
         len_ptr,
         syscall: sc as u32,
         _pad: 0,
     };
-    if SSL_ARGS.insert(pid_tgid, args, 0).is_err() {
-        count(counter::SSL_ARGS_MAP_FULL, 1);
-        return;
-    }
-    mark_tls_thread(pid_tgid);
 }
 
-/// Starts tracking the thread's sockets (see `TlsThread`).
+/// This thread's TLS state (see `TlsThread`), created at its first call.
+/// A lookup first: an LRU insert that finds the key takes a free element
+/// and the bucket locks before it fails.
 #[inline(always)]
-fn mark_tls_thread(pid_tgid: u64) {
+fn tls_thread(pid_tgid: u64) -> Option<*mut TlsThread> {
+    if let Some(t) = TLS_THREADS.get_ptr_mut(pid_tgid) {
+        return Some(t);
+    }
     let fresh = TlsThread {
         read_fd: FD_UNBOUND,
         ..TlsThread::default()
     };
-    // BPF_NOEXIST: keep what the syscall side learned about this thread.
+    // BPF_NOEXIST: never overwrite what the syscall side wrote meanwhile.
     let _ = TLS_THREADS.insert(pid_tgid, fresh, BPF_NOEXIST as u64);
+    TLS_THREADS.get_ptr_mut(pid_tgid)
 }
 
 #[inline(always)]
 fn on_return(ctx: &RetProbeContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: plain-data value, copied out before the delete.
-    let Some(args) = (unsafe { SSL_ARGS.get(pid_tgid) }).copied() else {
-        return;
-    };
-    let _ = SSL_ARGS.remove(pid_tgid);
-    // All four return `int`: only the low 32 bits of rax are the value
-    // (node leaves garbage above them).
-    let ret = ctx.ret::<u64>() as u32 as i32;
     let Some(thread) = TLS_THREADS.get_ptr_mut(pid_tgid) else {
-        return;
+        // Only a call that reached `on_call` has a return probe: its
+        // thread's state (and the call with it) was evicted meanwhile.
+        return count(counter::TLS_CALLS_LOST, 1);
     };
     // SAFETY: map value of this thread; only this thread writes it.
     let thread = unsafe { &mut *thread };
+    let args = thread.call;
+    thread.call.ssl = 0;
+    if args.ssl == 0 {
+        // The state was evicted and made anew by a syscall in between.
+        return count(counter::TLS_CALLS_LOST, 1);
+    }
+    // All four return `int`: only the low 32 bits of rax are the value
+    // (node leaves garbage above them).
+    let ret = ctx.ret::<u64>() as u32 as i32;
     let tgid = (pid_tgid >> 32) as u32;
     let key = SslKey {
         ssl: args.ssl,
@@ -191,11 +199,15 @@ fn on_return(ctx: &RetProbeContext) {
         None => (thread.read_fd, thread.read_ino, thread.read_flow),
     };
     if fd != FD_UNBOUND {
+        let fd_key = stream_key(tgid, fd);
         // SAFETY: plain u32 value.
-        if unsafe { TLS_FDS.get(stream_key(tgid, fd)) }.copied() == Some(STREAM_IGNORED) {
-            return; // userspace found this connection not MCP
+        match unsafe { TLS_FDS.get(fd_key) }.copied() {
+            Some(STREAM_IGNORED) => return, // userspace found this connection not MCP
+            Some(_) => {}
+            None => {
+                let _ = TLS_FDS.insert(fd_key, STREAM_TRACKED, BPF_NOEXIST as u64);
+            }
         }
-        let _ = TLS_FDS.insert(stream_key(tgid, fd), STREAM_TRACKED, BPF_NOEXIST as u64);
     }
     let sargs = SyscallArgs {
         buf: args.buf,

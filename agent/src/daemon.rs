@@ -296,7 +296,7 @@ impl LossTracker {
             ),
             ("kernel.truncated_bytes", c[k::TRUNCATED_BYTES as usize]),
             ("kernel.read_faults", c[k::READ_FAULTS as usize]),
-            ("kernel.ssl_args_map_full", c[k::SSL_ARGS_MAP_FULL as usize]),
+            ("kernel.tls_calls_lost", c[k::TLS_CALLS_LOST as usize]),
             ("userspace.decode_errors", s.decode_errors),
             ("userspace.gap_bytes", s.gap_bytes),
             ("userspace.truncated_unsalvageable", s.truncated_dropped),
@@ -324,7 +324,7 @@ fn export<C: crate::stream::StreamControl>(p: &Pipeline<C>, probes: &Probes, m: 
     let at = |i: u32| c[i as usize];
     m.set_lost("kernel", "ringbuf_full", at(k::RINGBUF_FULL_RECORDS));
     m.set_lost("kernel", "read_fault", at(k::READ_FAULTS));
-    m.set_lost("kernel", "ssl_args_map_full", at(k::SSL_ARGS_MAP_FULL));
+    m.set_lost("kernel", "tls_calls_lost", at(k::TLS_CALLS_LOST));
     m.set_lost("kernel", "capture_cap", at(k::TRUNCATED_SYSCALLS));
     m.set_bytes_lost("kernel", "ringbuf_full", at(k::RINGBUF_FULL_BYTES));
     m.set_bytes_lost("kernel", "capture_cap", at(k::TRUNCATED_BYTES));

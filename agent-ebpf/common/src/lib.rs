@@ -337,11 +337,16 @@ pub const STREAM_IGNORED: u32 = 2;
 /// syscall (not a pipe or socket, or binary bytes); userspace never saw the
 /// fd, so its close is not reported either.
 pub const STREAM_RULED_OUT: u32 = 3;
+/// [`StreamInfo::state`]: a TCP socket whose first bytes were binary — TLS
+/// ciphertext, or another binary protocol. Never captured; kept so that a
+/// TLS thread's syscalls on it name the connection of its plaintext from
+/// the file identity read once, and other threads' pass by at one lookup.
+pub const STREAM_CIPHERTEXT: u32 = 4;
 
-/// Arguments of an `SSL_read`/`SSL_write` call, saved at uprobe entry and
-/// consumed at its return, keyed by `pid_tgid`.
+/// Arguments of an `SSL_read`/`SSL_write` call, saved at uprobe entry in
+/// the calling thread's [`TlsThread`] and consumed at its return.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct SslArgs {
     /// The `SSL *` (one per connection).
     pub ssl: u64,
@@ -377,6 +382,10 @@ pub struct TlsThread {
     /// The `SSL *` whose plaintext was written while its socket was unknown
     /// (0: none pending).
     pub pending_ssl: u64,
+    /// The call in progress on this thread (`ssl` 0: none). Kept here, not
+    /// in a map of its own: a hash-map insert and delete per call cost
+    /// more than the rest of the probe.
+    pub call: SslArgs,
 }
 
 /// The socket of one `SSL *`, as learned by [`TlsThread`].
@@ -425,9 +434,10 @@ pub mod counter {
     pub const TRUNCATED_BYTES: u32 = 3;
     /// `bpf_probe_read_user` failures (bytes could not be copied).
     pub const READ_FAULTS: u32 = 4;
-    /// TLS library calls not recorded because the map of their arguments
-    /// (kept from the call to its return) was full.
-    pub const SSL_ARGS_MAP_FULL: u32 = 5;
+    /// TLS library calls lost between call and return: the calling
+    /// thread's state (which holds the call's arguments) could not be
+    /// stored, or was evicted before the return.
+    pub const TLS_CALLS_LOST: u32 = 5;
     /// Syscalls whose data was captured.
     pub const CAPTURED_SYSCALLS: u32 = 6;
     /// Bytes captured.
@@ -444,7 +454,7 @@ pub mod counter {
         "truncated_syscalls",
         "truncated_bytes",
         "read_faults",
-        "ssl_args_map_full",
+        "tls_calls_lost",
         "captured_syscalls",
         "captured_bytes",
         "ringbuf_pending_bytes",
