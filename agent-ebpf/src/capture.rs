@@ -21,8 +21,8 @@ use mcpscope_common::{
 
 use crate::files::file_of;
 use crate::maps::{
-    count, wakeup_flags, CopyState, Scratch, AGENT_TGID, BPF_RB_NO_WAKEUP, CAPTURE_CAP, COUNTERS,
-    EVENTS, SCRATCH, SSL_CONNS, STREAMS, TLS_FDS, TLS_THREADS,
+    count, tls_fd_state, wakeup_flags, CopyState, Scratch, AGENT_TGID, BPF_RB_NO_WAKEUP,
+    CAPTURE_CAP, COUNTERS, EVENTS, SCRATCH, SSL_CONNS, STREAMS, TLS_THREADS,
 };
 
 // Offset of `ret` in the sys_exit tracepoint record (see
@@ -142,30 +142,19 @@ fn on_exit(ctx: &TracePointContext, sc: Syscall) {
     // copied-out `Option` spills its uninitialised payload on the `None`
     // path, a read of an unset register that the verifier refuses.
     let known = unsafe { STREAMS.get(key) };
-    match known {
-        Some(i) if i.state == STREAM_CIPHERTEXT => {
-            if let Some(t) = TLS_THREADS.get_ptr_mut(pid_tgid) {
-                // SAFETY: this thread's own map value.
-                on_tls_thread_io(unsafe { &mut *t }, fd, sc, pid_tgid, || identity(i));
-            }
-            return; // never captured
-        }
-        Some(i) if i.state != STREAM_TRACKED => return, // ruled out: one lookup
-        _ => {}
+    if known.is_some_and(|i| i.state != STREAM_TRACKED && i.state != STREAM_CIPHERTEXT) {
+        return; // ruled out: one lookup
     }
     let thread = TLS_THREADS.get_ptr_mut(pid_tgid);
-    let Some(args) = args_of(sc, regs, fd) else {
-        return;
-    };
     let info = match known {
         Some(i) => *i,
         None => {
+            let Some(args) = args_of(sc, regs, fd) else {
+                return;
+            };
             let head = classify_head(&args, sc, ret);
             if head == Head::Text {
-                if let Some(t) = thread {
-                    // SAFETY: this thread's own map value.
-                    on_tls_thread_io(unsafe { &mut *t }, fd, sc, pid_tgid, || file_of(fd));
-                }
+                on_tls_thread_io(thread, fd, sc, pid_tgid, || file_of(fd));
                 return; // maybe the middle of a message: ask again next time
             }
             let (file_kind, ino, flow) = file_of(fd);
@@ -187,22 +176,22 @@ fn on_exit(ctx: &TracePointContext, sc: Syscall) {
             };
             // BPF_NOEXIST: never overwrite a decision userspace made meanwhile.
             let _ = STREAMS.insert(key, info, BPF_NOEXIST as u64);
-            if state == STREAM_CIPHERTEXT {
-                if let Some(t) = thread {
-                    // SAFETY: this thread's own map value.
-                    on_tls_thread_io(unsafe { &mut *t }, fd, sc, pid_tgid, || identity(&info));
-                }
-            }
-            if state != STREAM_TRACKED {
+            if state == STREAM_RULED_OUT {
                 return; // not a transport of MCP text
             }
             info
         }
     };
-    if let Some(t) = thread {
-        // SAFETY: this thread's own map value.
-        on_tls_thread_io(unsafe { &mut *t }, fd, sc, pid_tgid, || identity(&info));
+    on_tls_thread_io(thread, fd, sc, pid_tgid, || identity(&info));
+    if info.state != STREAM_TRACKED {
+        return; // ciphertext: never captured
     }
+    // At a stream's first syscall, read a second time (its registers and,
+    // for msghdr calls, two user words): cheaper than carrying an
+    // `Option` out of the match, which the verifier refuses (see `known`).
+    let Some(args) = args_of(sc, regs, fd) else {
+        return;
+    };
     copy_out(&args, sc, ret, pid_tgid, &info);
 }
 
@@ -212,7 +201,8 @@ fn identity(info: &StreamInfo) -> (u32, u64, Flow) {
     (info.file_kind, info.ino, info.flow)
 }
 
-/// A thread that uses the TLS library moved bytes on `fd`: a TCP read
+/// A thread that uses the TLS library (`thread`: its state, if it is one)
+/// moved bytes on `fd`: a TCP read
 /// names the connection its next `SSL_read` decrypts; the first TCP write
 /// after an `SSL_write` names the connection of that plaintext (a
 /// `TlsBind` record). `file` gives the fd's kind, inode and connection:
@@ -220,12 +210,17 @@ fn identity(info: &StreamInfo) -> (u32, u64, Flow) {
 /// file table, and only when needed.
 #[inline(always)]
 fn on_tls_thread_io(
-    t: &mut TlsThread,
+    thread: Option<*mut TlsThread>,
     fd: u32,
     sc: Syscall,
     pid_tgid: u64,
     file: impl FnOnce() -> (u32, u64, Flow),
 ) {
+    let Some(t) = thread else {
+        return; // not a TLS thread
+    };
+    // SAFETY: this thread's own map value; only this thread writes it.
+    let t = unsafe { &mut *t };
     let egress = sc.is_egress();
     if egress && t.pending_ssl == 0 {
         return;
@@ -255,12 +250,7 @@ fn on_tls_thread_io(
     };
     let _ = SSL_CONNS.insert(&key, &conn, 0);
     t.pending_ssl = 0;
-    let fd_key = stream_key(tgid, fd);
-    // SAFETY: plain u32 value. A lookup first: an LRU insert that finds
-    // the key takes a free element and the bucket locks before it fails.
-    if unsafe { TLS_FDS.get(fd_key) }.is_none() {
-        let _ = TLS_FDS.insert(fd_key, STREAM_TRACKED, BPF_NOEXIST as u64);
-    }
+    let _ = tls_fd_state(stream_key(tgid, fd));
     let bind = DataHeader {
         kind: RecordKind::TlsBind as u32,
         flags: FLAG_TLS | FLAG_EGRESS,

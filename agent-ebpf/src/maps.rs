@@ -1,12 +1,14 @@
 //! Maps and load-time globals shared by the programs.
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
     Global,
 };
 use mcpscope_common::{
     counter, DataHeader, FileOffsets, SslConn, SslKey, StreamInfo, TlsThread, CHUNK_SIZE,
+    STREAM_TRACKED,
 };
 
 /// tgid of the agent itself: its own I/O is never captured.
@@ -122,4 +124,17 @@ pub fn wakeup_flags(size: u64) -> (u64, u64) {
         BPF_RB_NO_WAKEUP
     };
     (pending, flags)
+}
+
+/// The state of TLS connection `key` (tgid, fd) in `TLS_FDS`, made
+/// `STREAM_TRACKED` if it has none. A lookup first: an LRU insert that
+/// finds the key takes a free element and the bucket locks before it fails.
+#[inline(always)]
+pub fn tls_fd_state(key: u64) -> u32 {
+    // SAFETY: plain u32 value.
+    if let Some(state) = unsafe { TLS_FDS.get(key) } {
+        return *state;
+    }
+    let _ = TLS_FDS.insert(key, STREAM_TRACKED, BPF_NOEXIST as u64);
+    STREAM_TRACKED
 }

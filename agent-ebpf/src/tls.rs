@@ -22,7 +22,7 @@ use mcpscope_common::{
 };
 
 use crate::capture::{copy_out, SyscallArgs};
-use crate::maps::{count, AGENT_TGID, SSL_CONNS, TLS_FDS, TLS_THREADS};
+use crate::maps::{count, tls_fd_state, AGENT_TGID, SSL_CONNS, TLS_THREADS};
 
 #[uprobe]
 pub fn ssl_write(ctx: ProbeContext) -> u32 {
@@ -199,14 +199,8 @@ fn on_return(ctx: &RetProbeContext) {
         None => (thread.read_fd, thread.read_ino, thread.read_flow),
     };
     if fd != FD_UNBOUND {
-        let fd_key = stream_key(tgid, fd);
-        // SAFETY: plain u32 value.
-        match unsafe { TLS_FDS.get(fd_key) }.copied() {
-            Some(STREAM_IGNORED) => return, // userspace found this connection not MCP
-            Some(_) => {}
-            None => {
-                let _ = TLS_FDS.insert(fd_key, STREAM_TRACKED, BPF_NOEXIST as u64);
-            }
+        if tls_fd_state(stream_key(tgid, fd)) == STREAM_IGNORED {
+            return; // userspace found this connection not MCP
         }
     }
     let sargs = SyscallArgs {
