@@ -114,14 +114,7 @@ impl Scan<'_> {
     /// written again first.
     fn string(&mut self) -> Option<u64> {
         let open = self.i;
-        let mut end = special_at(self.b, open + 1)?;
-        let mut canonical = true;
-        while self.b[end] == b'\\' {
-            let escape = self.b.get(end + 1..)?;
-            canonical &= written_by_serde(escape);
-            let next = end + if escape.first() == Some(&b'u') { 6 } else { 2 };
-            end = special_at(self.b, next)?;
-        }
+        let (end, canonical) = string_end(self.b, open)?;
         let quoted = &self.b[open..=end];
         self.i = end + 1;
         if canonical {
@@ -190,39 +183,189 @@ impl Scan<'_> {
     }
 }
 
-/// The first `"` or `\` in `b` at or after `i`: sixteen bytes at a time
-/// (SSE2, part of every x86-64 CPU), then byte by byte for the last few.
-/// Strings on the wire are escaped every few dozen bytes (`\"`, `\n`), and
-/// a `memchr2` call per escape spent more on its set-up than on searching
-/// (a fifth of the detectors' instructions on prose arguments); this
-/// loop has none.
+/// Bytes per block of [`string_end`]: one bit each in a `u64`.
+const BLOCK: usize = 64;
+
+/// The closing quote of the string whose opening quote is at `open`, and
+/// whether every escape in it is one serde_json writes; `None` if it does
+/// not close. Sixty-four bytes at a time, with no step per escape: a
+/// block's masks of quotes and backslashes give the escaped bytes by bit
+/// arithmetic (simdjson's, below), the first unescaped quote ends the
+/// string, and only an escaped `/` or `u` is looked at on its own (the
+/// escapes serde_json may not write). Strings on the wire are escaped
+/// every few dozen bytes (`\"`, `\n`): a search that stopped at each
+/// escape spent some forty instructions there, most of the detectors'
+/// cost on prose. AVX2 where the CPU has it, else SSE2.
+fn string_end(b: &[u8], open: usize) -> Option<(usize, bool)> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { string_end_avx2(b, open) };
+    }
+    string_end_in::<false>(b, open)
+}
+
+/// [`string_end`] with AVX2 enabled, its masks from 32-byte compares.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn string_end_avx2(b: &[u8], open: usize) -> Option<(usize, bool)> {
+    string_end_in::<true>(b, open)
+}
+
+/// [`string_end`]'s loop; `AVX2` says which masks it takes (and is only
+/// true inside [`string_end_avx2`]).
+#[inline(always)]
+fn string_end_in<const AVX2: bool>(b: &[u8], open: usize) -> Option<(usize, bool)> {
+    let mut canonical = true;
+    let mut at = open + 1; // the block's first byte
+    let mut carry = 0; // 1: the block's first byte is escaped
+    loop {
+        let m = specials::<AVX2>(b, at);
+        let escaped = escaped_bytes(m.backslashes, &mut carry);
+        let ends = m.quotes & !escaped;
+        // The bits before the closing quote, or all of them.
+        let inside = if ends == 0 {
+            !0
+        } else {
+            (ends & ends.wrapping_neg()) - 1
+        };
+        let mut escapes = escaped & inside;
+        while escapes != 0 {
+            // Only `\/` and some `\uXXXX` are escapes serde_json does not write.
+            let k = at + escapes.trailing_zeros() as usize;
+            match b.get(k) {
+                Some(b'/') => canonical = false,
+                Some(b'u') => canonical &= written_by_serde(&b[k..]),
+                _ => {}
+            }
+            escapes &= escapes - 1;
+        }
+        if ends != 0 {
+            return Some((at + ends.trailing_zeros() as usize, canonical));
+        }
+        if at + BLOCK >= b.len() {
+            return None; // the text ends before the string does
+        }
+        at += BLOCK;
+    }
+}
+
+/// The bytes of a block escaped by a backslash, given its backslashes;
+/// `carry` (0 or 1) says whether the block's first byte is escaped (by a
+/// backslash ending the previous block), and is set for the next. Runs of
+/// backslashes pair off: in `\\\"` the quote is escaped, in `\\"` it
+/// is not. simdjson's branch-free form: an addition carries each run's
+/// start to its end, which tells runs starting on odd and even bits apart.
+fn escaped_bytes(backslashes: u64, carry: &mut u64) -> u64 {
+    const EVEN: u64 = 0x5555_5555_5555_5555;
+    let backslashes = backslashes & !*carry; // an escaped backslash escapes nothing
+    let follows = backslashes << 1 | *carry;
+    let odd_starts = backslashes & !EVEN & !follows;
+    let (even_runs, overflow) = odd_starts.overflowing_add(backslashes);
+    *carry = u64::from(overflow);
+    (EVEN ^ (even_runs << 1)) & follows
+}
+
+/// One block's bytes of interest (bit `k` for byte `at + k`).
+struct Masks {
+    quotes: u64,
+    backslashes: u64,
+}
+
+/// The [`Masks`] of `b[at..at + 64]`, none past the end of `b`. A block
+/// that would run past the end is read as the last 64 bytes of `b`, its
+/// masks shifted into place; a text shorter than a block is copied into
+/// one.
+#[inline(always)]
+fn specials<const AVX2: bool>(b: &[u8], at: usize) -> Masks {
+    let of = |block: &[u8]| -> Masks {
+        let block: &[u8; BLOCK] = block.try_into().expect("a block");
+        #[cfg(target_arch = "x86_64")]
+        if AVX2 {
+            // SAFETY: `AVX2` is true only inside `string_end_avx2`.
+            return unsafe { masks_avx2(block) };
+        }
+        masks_sse2(block)
+    };
+    if let Some(block) = b.get(at..at + BLOCK) {
+        return of(block);
+    }
+    if at >= b.len() {
+        return Masks {
+            quotes: 0,
+            backslashes: 0,
+        };
+    }
+    let (m, shift) = match b.len().checked_sub(BLOCK) {
+        Some(last) => (of(&b[last..]), at - last),
+        None => {
+            let mut block = [0u8; BLOCK]; // zeros: none of the bytes of interest
+            block[..b.len() - at].copy_from_slice(&b[at..]);
+            (of(&block), 0)
+        }
+    };
+    Masks {
+        quotes: m.quotes >> shift,
+        backslashes: m.backslashes >> shift,
+    }
+}
+
+/// [`Masks`] of a block by 32-byte compares.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
 #[inline]
-fn special_at(b: &[u8], mut i: usize) -> Option<usize> {
+fn masks_avx2(block: &[u8; BLOCK]) -> Masks {
+    use std::arch::x86_64::{
+        __m256i, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_set1_epi8,
+    };
+    // SAFETY: each load reads 32 of the block's 64 bytes (unaligned loads
+    // are allowed).
+    let (lo, hi) = unsafe {
+        (
+            _mm256_loadu_si256(block.as_ptr().cast()),
+            _mm256_loadu_si256(block.as_ptr().add(32).cast()),
+        )
+    };
+    let (quote, backslash) = (_mm256_set1_epi8(b'"' as i8), _mm256_set1_epi8(b'\\' as i8));
+    let bits = |v: __m256i| u64::from(_mm256_movemask_epi8(v) as u32);
+    Masks {
+        quotes: bits(_mm256_cmpeq_epi8(lo, quote)) | bits(_mm256_cmpeq_epi8(hi, quote)) << 32,
+        backslashes: bits(_mm256_cmpeq_epi8(lo, backslash))
+            | bits(_mm256_cmpeq_epi8(hi, backslash)) << 32,
+    }
+}
+
+/// [`Masks`] of a block by 16-byte compares (SSE2, part of every x86-64
+/// CPU), or byte by byte elsewhere.
+#[inline(always)]
+fn masks_sse2(block: &[u8; BLOCK]) -> Masks {
+    let mut m = Masks {
+        quotes: 0,
+        backslashes: 0,
+    };
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{
-            _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+            _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
         };
         // SAFETY: SSE2 is in the baseline of every x86-64 target, and each
-        // load reads the 16 bytes at `i`, inside `b` by the loop's
-        // condition (unaligned loads are allowed).
+        // load reads 16 of the block's 64 bytes.
         unsafe {
             let (quote, backslash) = (_mm_set1_epi8(b'"' as i8), _mm_set1_epi8(b'\\' as i8));
-            while i + 16 <= b.len() {
-                let v = _mm_loadu_si128(b.as_ptr().add(i).cast());
-                let hits = _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash));
-                let mask = _mm_movemask_epi8(hits);
-                if mask != 0 {
-                    return Some(i + mask.trailing_zeros() as usize);
-                }
-                i += 16;
+            for k in 0..BLOCK / 16 {
+                let v = _mm_loadu_si128(block.as_ptr().add(16 * k).cast());
+                let bits = |x| u64::from(_mm_movemask_epi8(x) as u16) << (16 * k);
+                m.quotes |= bits(_mm_cmpeq_epi8(v, quote));
+                m.backslashes |= bits(_mm_cmpeq_epi8(v, backslash));
             }
         }
     }
-    let rest = b.get(i..)?;
-    rest.iter()
-        .position(|&c| c == b'"' || c == b'\\')
-        .map(|at| i + at)
+    #[cfg(not(target_arch = "x86_64"))]
+    for (k, &c) in block.iter().enumerate() {
+        m.quotes |= u64::from(c == b'"') << k;
+        m.backslashes |= u64::from(c == b'\\') << k;
+    }
+    m
 }
 
 /// splitmix64's finaliser: every input bit reaches every output bit, so
@@ -415,13 +558,32 @@ mod tests {
             assert_eq!(scan(j), Some(serde_hash(j)), "{j}");
         }
         // An escape at every offset of a string, either side of the
-        // sixteen-byte steps of the search for its end.
-        for at in 0..40 {
-            for escape in [r#"\""#, r"\\", r"\n", r"\u00e9", r"\/"] {
-                let text = format!("{}{escape}{}", "x".repeat(at), "y".repeat(40 - at));
-                let j = format!(r#"{{"k":"{text}","l":"{text}"}}"#);
-                assert_eq!(scan(&j), Some(serde_hash(&j)), "{j}");
+        // 64-byte blocks of the search for its end (an escape may run
+        // into the next block), in texts both longer and shorter than a
+        // block, and with the string last in the text (its last block
+        // read as the text's last 64 bytes).
+        for len in [0, 5, 40, 70, 150] {
+            for at in 0..=len {
+                for escape in [r#"\""#, r"\\", r"\n", r"\u00e9", r"\/", r#"\\\""#, r"\n\n"] {
+                    let text = format!("{}{escape}{}", "x".repeat(at), "y".repeat(len - at));
+                    for j in [
+                        format!(r#"{{"k":"{text}","l":"{text}"}}"#),
+                        format!(r#""{text}""#),
+                        format!(r#"["{text}"]"#),
+                    ] {
+                        assert_eq!(scan(&j), Some(serde_hash(&j)), "{j}");
+                    }
+                }
             }
+        }
+        // A string that does not close is handed over (and serde refuses it).
+        for open in [
+            r#""abc"#,
+            r#""abc\""#,
+            r#""abc\"#,
+            &format!(r#""{}"#, "x".repeat(100)),
+        ] {
+            assert_eq!(scan(open), None, "{open}");
         }
         // Random values, compact and pretty, with escapes and unicode.
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
@@ -481,6 +643,50 @@ mod tests {
             ] {
                 assert_eq!(scan(&text), Some(serde_hash(&text)), "{text}");
             }
+        }
+    }
+
+    /// A string's end and escapes, found one byte at a time.
+    fn string_end_bytewise(b: &[u8], open: usize) -> Option<(usize, bool)> {
+        let (mut i, mut canonical) = (open + 1, true);
+        loop {
+            match *b.get(i)? {
+                b'"' => return Some((i, canonical)),
+                b'\\' => {
+                    let escape = b.get(i + 1..)?;
+                    canonical &= written_by_serde(escape);
+                    i += if escape.first() == Some(&b'u') { 6 } else { 2 };
+                }
+                _ => i += 1,
+            }
+        }
+    }
+
+    #[test]
+    fn both_mask_forms_find_what_a_bytewise_walk_finds() {
+        // Runs of backslashes of every length, quotes, `\/` and `\u`
+        // escapes at every offset around the 64-byte blocks, in texts
+        // shorter and longer than a block.
+        let pieces = [
+            r"\\", r#"\""#, r"\/", r"\u00e9", r"\u001f", r"\n", "u", "/", "x",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..20_000 {
+            seed = mix(seed);
+            let mut text = String::from("\"");
+            let mut r = seed;
+            while text.len() < (round % 200) {
+                text.push_str(pieces[(r % pieces.len() as u64) as usize]);
+                r = mix(r);
+            }
+            if round % 3 != 0 {
+                text.push('"');
+            }
+            text.push_str(&"y".repeat((seed >> 40) as usize % 70));
+            let b = text.as_bytes();
+            let want = string_end_bytewise(b, 0);
+            assert_eq!(string_end(b, 0), want, "{text}");
+            assert_eq!(string_end_in::<false>(b, 0), want, "{text}");
         }
     }
 
