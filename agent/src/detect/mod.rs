@@ -136,8 +136,11 @@ struct StormState {
 
 #[derive(Default)]
 struct LoopState {
-    /// (tool, arguments hash, result hash), the response, the tool's name.
-    sigs: VecDeque<((Id, u64, u64), Evidence, Name)>,
+    /// (tool, arguments hash, result hash) and the response.
+    sigs: VecDeque<((Id, u64, u64), Evidence)>,
+    /// The names of the tools in `sigs` (a few), for a flag's cycle: kept
+    /// once per tool, not cloned per response.
+    tools: Vec<Name>,
     fired: bool,
 }
 
@@ -342,36 +345,46 @@ impl Detectors {
     }
 
     /// A message's caller, server and tool names: those the session last
-    /// made, unless what they are made of changed.
-    fn names_of(&mut self, s: &mut SessionState, ev: &McpEvent) -> (Name, Name, Name) {
+    /// made (kept in `ends` and `tool`, its [`SessionState`]'s), unless
+    /// what they are made of changed. Borrowed: a message costs no
+    /// reference count.
+    fn names_of<'s>(
+        &mut self,
+        ends: &'s mut Option<Ends>,
+        tool: &'s mut Option<Name>,
+        ev: &McpEvent,
+    ) -> (&'s Name, &'s Name, &'s Name) {
         let (client, server) = match ev.kind {
             Kind::Request | Kind::Notification => (&ev.from, &ev.to),
             _ => (&ev.to, &ev.from),
         };
-        let ends = match &s.ends {
-            Some(e) if e.made_of(client, server, &ev.client, &ev.server) => e.names.clone(),
-            _ => {
-                let names = (
+        if !ends
+            .as_ref()
+            .is_some_and(|e| e.made_of(client, server, &ev.client, &ev.server))
+        {
+            let info = |p: &Option<PeerInfo>| p.as_ref().map(|p| p.name.as_str().into());
+            *ends = Some(Ends {
+                client: client.as_ref().map(|e| e.process.clone()),
+                server: server.as_ref().map(|e| e.process.clone()),
+                client_info: info(&ev.client),
+                server_info: info(&ev.server),
+                names: (
                     self.endpoint_name(client, &ev.client),
                     self.endpoint_name(server, &ev.server),
-                );
-                let info = |p: &Option<PeerInfo>| p.as_ref().map(|p| p.name.as_str().into());
-                s.ends = Some(Ends {
-                    client: client.as_ref().map(|e| e.process.clone()),
-                    server: server.as_ref().map(|e| e.process.clone()),
-                    client_info: info(&ev.client),
-                    server_info: info(&ev.server),
-                    names: names.clone(),
-                });
-                names
-            }
-        };
-        let tool = ev.tool.as_deref().unwrap_or("");
-        let tool = match &s.tool {
-            Some(t) if *t.text == *tool => t.clone(),
-            _ => s.tool.insert(self.names.tool(tool)).clone(),
-        };
-        (ends.0, ends.1, tool)
+                ),
+            });
+        }
+        let named = ev.tool.as_deref().unwrap_or("");
+        if tool.as_ref().is_none_or(|t| *t.text != *named) {
+            *tool = Some(self.names.tool(named));
+        }
+        let (ends, tool): (&'s Option<Ends>, &'s Option<Name>) = (ends, tool);
+        let ends = ends.as_ref().expect("made above");
+        (
+            &ends.names.0,
+            &ends.names.1,
+            tool.as_ref().expect("made above"),
+        )
     }
 
     /// The name of an endpoint, with its MCP client or server info.
@@ -412,10 +425,27 @@ impl Detectors {
             id: ev.id.clone(),
             ts_ns,
         };
-        let mut names = None;
+        let answered_call = asked
+            .filter(|_| matches!(ev.kind, Kind::Response | Kind::Error))
+            .filter(|_| ev.method.as_deref() == Some("tools/call"));
+        let listed =
+            (facts.tools.as_ref()).filter(|_| matches!(ev.kind, Kind::Response | Kind::Error));
+        let flagged = (self.cfg.secret_in_payload.enabled && !facts.secrets.is_empty())
+            || (self.cfg.injection_marker.enabled
+                && !facts.markers.is_empty()
+                && ev.kind != Kind::Request);
+        if ev.kind != Kind::Request && answered_call.is_none() && listed.is_none() && !flagged {
+            return out; // nothing here for a detector (a notification, a plain response)
+        }
+        let SessionState {
+            ends,
+            tool,
+            loops,
+            slots,
+        } = s;
+        let (caller, server, tool) = self.names_of(ends, tool, ev);
         if ev.kind == Kind::Request {
-            let (caller, server, tool) = names.insert(self.names_of(s, ev));
-            self.on_request((caller, server, tool), ev, &me, &mut s.slots, &mut out);
+            self.on_request((caller, server, tool), ev, &me, slots, &mut out);
             if ev.method.as_deref() == Some("tools/call") {
                 let key = (caller.id, server.id, tool.id, facts.args_hash.unwrap_or(0));
                 self.call_checks(key, (caller, server, tool), me.clone(), ev, &mut out);
@@ -424,34 +454,25 @@ impl Detectors {
                 header_mismatch(ev, caller, server, &me, &mut out);
             }
         }
-        if matches!(ev.kind, Kind::Response | Kind::Error) {
-            if let Some(asked) = asked.filter(|_| ev.method.as_deref() == Some("tools/call")) {
-                let (caller, server, tool) = names.insert(self.names_of(s, ev));
-                let call = Call {
-                    key: (caller.id, server.id, tool.id, asked.args_hash.unwrap_or(0)),
-                    names: (caller, server, tool),
-                    asked: Evidence {
-                        seq: asked.seq,
-                        id: ev.id.clone(),
-                        ts_ns: asked.ts_ns,
-                    },
-                };
-                self.on_result(call, ev, s, me.clone(), facts, &mut out);
-            }
-            if let Some(tools) = &facts.tools {
-                let (_, server, _) = names.get_or_insert_with(|| self.names_of(s, ev));
-                self.drift(server, tools, me.clone(), &mut out);
-            }
+        if let Some(asked) = answered_call {
+            let call = Call {
+                key: (caller.id, server.id, tool.id, asked.args_hash.unwrap_or(0)),
+                names: (caller, server, tool),
+                asked: Evidence {
+                    seq: asked.seq,
+                    id: ev.id.clone(),
+                    ts_ns: asked.ts_ns,
+                },
+            };
+            self.on_result(call, ev, (loops, slots), me.clone(), facts, &mut out);
         }
-        let flagged = (self.cfg.secret_in_payload.enabled && !facts.secrets.is_empty())
-            || (self.cfg.injection_marker.enabled
-                && !facts.markers.is_empty()
-                && ev.kind != Kind::Request);
+        if let Some(tools) = listed {
+            self.drift(server, tools, me.clone(), &mut out);
+        }
         if !flagged {
             self.stats.flags += out.len() as u64;
             return out;
         }
-        let (caller, server, tool) = names.get_or_insert_with(|| self.names_of(s, ev));
         if self.cfg.secret_in_payload.enabled && !facts.secrets.is_empty() {
             let kinds: Vec<&str> = facts.secrets.iter().map(|s| s.kind).collect();
             let place = if ev.kind == Kind::Request {
@@ -616,7 +637,7 @@ impl Detectors {
         &mut self,
         p: Call<'_>,
         ev: &McpEvent,
-        s: &mut SessionState,
+        (loops, slots): (&mut LoopState, &mut Slots),
         me: Evidence,
         facts: &MessageFacts,
         out: &mut Vec<Flag>,
@@ -674,20 +695,35 @@ impl Detectors {
         // loop: a repeating cycle of identical calls with identical results.
         if self.cfg.loop_.enabled {
             let (maxp, k) = (self.cfg.loop_.max_period, self.cfg.loop_.min_repeats);
-            let l = &mut s.loops;
+            let l = loops;
             let sig = (tool.id, args, facts.result_hash.unwrap_or(0));
-            l.sigs.push_back((sig, me.clone(), tool.clone()));
+            l.sigs.push_back((sig, me.clone()));
             if l.sigs.len() > maxp * k {
                 l.sigs.pop_front();
+            }
+            if !l.tools.iter().any(|t| t.id == tool.id) {
+                if l.tools.len() >= maxp * k {
+                    // Only tools still in the window keep their name.
+                    let sigs = &l.sigs;
+                    l.tools
+                        .retain(|t| sigs.iter().any(|((id, ..), _)| *id == t.id));
+                }
+                l.tools.push(tool.clone());
             }
             let n = l.sigs.len();
             let found = repeating_period(&l.sigs, maxp, k);
             match found {
                 Some(per) if !l.fired => {
                     l.fired = true;
+                    let name_of = |id: Id| {
+                        l.tools
+                            .iter()
+                            .find(|t| t.id == id)
+                            .map_or_else(String::new, |t| t.to_string())
+                    };
                     let cycle: Vec<String> = (0..per)
                         .rev()
-                        .map(|i| l.sigs[n - 1 - i].2.to_string())
+                        .map(|i| name_of(l.sigs[n - 1 - i].0 .0))
                         .collect();
                     out.push(Flag {
                         flag: "loop",
@@ -696,7 +732,7 @@ impl Detectors {
                         caller: caller.to_string(),
                         server: server.to_string(),
                         tool: Some(tool.to_string()),
-                        evidence: l.sigs.iter().skip(n - per * k).map(|(_, e, _)| e.clone()).collect(),
+                        evidence: l.sigs.iter().skip(n - per * k).map(|(_, e)| e.clone()).collect(),
                         details: json!({ "period": per, "repeats": k, "cycle": cycle }),
                     });
                 }
@@ -712,7 +748,7 @@ impl Detectors {
             let e = &mut self
                 .pairs
                 .get_kept(
-                    &mut s.slots.pair,
+                    &mut slots.pair,
                     (caller.id, server.id),
                     PairState::default,
                     &mut self.stats.evicted,
@@ -780,7 +816,7 @@ impl Detectors {
         if self.cfg.large_response.enabled && !failed {
             let c = &self.cfg.large_response;
             let (s, _) = self.sizes.get_kept(
-                &mut s.slots.size,
+                &mut slots.size,
                 (server.id, tool.id),
                 SizeState::default,
                 &mut self.stats.evicted,
@@ -1043,7 +1079,7 @@ fn rate(
 /// The period (≤ `maxp`) of a cycle of signatures that ends with the
 /// newest of `sigs` and repeats `k` times, if there is one.
 fn repeating_period<S: PartialEq, T>(
-    sigs: &VecDeque<(S, T, Name)>,
+    sigs: &VecDeque<(S, T)>,
     maxp: usize,
     k: usize,
 ) -> Option<usize> {
