@@ -56,6 +56,11 @@ pub struct FoldedLiterals {
     hi: [[u8; BLOCK]; FINGERPRINT],
     /// The patterns of each bucket.
     buckets: [Bucket; 8],
+    /// The CPU has AVX-512 (VL and BW): the same loop, compiled for it,
+    /// has 32 vector registers instead of 16, and keeps its tables and
+    /// carries in them (with 16 it stored and loaded the carries every
+    /// chunk).
+    wide: bool,
 }
 
 /// The patterns of one bucket, folded, and their first four bytes as a
@@ -104,7 +109,13 @@ impl FoldedLiterals {
             lo: [[0; BLOCK]; FINGERPRINT],
             hi: [[0; BLOCK]; FINGERPRINT],
             buckets: Default::default(),
+            wide: false,
         };
+        #[cfg(target_arch = "x86_64")]
+        {
+            s.wide = std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512bw");
+        }
         for (i, p) in patterns.iter().enumerate() {
             assert!(
                 p.len() >= FINGERPRINT,
@@ -134,44 +145,68 @@ impl FoldedLiterals {
     /// search, and the byte is then 0.
     pub fn scan(&self, text: &[u8]) -> (bool, u8) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `new` built `self` only on a CPU with AVX2.
+        // SAFETY: `new` built `self` only on a CPU with AVX2, and set
+        // `wide` only on one with AVX-512 VL and BW.
         unsafe {
-            self.scan_avx2(text)
+            if self.wide {
+                self.scan_avx512(text)
+            } else {
+                self.scan_avx2(text)
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("built only on x86-64 with AVX2")
     }
 
+    /// [`FoldedLiterals::scan`] on a CPU with AVX2.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     fn scan_avx2(&self, text: &[u8]) -> (bool, u8) {
-        // Per fingerprint position, the previous chunk's bucket bits: a
-        // fingerprint that starts in one chunk ends in the next.
-        let mut carry = [_mm256_setzero_si256(); FINGERPRINT - 1];
-        let mut top = _mm256_setzero_si256();
-        let mut at = 0;
-        let mut tail = [FILLER; BLOCK];
-        while at < text.len() {
-            let chunk = match text.get(at..at + BLOCK) {
-                // SAFETY: 32 bytes of `text`; unaligned loads are allowed.
-                Some(whole) => unsafe { _mm256_loadu_si256(whole.as_ptr().cast()) },
-                None => {
-                    // The rest (fewer than 32 bytes), in a filled copy.
-                    let rest = &text[at..];
-                    tail[..rest.len()].copy_from_slice(rest);
-                    // SAFETY: `tail` is 32 bytes.
-                    unsafe { _mm256_loadu_si256(tail.as_ptr().cast()) }
+        self.scan_chunks(text)
+    }
+
+    /// [`FoldedLiterals::scan`] on a CPU with AVX-512 VL and BW: the same
+    /// instructions, with twice the registers (see `wide`).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw")]
+    fn scan_avx512(&self, text: &[u8]) -> (bool, u8) {
+        self.scan_chunks(text)
+    }
+
+    /// The search, inlined into each of the two above: only they call it,
+    /// and both enable AVX2, which its intrinsics need.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn scan_chunks(&self, text: &[u8]) -> (bool, u8) {
+        // SAFETY: AVX2 is enabled in both callers (above). The loads read
+        // 32 bytes of `text`, or of `tail` (unaligned loads are allowed).
+        unsafe {
+            // Per fingerprint position, the previous chunk's bucket bits: a
+            // fingerprint that starts in one chunk ends in the next.
+            let mut carry = [_mm256_setzero_si256(); FINGERPRINT - 1];
+            let mut top = _mm256_setzero_si256();
+            let mut at = 0;
+            let mut tail = [FILLER; BLOCK];
+            while at < text.len() {
+                let chunk = match text.get(at..at + BLOCK) {
+                    Some(whole) => _mm256_loadu_si256(whole.as_ptr().cast()),
+                    None => {
+                        // The rest (fewer than 32 bytes), in a filled copy.
+                        let rest = &text[at..];
+                        tail[..rest.len()].copy_from_slice(rest);
+                        _mm256_loadu_si256(tail.as_ptr().cast())
+                    }
+                };
+                top = _mm256_max_epu8(top, chunk);
+                let ends = self.ends(chunk, &mut carry);
+                // Most chunks have no candidate: tested here, not in a call.
+                if _mm256_testz_si256(ends, ends) == 0 && self.verify(text, at, ends) {
+                    return (true, 0);
                 }
-            };
-            top = _mm256_max_epu8(top, chunk);
-            let ends = self.ends(chunk, &mut carry);
-            // Most chunks have no candidate: tested here, not in a call.
-            if _mm256_testz_si256(ends, ends) == 0 && self.verify(text, at, ends) {
-                return (true, 0);
+                at += BLOCK;
             }
-            at += BLOCK;
+            (false, max_byte(top))
         }
-        (false, max_byte(top))
     }
 
     /// For each byte of `chunk`, the buckets with a fingerprint that ends
@@ -322,9 +357,30 @@ mod tests {
         .iter()
         .map(|p| p.bytes().map(fold_byte).collect())
         .collect();
-        let Some(search) = FoldedLiterals::new(&patterns, |i| 7 - i % 8) else {
+        let Some(searches) = both_forms(&patterns, |i| 7 - i % 8) else {
             return no_avx2(); // the fallback searcher is used instead
         };
+        for search in &searches {
+            finds_what_a_folded_search_finds(search, &patterns);
+        }
+    }
+
+    /// The search as `new` builds it, and (where that is the AVX-512 form)
+    /// its AVX2 form too: both are tested on a CPU that has both.
+    fn both_forms(
+        patterns: &[Vec<u8>],
+        bucket: impl Fn(usize) -> usize + Copy,
+    ) -> Option<Vec<FoldedLiterals>> {
+        let mut forms = vec![FoldedLiterals::new(patterns, bucket)?];
+        if forms[0].wide {
+            let mut narrow = FoldedLiterals::new(patterns, bucket)?;
+            narrow.wide = false;
+            forms.push(narrow);
+        }
+        Some(forms)
+    }
+
+    fn finds_what_a_folded_search_finds(search: &FoldedLiterals, patterns: &[Vec<u8>]) {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         // Pieces of patterns, their case changed, and bytes near them
         // (bit 5 off, high bytes, filler) make near misses common.
@@ -351,7 +407,7 @@ mod tests {
             let (found, top) = search.scan(&text);
             assert_eq!(
                 found,
-                naive(&patterns, &text),
+                naive(patterns, &text),
                 "{:?}",
                 String::from_utf8_lossy(&text)
             );
@@ -364,9 +420,15 @@ mod tests {
     #[test]
     fn the_largest_byte_is_found_in_blocks_and_tail() {
         let patterns = vec![b"zzzz".to_vec()];
-        let Some(search) = FoldedLiterals::new(&patterns, |_| 0) else {
+        let Some(searches) = both_forms(&patterns, |_| 0) else {
             return no_avx2();
         };
+        for search in &searches {
+            the_largest_byte_of_every_text(search);
+        }
+    }
+
+    fn the_largest_byte_of_every_text(search: &FoldedLiterals) {
         for len in 0..140usize {
             for at in [0, len / 2, len.saturating_sub(1)] {
                 let mut text = vec![b'a'; len];
