@@ -194,7 +194,7 @@ fn kill_9_mid_write_leaves_a_verifiable_trail_that_resumes() {
 }
 
 #[test]
-fn replay_of_a_recorded_capture_gives_the_same_events_as_the_live_run() {
+fn replay_of_a_recorded_capture_gives_the_same_events_as_the_live_run_and_times_the_detectors() {
     let Some(env) = env("replay") else { return };
     let dir = env.tmpdir("replay");
     let cap = dir.join("capture.bin");
@@ -244,6 +244,30 @@ fn replay_of_a_recorded_capture_gives_the_same_events_as_the_live_run() {
     assert_eq!(replay.len(), live.events.len());
     for (r, l) in replay.iter().zip(&live.events) {
         assert_eq!(r, l, "replayed event differs from the live one");
+    }
+    // The benchmark mode: pairs of replays with and without the detectors.
+    let (code, _, err) = mcpscope(
+        &env,
+        &[
+            "replay",
+            cap.to_str().unwrap(),
+            "--stdout",
+            "none",
+            "--compare-detectors",
+            "3",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("mcpscope: compared pairs=3 "))
+        .unwrap_or_else(|| panic!("no comparison printed: {err}"));
+    for field in ["added_pct=", "with_us=", "without_us="] {
+        let value = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(field))
+            .unwrap_or_else(|| panic!("no {field} in {line}"));
+        assert!(value.parse::<f64>().is_ok_and(f64::is_finite), "{line}");
     }
 }
 

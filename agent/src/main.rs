@@ -91,6 +91,13 @@ enum Command {
         /// Do not run the detectors (even if the live run did).
         #[arg(long)]
         no_detect: bool,
+        /// Benchmark: replay the capture PAIRS times with the detectors and
+        /// PAIRS times without, alternating, in this one process, and print
+        /// the time the detectors add per message (the median of the
+        /// pairs' ratios). Interleaved in one process, the two sides share
+        /// the machine's slow and fast phases.
+        #[arg(long, value_name = "PAIRS", conflicts_with = "no_detect")]
+        compare_detectors: Option<u32>,
     },
 }
 
@@ -335,7 +342,8 @@ fn main() -> ExitCode {
             stdout,
             output,
             no_detect,
-        } => replay(&file, stdout, output, !no_detect),
+            compare_detectors,
+        } => replay(&file, stdout, output, !no_detect, compare_detectors),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -469,6 +477,7 @@ fn replay(
     stdout: StdoutMode,
     output: Option<PathBuf>,
     detect: bool,
+    compare_detectors: Option<u32>,
 ) -> anyhow::Result<()> {
     use mcpscope::{
         capture::record::{self, Frame},
@@ -479,7 +488,6 @@ fn replay(
     };
     let (offset, frames) =
         record::read(file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
-    let mut world = ReplayWorld::default();
     let mut cfg = PipelineConfig::default();
     let (mut dcfg, mut dpolicy, mut dbase) = (None, None, None);
     for f in &frames {
@@ -496,39 +504,90 @@ fn replay(
                     .map_err(|e| anyhow::anyhow!(e))?;
             } else if k == "detect_baselines" {
                 dbase = Some(serde_json::from_value(v.clone())?);
-            } else {
-                world.add(k.clone(), v.clone());
             }
         }
     }
-    let mut sinks: Vec<Box<dyn Sink + Send>> = Vec::new();
-    if let Some(p) = &output {
-        sinks.push(Box::new(JsonlWriter::create(p)?));
-    }
-    match stdout {
-        StdoutMode::Json => sinks.push(Box::new(JsonlWriter::new(std::io::stdout(), false))),
-        StdoutMode::Pretty => sinks.push(Box::new(JsonlWriter::new(std::io::stdout(), true))),
-        StdoutMode::None => {}
-    }
-    let mut p = Pipeline::new(cfg, NoControl, sinks, offset).with_world(Box::new(world));
-    if let Some(dc) = dcfg.filter(|_| detect) {
-        // The live run's detectors, from its starting baselines; nothing persisted.
-        p = p.with_detectors(
-            Detectors::new(dc, dpolicy, None).with_baselines(dbase.unwrap_or_default()),
-        );
-    }
-    let t0 = std::time::Instant::now();
-    for f in &frames {
-        match f {
-            Frame::Record(bytes) => p.on_record(bytes),
-            Frame::Tick(now) => p.tick(*now),
-            Frame::Fact(..) => {}
+    // One replay: a pipeline made as the live run's, fed every frame.
+    let once = |detect: bool| -> anyhow::Result<(f64, mcpscope::pipeline::PipelineStats)> {
+        let mut world = ReplayWorld::default();
+        for f in &frames {
+            if let Frame::Fact(k, v) = f {
+                if !matches!(
+                    k.as_str(),
+                    "config" | "detect_config" | "detect_policy" | "detect_baselines"
+                ) {
+                    world.add(k.clone(), v.clone());
+                }
+            }
         }
+        let mut sinks: Vec<Box<dyn Sink + Send>> = Vec::new();
+        if let Some(p) = &output {
+            sinks.push(Box::new(JsonlWriter::create(p)?));
+        }
+        match stdout {
+            StdoutMode::Json => sinks.push(Box::new(JsonlWriter::new(std::io::stdout(), false))),
+            StdoutMode::Pretty => sinks.push(Box::new(JsonlWriter::new(std::io::stdout(), true))),
+            StdoutMode::None => {}
+        }
+        let mut p =
+            Pipeline::new(cfg.clone(), NoControl, sinks, offset).with_world(Box::new(world));
+        if let Some(dc) = dcfg.clone().filter(|_| detect) {
+            // The live run's detectors, from its starting baselines; nothing persisted.
+            p = p.with_detectors(
+                Detectors::new(dc, dpolicy.clone(), None)
+                    .with_baselines(dbase.clone().unwrap_or_default()),
+            );
+        }
+        let t0 = std::time::Instant::now();
+        for f in &frames {
+            match f {
+                Frame::Record(bytes) => p.on_record(bytes),
+                Frame::Tick(now) => p.tick(*now),
+                Frame::Fact(..) => {}
+            }
+        }
+        p.finish();
+        // The pipeline's own speed on one core (the capture file already in memory).
+        Ok((t0.elapsed().as_secs_f64(), p.stats().clone()))
+    };
+    if let Some(pairs) = compare_detectors {
+        anyhow::ensure!(
+            dcfg.is_some(),
+            "the capture was recorded without the detectors"
+        );
+        let mut ratios = Vec::new();
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        for i in 0..pairs.max(1) {
+            // Which side goes first swaps every pair.
+            let (w, wo) = if i % 2 == 0 {
+                let w = once(true)?.0;
+                (w, once(false)?.0)
+            } else {
+                let wo = once(false)?.0;
+                (once(true)?.0, wo)
+            };
+            ratios.push(w / wo);
+            with.push(w);
+            without.push(wo);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let messages = once(false)?.1.messages as f64;
+        let (r, lo, hi) = (median(&mut ratios), ratios[0], ratios[ratios.len() - 1]);
+        eprintln!(
+            "mcpscope: compared pairs={} messages={messages} added_pct={:.1} min_pct={:.1} max_pct={:.1} with_us={:.3} without_us={:.3}",
+            ratios.len(),
+            (r - 1.0) * 100.0,
+            (lo - 1.0) * 100.0,
+            (hi - 1.0) * 100.0,
+            median(&mut with) / messages * 1e6,
+            median(&mut without) / messages * 1e6,
+        );
+        return Ok(());
     }
-    p.finish();
-    // The pipeline's own speed on one core (the capture file already in memory).
-    let secs = t0.elapsed().as_secs_f64();
-    let s = p.stats();
+    let (secs, s) = once(detect)?;
     eprintln!(
         "mcpscope: replayed messages={} message_bytes={} records={} seconds={secs:.3} messages_per_s={:.0} mb_per_s={:.1}",
         s.messages,
