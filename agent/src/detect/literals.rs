@@ -33,6 +33,9 @@ use std::arch::x86_64::{
     _mm_srli_si128,
 };
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
 /// Bytes of each pattern in its fingerprint (every pattern has at least
 /// as many).
 const FINGERPRINT: usize = 4;
@@ -56,11 +59,36 @@ pub struct FoldedLiterals {
     hi: [[u8; BLOCK]; FINGERPRINT],
     /// The patterns of each bucket.
     buckets: [Bucket; 8],
-    /// The CPU has AVX-512 (VL and BW): the same loop, compiled for it,
-    /// has 32 vector registers instead of 16, and keeps its tables and
-    /// carries in them (with 16 it stored and loaded the carries every
-    /// chunk).
-    wide: bool,
+    /// Which form of the loop this CPU runs.
+    form: Form,
+}
+
+/// The forms of the search, by what the CPU has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// AVX2: 32 bytes a chunk.
+    Avx2,
+    /// AVX-512 VL and BW, without VBMI: the AVX2 loop compiled for it,
+    /// with 32 vector registers instead of 16, which keep its tables and
+    /// carries (with 16 it stored and loaded the carries every chunk).
+    Avx2Wide,
+    /// AVX-512 BW and VBMI: 64 bytes a chunk (`literals/avx512.rs`).
+    Avx512,
+}
+
+impl Form {
+    /// The widest form this CPU runs (AVX2 assumed).
+    #[cfg(target_arch = "x86_64")]
+    fn best() -> Self {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx512bw") && has!("avx512vbmi") {
+            Form::Avx512
+        } else if has!("avx512vl") && has!("avx512bw") {
+            Form::Avx2Wide
+        } else {
+            Form::Avx2
+        }
+    }
 }
 
 /// The patterns of one bucket, folded, and their first four bytes as a
@@ -109,12 +137,11 @@ impl FoldedLiterals {
             lo: [[0; BLOCK]; FINGERPRINT],
             hi: [[0; BLOCK]; FINGERPRINT],
             buckets: Default::default(),
-            wide: false,
+            form: Form::Avx2,
         };
         #[cfg(target_arch = "x86_64")]
         {
-            s.wide = std::arch::is_x86_feature_detected!("avx512vl")
-                && std::arch::is_x86_feature_detected!("avx512bw");
+            s.form = Form::best();
         }
         for (i, p) in patterns.iter().enumerate() {
             assert!(
@@ -145,13 +172,13 @@ impl FoldedLiterals {
     /// search, and the byte is then 0.
     pub fn scan(&self, text: &[u8]) -> (bool, u8) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `new` built `self` only on a CPU with AVX2, and set
-        // `wide` only on one with AVX-512 VL and BW.
+        // SAFETY: `new` built `self` only on a CPU with AVX2, and chose
+        // its `form` by what the CPU has (`Form::best`).
         unsafe {
-            if self.wide {
-                self.scan_avx512(text)
-            } else {
-                self.scan_avx2(text)
+            match self.form {
+                Form::Avx2 => self.scan_avx2(text),
+                Form::Avx2Wide => self.scan_avx2_wide(text),
+                Form::Avx512 => self.scan_avx512(text),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -166,10 +193,10 @@ impl FoldedLiterals {
     }
 
     /// [`FoldedLiterals::scan`] on a CPU with AVX-512 VL and BW: the same
-    /// instructions, with twice the registers (see `wide`).
+    /// instructions, with twice the registers (see [`Form::Avx2Wide`]).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw")]
-    fn scan_avx512(&self, text: &[u8]) -> (bool, u8) {
+    fn scan_avx2_wide(&self, text: &[u8]) -> (bool, u8) {
         self.scan_chunks(text)
     }
 
@@ -246,10 +273,16 @@ impl FoldedLiterals {
     #[target_feature(enable = "avx2")]
     fn verify(&self, text: &[u8], at: usize, ends: __m256i) -> bool {
         let zero = _mm256_cmpeq_epi8(ends, _mm256_setzero_si256());
-        let mut candidates = !(_mm256_movemask_epi8(zero) as u32);
+        let candidates = !(_mm256_movemask_epi8(zero) as u32);
         let mut bits = [0u8; BLOCK];
         // SAFETY: `bits` is 32 bytes.
         unsafe { _mm256_storeu_si256(bits.as_mut_ptr().cast(), ends) };
+        self.verify_candidates(text, at, u64::from(candidates), &bits)
+    }
+
+    /// Whether a candidate is a pattern: bit `j` of `candidates` says a
+    /// fingerprint of the buckets `bits[j]` ends at `at + j` of `text`.
+    fn verify_candidates(&self, text: &[u8], at: usize, mut candidates: u64, bits: &[u8]) -> bool {
         while candidates != 0 {
             let j = candidates.trailing_zeros() as usize;
             candidates &= candidates - 1;
@@ -365,19 +398,25 @@ mod tests {
         }
     }
 
-    /// The search as `new` builds it, and (where that is the AVX-512 form)
-    /// its AVX2 form too: both are tested on a CPU that has both.
+    /// The search in every form this CPU runs (the one `new` chooses and
+    /// the narrower ones), so that each is tested where it can be.
     fn both_forms(
         patterns: &[Vec<u8>],
         bucket: impl Fn(usize) -> usize + Copy,
     ) -> Option<Vec<FoldedLiterals>> {
-        let mut forms = vec![FoldedLiterals::new(patterns, bucket)?];
-        if forms[0].wide {
-            let mut narrow = FoldedLiterals::new(patterns, bucket)?;
-            narrow.wide = false;
-            forms.push(narrow);
+        let best = FoldedLiterals::new(patterns, bucket)?.form;
+        let forms = match best {
+            Form::Avx2 => &[Form::Avx2][..],
+            Form::Avx2Wide => &[Form::Avx2, Form::Avx2Wide],
+            Form::Avx512 => &[Form::Avx2, Form::Avx2Wide, Form::Avx512],
+        };
+        let mut searches = Vec::new();
+        for &form in forms {
+            let mut s = FoldedLiterals::new(patterns, bucket)?;
+            s.form = form;
+            searches.push(s);
         }
-        Some(forms)
+        Some(searches)
     }
 
     fn finds_what_a_folded_search_finds(search: &FoldedLiterals, patterns: &[Vec<u8>]) {
