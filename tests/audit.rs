@@ -218,20 +218,15 @@ fn replay_of_a_recorded_capture_gives_the_same_events_as_the_live_run_and_times_
         &env.everything_cmd(),
     );
     let live = agent.stop();
+    let replay = |more: &[&str]| {
+        let args = [&["replay", cap.to_str().unwrap(), "--stdout", "none"], more].concat();
+        let (code, _, err) = mcpscope(&env, &args);
+        assert_eq!(code, 0, "{err}");
+        err
+    };
     let replayed = dir.join("replay.jsonl");
-    let (code, _, err) = mcpscope(
-        &env,
-        &[
-            "replay",
-            cap.to_str().unwrap(),
-            "--stdout",
-            "none",
-            "--output",
-            replayed.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
-    let replay: Vec<Value> = std::fs::read_to_string(&replayed)
+    replay(&["--output", replayed.to_str().unwrap()]);
+    let events: Vec<Value> = std::fs::read_to_string(&replayed)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -241,23 +236,12 @@ fn replay_of_a_recorded_capture_gives_the_same_events_as_the_live_run_and_times_
         "both sessions captured: {}",
         live.events.len()
     );
-    assert_eq!(replay.len(), live.events.len());
-    for (r, l) in replay.iter().zip(&live.events) {
+    assert_eq!(events.len(), live.events.len());
+    for (r, l) in events.iter().zip(&live.events) {
         assert_eq!(r, l, "replayed event differs from the live one");
     }
     // The benchmark mode: pairs of replays with and without the detectors.
-    let (code, _, err) = mcpscope(
-        &env,
-        &[
-            "replay",
-            cap.to_str().unwrap(),
-            "--stdout",
-            "none",
-            "--compare-detectors",
-            "3",
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
+    let err = replay(&["--compare-detectors", "3"]);
     let line = err
         .lines()
         .find(|l| l.starts_with("mcpscope: compared pairs=3 "))

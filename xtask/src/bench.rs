@@ -1217,7 +1217,13 @@ struct Replayed {
 /// What `mcpscope replay` of `capture` printed on stderr, run under
 /// `wrapper` (a command and its arguments, or nothing), with or without the
 /// detectors, with no output or with JSONL events (to /dev/null).
-fn replay_stderr(wrapper: &[&str], capture: &Path, detect: bool, jsonl: bool) -> Result<String> {
+fn replay_stderr(
+    wrapper: &[&str],
+    capture: &Path,
+    detect: bool,
+    jsonl: bool,
+    extra: &[&str],
+) -> Result<String> {
     let agent = build::agent_binary();
     let mut c = match wrapper.split_first() {
         Some((program, args)) => {
@@ -1232,6 +1238,7 @@ fn replay_stderr(wrapper: &[&str], capture: &Path, detect: bool, jsonl: bool) ->
         c.arg("--no-detect");
     }
     let out = c
+        .args(extra)
         .arg(capture)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -1240,19 +1247,26 @@ fn replay_stderr(wrapper: &[&str], capture: &Path, detect: bool, jsonl: bool) ->
     Ok(String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// The numeric `key=value` fields of the line of `stderr` that starts
+/// with `marker` (a replay's summary), by key.
+fn summary(stderr: &str, marker: &str) -> Result<impl Fn(&str) -> Result<f64>> {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with(marker))
+        .with_context(|| format!("no `{marker}` line: {stderr}"))?
+        .to_owned();
+    Ok(move |k: &str| -> Result<f64> {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
+            .with_context(|| format!("no numeric `{k}` in: {line}"))
+    })
+}
+
 /// Replays `capture` on one core, with or without the detectors, with no
 /// output or with the default one (JSONL events on stdout, here /dev/null).
 fn replay_run(capture: &Path, detect: bool, jsonl: bool) -> Result<Replayed> {
-    let err = replay_stderr(&[], capture, detect, jsonl)?;
-    let line = err
-        .lines()
-        .find(|l| l.contains("mcpscope: replayed"))
-        .with_context(|| format!("replay printed no summary: {err}"))?;
-    let field = |k: &str| -> Result<f64> {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
-            .with_context(|| format!("replay summary has no numeric `{k}`: {line}"))
-    };
+    let err = replay_stderr(&[], capture, detect, jsonl, &[])?;
+    let field = summary(&err, "mcpscope: replayed")?;
     Ok(Replayed {
         messages: field("messages")?,
         per_s: field("messages_per_s")?,
@@ -1317,27 +1331,14 @@ fn detector_cost(r: &mut Report, capture: &Path) -> Result<()> {
         (true, "with the default output (JSONL events)"),
     ] {
         let pairs = DETECTOR_PAIRS.to_string();
-        let agent = build::agent_binary();
-        let out = Command::new("taskset")
-            .args(["-c", "1"])
-            .arg(agent)
-            .args(["replay", "--stdout", if jsonl { "json" } else { "none" }])
-            .args(["--compare-detectors", &pairs])
-            .arg(capture)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .context("running mcpscope replay --compare-detectors")?;
-        let err = String::from_utf8_lossy(&out.stderr);
-        let line = err
-            .lines()
-            .find(|l| l.contains("mcpscope: compared"))
-            .with_context(|| format!("replay printed no comparison: {err}"))?;
-        let field = |k: &str| -> Result<f64> {
-            line.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
-                .with_context(|| format!("comparison has no numeric `{k}`: {line}"))
-        };
+        let err = replay_stderr(
+            &["taskset", "-c", "1"],
+            capture,
+            true,
+            jsonl,
+            &["--compare-detectors", &pairs],
+        )?;
+        let field = summary(&err, "mcpscope: compared")?;
         let added = field("added_pct")?;
         r.add(
             &format!("detectors' added cost per message, {what}"),
@@ -1373,7 +1374,7 @@ fn detector_instructions(r: &mut Report, capture: &Path) -> Result<()> {
             // counted in it diluted the detectors' share by a sixth.
             "--toggle-collect=mcpscope::replay::{{closure}}",
         ];
-        let err = replay_stderr(&callgrind, capture, detect, true)?;
+        let err = replay_stderr(&callgrind, capture, detect, true, &[])?;
         let number = |after: &str| {
             err.lines()
                 .find_map(|l| {
