@@ -490,6 +490,8 @@ fn replay(
         record::read(file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
     let mut cfg = PipelineConfig::default();
     let (mut dcfg, mut dpolicy, mut dbase) = (None, None, None);
+    // What the live run learned from /proc, for each replay's world.
+    let mut facts = Vec::new();
     for f in &frames {
         if let Frame::Fact(k, v) = f {
             if k == "config" {
@@ -504,21 +506,16 @@ fn replay(
                     .map_err(|e| anyhow::anyhow!(e))?;
             } else if k == "detect_baselines" {
                 dbase = Some(serde_json::from_value(v.clone())?);
+            } else {
+                facts.push((k, v));
             }
         }
     }
     // One replay: a pipeline made as the live run's, fed every frame.
     let once = |detect: bool| -> anyhow::Result<(f64, mcpscope::pipeline::PipelineStats)> {
         let mut world = ReplayWorld::default();
-        for f in &frames {
-            if let Frame::Fact(k, v) = f {
-                if !matches!(
-                    k.as_str(),
-                    "config" | "detect_config" | "detect_policy" | "detect_baselines"
-                ) {
-                    world.add(k.clone(), v.clone());
-                }
-            }
+        for &(k, v) in &facts {
+            world.add(k.clone(), v.clone());
         }
         let mut sinks: Vec<Box<dyn Sink + Send>> = Vec::new();
         if let Some(p) = &output {
@@ -539,14 +536,7 @@ fn replay(
             );
         }
         let t0 = std::time::Instant::now();
-        for f in &frames {
-            match f {
-                Frame::Record(bytes) => p.on_record(bytes),
-                Frame::Tick(now) => p.tick(*now),
-                Frame::Fact(..) => {}
-            }
-        }
-        p.finish();
+        feed(&mut p, &frames);
         // The pipeline's own speed on one core (the capture file already in memory).
         Ok((t0.elapsed().as_secs_f64(), p.stats().clone()))
     };
@@ -557,24 +547,25 @@ fn replay(
         );
         let mut ratios = Vec::new();
         let (mut with, mut without) = (Vec::new(), Vec::new());
+        let mut messages = 0.0;
         for i in 0..pairs.max(1) {
             // Which side goes first swaps every pair.
-            let (w, wo) = if i % 2 == 0 {
-                let w = once(true)?.0;
-                (w, once(false)?.0)
+            let ((w, _), (wo, plain)) = if i % 2 == 0 {
+                let w = once(true)?;
+                (w, once(false)?)
             } else {
-                let wo = once(false)?.0;
-                (once(true)?.0, wo)
+                let wo = once(false)?;
+                (once(true)?, wo)
             };
             ratios.push(w / wo);
             with.push(w);
             without.push(wo);
+            messages = plain.messages as f64;
         }
         let median = |v: &mut Vec<f64>| {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        let messages = once(false)?.1.messages as f64;
         let (r, lo, hi) = (median(&mut ratios), ratios[0], ratios[ratios.len() - 1]);
         eprintln!(
             "mcpscope: compared pairs={} messages={messages} added_pct={:.1} min_pct={:.1} max_pct={:.1} with_us={:.3} without_us={:.3}",
@@ -597,4 +588,23 @@ fn replay(
         s.message_bytes as f64 / secs / 1e6
     );
     Ok(())
+}
+
+/// Feeds every frame of a capture to `p`, then finishes it. Never
+/// inlined: `cargo xtask bench` counts the instructions in it alone
+/// (callgrind's `--toggle-collect=mcpscope::feed`).
+#[inline(never)]
+fn feed(
+    p: &mut mcpscope::pipeline::Pipeline<mcpscope::stream::NoControl>,
+    frames: &[mcpscope::capture::record::Frame],
+) {
+    use mcpscope::capture::record::Frame;
+    for f in frames {
+        match f {
+            Frame::Record(bytes) => p.on_record(bytes),
+            Frame::Tick(now) => p.tick(*now),
+            Frame::Fact(..) => {}
+        }
+    }
+    p.finish();
 }

@@ -1357,9 +1357,9 @@ fn detector_cost(r: &mut Report, capture: &Path) -> Result<()> {
 }
 
 /// The detectors' added instructions per message, counted by callgrind
-/// in the replay alone (with the JSONL output, with and without
-/// `--no-detect`, side by side): the same on every replay of one capture, where wall time on a
-/// shared VM moves by tens of percent from run to run. (Each bench run
+/// in the pipeline alone (with the JSONL output, with and without
+/// `--no-detect`, side by side): the same on every replay of one capture,
+/// where wall time on a shared VM moves by tens of percent from run to run. (Each bench run
 /// records its capture anew, and the mix of message sizes it catches
 /// moves the figure by a point or two.)
 fn detector_instructions(r: &mut Report, capture: &Path) -> Result<()> {
@@ -1369,10 +1369,10 @@ fn detector_instructions(r: &mut Report, capture: &Path) -> Result<()> {
             "valgrind",
             "--tool=callgrind",
             "--callgrind-out-file=/dev/null",
-            // Only the replay itself: reading the capture file (a zeroed
-            // buffer per record) is no part of the pipeline's cost, and
-            // counted in it diluted the detectors' share by a sixth.
-            "--toggle-collect=mcpscope::replay::{{closure}}",
+            // Only the pipeline fed the capture: reading the file (a
+            // zeroed buffer per record) is no part of its cost, and counted
+            // in it diluted the detectors' share by a sixth.
+            "--toggle-collect=mcpscope::feed",
         ];
         let err = replay_stderr(&callgrind, capture, detect, true, &[])?;
         let number = |after: &str| {
@@ -1386,7 +1386,12 @@ fn detector_instructions(r: &mut Report, capture: &Path) -> Result<()> {
                 })
                 .with_context(|| format!("no `{after}` in valgrind's output: {err}"))
         };
-        Ok(number("Collected :")? / number("messages=")?)
+        let collected = number("Collected :")?;
+        if collected == 0.0 {
+            // The toggle matched no function: the figure would be 0.
+            bail!("callgrind counted nothing in mcpscope::feed: {err}");
+        }
+        Ok(collected / number("messages=")?)
     };
     let (with, without) = std::thread::scope(|s| {
         let with = s.spawn(|| count(true));

@@ -390,7 +390,7 @@ mod tests {
         .iter()
         .map(|p| p.bytes().map(fold_byte).collect())
         .collect();
-        let Some(searches) = both_forms(&patterns, |i| 7 - i % 8) else {
+        let Some(searches) = every_form(&patterns, |i| 7 - i % 8) else {
             return no_avx2(); // the fallback searcher is used instead
         };
         for search in &searches {
@@ -400,7 +400,7 @@ mod tests {
 
     /// The search in every form this CPU runs (the one `new` chooses and
     /// the narrower ones), so that each is tested where it can be.
-    fn both_forms(
+    fn every_form(
         patterns: &[Vec<u8>],
         bucket: impl Fn(usize) -> usize + Copy,
     ) -> Option<Vec<FoldedLiterals>> {
@@ -459,7 +459,7 @@ mod tests {
     #[test]
     fn the_largest_byte_is_found_in_blocks_and_tail() {
         let patterns = vec![b"zzzz".to_vec()];
-        let Some(searches) = both_forms(&patterns, |_| 0) else {
+        let Some(searches) = every_form(&patterns, |_| 0) else {
             return no_avx2();
         };
         for search in &searches {

@@ -637,7 +637,7 @@ impl Detectors {
         &mut self,
         p: Call<'_>,
         ev: &McpEvent,
-        (loops, slots): (&mut LoopState, &mut Slots),
+        (l, slots): (&mut LoopState, &mut Slots),
         me: Evidence,
         facts: &MessageFacts,
         out: &mut Vec<Flag>,
@@ -695,7 +695,6 @@ impl Detectors {
         // loop: a repeating cycle of identical calls with identical results.
         if self.cfg.loop_.enabled {
             let (maxp, k) = (self.cfg.loop_.max_period, self.cfg.loop_.min_repeats);
-            let l = loops;
             let sig = (tool.id, args, facts.result_hash.unwrap_or(0));
             l.sigs.push_back((sig, me.clone()));
             if l.sigs.len() > maxp * k {

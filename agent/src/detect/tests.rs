@@ -292,7 +292,28 @@ fn loops_of_period_one_two_and_three_fire_once_each() {
         run_cycle(&mut s, "s", &pattern, 5);
         assert_eq!(s.count("loop"), 1, "period {period}: {:?}", s.names());
         assert_eq!(s.flags[0].details["period"], period);
+        let names: Vec<&str> = pattern.iter().map(|p| p.0).collect();
+        assert_eq!(s.flags[0].details["cycle"], serde_json::json!(names));
     }
+}
+
+#[test]
+fn a_loop_after_many_other_tools_names_its_own_cycle() {
+    // Forty different tools pass through the session's window first, so
+    // the loop state has forgotten most of their names by the loop.
+    let mut c = quiet();
+    c.duplicate_call.enabled = false;
+    let mut s = Script::new(c);
+    let tools: Vec<String> = (0..40).map(|i| format!("tool{i}")).collect();
+    let others: Vec<(&str, u64, u64)> = tools.iter().map(|t| (t.as_str(), 1, 1)).collect();
+    run_cycle(&mut s, "s", &others, 1);
+    assert_eq!(s.count("loop"), 0, "{:?}", s.names());
+    run_cycle(&mut s, "s", &[("read", 1, 1), ("tool3", 2, 2)], 5);
+    assert_eq!(s.count("loop"), 1, "{:?}", s.names());
+    assert_eq!(
+        s.flags[0].details["cycle"],
+        serde_json::json!(["read", "tool3"])
+    );
 }
 
 #[test]
