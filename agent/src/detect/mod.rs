@@ -147,6 +147,8 @@ struct LoopState {
 #[derive(Default)]
 struct RateState {
     bucket: u64,
+    /// Where `bucket` ends, ns.
+    bucket_end: u64,
     count: u32,
     evidence: Vec<Evidence>,
     mean: f64,
@@ -297,6 +299,16 @@ pub struct Detectors {
 }
 
 const S: u64 = 1_000_000_000;
+
+/// Runs `make` out of line, on a path the compiler lays out as unlikely:
+/// a flag's text and details are built once per episode, and inlined they
+/// made the per-message code several times its size (the detectors'
+/// functions were 50 KB, most of it formatting).
+#[cold]
+#[inline(never)]
+fn cold<T>(make: impl FnOnce() -> T) -> T {
+    make()
+}
 
 impl Detectors {
     /// Detectors with `cfg`, an optional policy, and a directory where
@@ -480,7 +492,7 @@ impl Detectors {
             } else {
                 "result"
             };
-            out.push(Flag {
+            out.push(cold(|| Flag {
                 flag: "secret_in_payload",
                 severity: Severity::High,
                 message: format!(
@@ -496,7 +508,7 @@ impl Detectors {
                 tool: ev.tool.as_deref().map(String::from),
                 evidence: vec![me.clone()],
                 details: json!({ "found": facts.secrets, "in": place }),
-            });
+            }));
         }
         if self.cfg.injection_marker.enabled
             && !facts.markers.is_empty()
@@ -507,7 +519,7 @@ impl Detectors {
             } else {
                 "a tool result"
             };
-            out.push(Flag {
+            out.push(cold(|| Flag {
                 flag: "injection_marker",
                 severity: Severity::High,
                 message: format!(
@@ -524,7 +536,7 @@ impl Detectors {
                 tool: ev.tool.as_deref().map(String::from),
                 evidence: vec![me.clone()],
                 details: json!({ "found": facts.markers, "heuristic": true }),
-            });
+            }));
         }
         self.stats.flags += out.len() as u64;
         out
@@ -547,7 +559,7 @@ impl Detectors {
             if self.cfg.policy_violation.enabled {
                 let write = listed_write.unwrap_or_else(|| facts::write_by_name(tool));
                 if let Some(why) = p.check(ev, &server_name(ev), tool, write) {
-                    out.push(Flag {
+                    out.push(cold(|| Flag {
                         flag: "policy_violation",
                         severity: Severity::High,
                         message: format!(
@@ -558,7 +570,7 @@ impl Detectors {
                         tool: Some(tool.to_string()),
                         evidence: vec![me.clone()],
                         details: json!({ "reason": why, "write_class": write }),
-                    });
+                    }));
                 }
             }
         }
@@ -568,7 +580,7 @@ impl Detectors {
                 .unlisted_fired
                 .insert_new((server.id, tool.id), (), &mut self.stats.evicted)
         {
-            out.push(Flag {
+            out.push(cold(|| Flag {
                 flag: "first_seen",
                 severity: Severity::Medium,
                 message: format!(
@@ -579,7 +591,7 @@ impl Detectors {
                 tool: Some(tool.to_string()),
                 evidence: vec![me.clone()],
                 details: json!({ "reason": "tool_not_listed" }),
-            });
+            }));
         }
         if !self.cfg.duplicate_call.enabled {
             return;
@@ -620,7 +632,7 @@ impl Detectors {
             Some(false) => "repeat after a success",
             None => "repeat before the first answered",
         };
-        out.push(Flag {
+        out.push(cold(|| Flag {
             flag: "duplicate_call",
             severity: sev,
             message: format!("{caller} called {tool} on {server} {n} times with identical arguments within {} s ({reason})", window / S),
@@ -629,7 +641,7 @@ impl Detectors {
             tool: Some(tool.to_string()),
             evidence: d.calls.iter().cloned().collect(),
             details: json!({ "count": n, "reason": reason.replace(' ', "_") }),
-        });
+        }));
     }
 
     /// A tools/call's response: the checks of its outcome.
@@ -674,7 +686,7 @@ impl Detectors {
                 }
                 if st.failures.len() >= min && !st.fired {
                     st.fired = true;
-                    out.push(Flag {
+                    out.push(cold(|| Flag {
                         flag: "retry_storm",
                         severity: Severity::High,
                         message: format!(
@@ -686,7 +698,7 @@ impl Detectors {
                         tool: Some(tool.to_string()),
                         evidence: st.failures.iter().cloned().collect(),
                         details: json!({ "failures": st.failures.len() }),
-                    });
+                    }));
                 }
             } else {
                 *st = StormState::default();
@@ -724,7 +736,7 @@ impl Detectors {
                         .rev()
                         .map(|i| name_of(l.sigs[n - 1 - i].0 .0))
                         .collect();
-                    out.push(Flag {
+                    out.push(cold(|| Flag {
                         flag: "loop",
                         severity: if per == 1 { Severity::Medium } else { Severity::High },
                         message: format!("{caller} repeats the cycle [{}] on {server} {k} times with the same arguments and results (no progress)", cycle.join(" → ")),
@@ -733,7 +745,7 @@ impl Detectors {
                         tool: Some(tool.to_string()),
                         evidence: l.sigs.iter().skip(n - per * k).map(|(_, e)| e.clone()).collect(),
                         details: json!({ "period": per, "repeats": k, "cycle": cycle }),
-                    });
+                    }));
                 }
                 Some(_) => {}
                 None => l.fired = false,
@@ -755,7 +767,14 @@ impl Detectors {
                 .0
                 .errors;
             let slot_ns = (window / ERROR_SLOTS).max(1);
-            let slot = ts / slot_ns;
+            // The newest slot, unless this call is past its end (a range
+            // check: the division only when a slot starts). A call before
+            // it (another CPU's clock, read a little earlier) counts in it.
+            let newest = e.outcomes.back().map(|o| o.slot);
+            let slot = match newest {
+                Some(n) if ts < (n + 1).saturating_mul(slot_ns) => n,
+                _ => (ts / slot_ns).max(newest.unwrap_or(0)),
+            };
             let error = usize::from(failed);
             match e.outcomes.back_mut().filter(|o| o.slot == slot) {
                 Some(o) => {
@@ -793,7 +812,7 @@ impl Detectors {
             let r = errs as f64 / e.calls as f64;
             if e.calls >= min && r >= ratio && !e.fired {
                 e.fired = true;
-                out.push(Flag {
+                out.push(cold(|| Flag {
                     flag: "error_burst",
                     severity: Severity::Medium,
                     message: format!(
@@ -806,7 +825,7 @@ impl Detectors {
                     tool: None,
                     evidence: e.failures.iter().map(|(_, ev)| ev.clone()).collect(),
                     details: json!({ "errors": errs, "calls": e.calls, "ratio": r }),
-                });
+                }));
             } else if r < ratio / 2.0 {
                 e.fired = false;
             }
@@ -833,7 +852,7 @@ impl Detectors {
                 None
             };
             if let Some(why) = why {
-                out.push(Flag {
+                out.push(cold(|| Flag {
                     flag: "large_response",
                     severity: Severity::Medium,
                     message: format!("{tool} on {server} returned {} bytes to {caller}, {why} (possible exfiltration)", ev.bytes),
@@ -842,7 +861,7 @@ impl Detectors {
                     tool: Some(tool.to_string()),
                     evidence: vec![p.asked, me.clone()],
                     details: json!({ "bytes": ev.bytes, "baseline_mean": s.mean, "samples": s.samples }),
-                });
+                }));
             } else {
                 s.samples += 1;
                 s.mean += (b - s.mean) / s.samples as f64;
@@ -908,7 +927,7 @@ impl Detectors {
             return;
         }
         let mut fire = |what: String, reason: &str| {
-            out.push(Flag {
+            out.push(cold(|| Flag {
                 flag: "first_seen",
                 severity: Severity::Low,
                 message: format!(
@@ -919,7 +938,7 @@ impl Detectors {
                 tool: (!tool.is_empty()).then(|| tool.to_string()),
                 evidence: vec![me.clone()],
                 details: json!({ "reason": reason }),
-            })
+            }))
         };
         if new_server {
             fire(format!("server {server}"), "new_server");
@@ -973,7 +992,7 @@ impl Detectors {
                     .join(", ")
             ));
         }
-        out.push(Flag {
+        out.push(cold(|| Flag {
             flag: "tool_definition_drift",
             severity: if changed.is_empty() {
                 Severity::Medium
@@ -989,7 +1008,7 @@ impl Detectors {
             tool: None,
             evidence: vec![me],
             details: json!({ "added": added, "removed": removed, "changed": changed }),
-        });
+        }));
         self.list(server, tools);
         self.baselines.insert(server.to_owned(), tools.to_vec());
         self.save_baselines();
@@ -1020,11 +1039,21 @@ fn rate(
     out: &mut Vec<Flag>,
 ) {
     let ts = me.ts_ns;
-    let bucket_ns = (c.bucket_s * 1e9) as u64;
-    let b = ts / bucket_ns.max(1);
-    if r.buckets_seen == 0 && r.count == 0 {
-        r.bucket = b; // a new pair: its first bucket
-    }
+    // Most requests fall in the current bucket: a range check, no
+    // division. A timestamp before it (another CPU's clock read a little
+    // earlier) counts in it too, as a late arrival.
+    let b = if r.count > 0 && ts < r.bucket_end {
+        r.bucket
+    } else {
+        let bucket_ns = ((c.bucket_s * 1e9) as u64).max(1);
+        let b = ts / bucket_ns;
+        if r.buckets_seen == 0 && r.count == 0 {
+            r.bucket = b; // a new pair: its first bucket
+        }
+        let b = b.max(r.bucket);
+        r.bucket_end = (b + 1).saturating_mul(bucket_ns);
+        b
+    };
     if b != r.bucket {
         // Close the finished bucket (and the empty ones after it) into the baseline.
         let fold = |x: f64, r: &mut RateState| {
@@ -1062,7 +1091,7 @@ fn rate(
         && !r.in_spike
     {
         r.in_spike = true;
-        out.push(Flag {
+        out.push(cold(|| Flag {
             flag: "rate_spike",
             severity: Severity::Medium,
             message: format!("{caller} sent {} requests to {server} in {} s, against a baseline of {:.1}", r.count, c.bucket_s, r.mean),
@@ -1071,7 +1100,7 @@ fn rate(
             tool: None,
             evidence: r.evidence.clone(),
             details: json!({ "count": r.count, "baseline_mean": r.mean, "baseline_stddev": r.var.sqrt(), "bucket_s": c.bucket_s }),
-        });
+        }));
     }
 }
 
@@ -1162,7 +1191,7 @@ fn header_mismatch(
             body_name.unwrap_or("")
         ));
     }
-    out.push(Flag {
+    out.push(cold(|| Flag {
         flag: "header_mismatch",
         severity: Severity::High,
         message: format!(
@@ -1177,5 +1206,5 @@ fn header_mismatch(
             "header_method": h.mcp_method, "body_method": body_method,
             "header_name": h.mcp_name, "body_name": body_name,
         }),
-    });
+    }));
 }

@@ -436,6 +436,30 @@ fn rate_spike_waits_for_warm_up() {
 }
 
 #[test]
+fn rate_spike_counts_a_late_timestamp_in_the_current_bucket() {
+    let mut c = DetectConfig::default();
+    c.duplicate_call.enabled = false;
+    c.first_seen.enabled = false;
+    c.rate_spike.bucket_s = 1.0;
+    c.rate_spike.warmup_buckets = 5;
+    c.rate_spike.min_calls = 10;
+    let mut s = Script::new(c);
+    for b in 0..9u64 {
+        s.call("s", 1, b as i64, "t", b, b * S + 1);
+    }
+    // In the spike's bucket, every other request carries a timestamp read
+    // a little earlier on another CPU, in the bucket before: it joins the
+    // current one (before, the bucket number went back and a count of
+    // empty buckets overflowed: a panic in a debug build, and in release
+    // the spike's bucket closed again and again).
+    for i in 0..40u64 {
+        let ts = if i % 2 == 0 { 9 * S + i } else { 9 * S - 1_000 };
+        s.call("s", 1, 100 + i as i64, "t", i, ts);
+    }
+    assert_eq!(s.count("rate_spike"), 1);
+}
+
+#[test]
 fn first_seen_only_after_learning() {
     let mut c = DetectConfig::default();
     c.duplicate_call.enabled = false;
