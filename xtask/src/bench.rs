@@ -94,9 +94,15 @@ struct Agent {
 
 impl Agent {
     fn start(extra: &[&str], stdout: Stdio) -> Result<Agent> {
+        Self::start_with_state(extra, stdout, "state")
+    }
+
+    /// [`Agent::start`] with its own state directory (`target/bench/NAME`):
+    /// for two agents running at once.
+    fn start_with_state(extra: &[&str], stdout: Stdio, name: &str) -> Result<Agent> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr = format!("127.0.0.1:{port}");
-        let state = target().join("bench/state");
+        let state = target().join("bench").join(name);
         // Pinned to CPU 1: the traced workloads have CPU 0 (see `on_cpu0`).
         let child = Command::new("taskset")
             .args(["-c", "1"])
@@ -472,31 +478,35 @@ fn worst_case(r: &mut Report) -> Result<()> {
 /// then). Unpaced, the pair outruns the agent, and CPU per message then
 /// measures overload, not the detectors.
 const LIVE_RATE: &str = "10000";
-/// Alternating rounds of the live detector-cost runs (the agent's CPU per
-/// message moves by ±15 % run to run: more rounds than the other figures).
+/// Rounds of the live detector-cost runs (each round measures both sides
+/// at once; the ratio moves by a few percent round to round).
 const LIVE_ROUNDS: usize = 9;
 
-/// The detectors' share of the live agent's CPU per message: the agent,
-/// with its default output (JSONL on stdout, here /dev/null), under the
-/// ping-pong paced to [`LIVE_RATE`] with small (16 B) and typical (2 KB)
-/// arguments, started with and without `--no-detect` in alternation; CPU
-/// time of all its threads ÷ messages it reported, ratios paired within
-/// each round.
+/// The detectors' share of the live agent's CPU per message: two agents
+/// run at once, one with the detectors and one with `--no-detect`, both
+/// with the default output (JSONL on stdout, here /dev/null) and both
+/// pinned to CPU 1, under the ping-pong paced to [`LIVE_RATE`] with small
+/// (16 B) and typical (2 KB) arguments. Each sees every message (its own
+/// probes and ring buffer), so the two sides share the traffic and the
+/// machine's slow and fast phases: one after the other, in separate runs,
+/// the agent's CPU per message moved by ±15 % run to run, more than the
+/// effect measured. A round's figure is the ratio of the two agents' CPU
+/// time (all threads) per message each reported.
 fn detector_cost_live(r: &mut Report) -> Result<()> {
-    step("detectors: the live agent's CPU per message, with and without them");
+    step("detectors: two live agents at once, with and without them, CPU per message");
     for (label, payload) in [("16 B", "16"), ("2 KB", "2000")] {
-        let (mut with, mut without) = (Vec::new(), Vec::new());
+        let (mut ratios, mut with, mut without) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..LIVE_ROUNDS {
-            for detect in [true, false] {
-                let per_msg = live_cpu_per_message(detect, payload)?;
-                if detect { &mut with } else { &mut without }.push(per_msg);
-            }
+            let (w, wo) = live_cpu_per_message(payload)?;
+            ratios.push(w / wo);
+            with.push(w);
+            without.push(wo);
         }
-        let (a, w, wo) = (paired(&with, &without), stats(&with), stats(&without));
+        let (a, w, wo) = (stats(&ratios), stats(&with), stats(&without));
         r.add(
             &format!("detectors' added cost per message, live agent (default JSONL output), ping-pong with {label} arguments"),
             format!(
-                "{:+.1} % (min {:+.1}, max {:+.1}; {:.2} µs of agent CPU per message with, {:.2} µs without; medians of {LIVE_ROUNDS})",
+                "{:+.1} % (min {:+.1}, max {:+.1}; {:.2} µs of agent CPU per message with, {:.2} µs without; medians of {LIVE_ROUNDS} rounds, both agents at once)",
                 (a.0 - 1.0) * 100.0,
                 (a.1 - 1.0) * 100.0,
                 (a.2 - 1.0) * 100.0,
@@ -510,31 +520,39 @@ fn detector_cost_live(r: &mut Report) -> Result<()> {
     Ok(())
 }
 
-/// One live run: the agent's CPU µs per message it reported while the
-/// ping-pong pair ran with `payload`-byte arguments. An error if the agent
-/// has not reported (nearly) everything 30 s later: a round where it fell
-/// behind would read as a higher cost per message.
-fn live_cpu_per_message(detect: bool, payload: &str) -> Result<f64> {
-    let extra: &[&str] = if detect { &[] } else { &["--no-detect"] };
-    let agent = Agent::start(extra, Stdio::null())?;
-    let (cpu0, msgs0) = (agent.cpu_ns()?, agent.total("mcp_messages_total"));
+/// One live round: the CPU µs per message of an agent with the detectors
+/// and of one without, both running while the ping-pong pair ran with
+/// `payload`-byte arguments. An error if either has not reported (nearly)
+/// every message 30 s later: a side that fell behind would read as a
+/// different cost per message.
+fn live_cpu_per_message(payload: &str) -> Result<(f64, f64)> {
+    let with = Agent::start_with_state(&[], Stdio::null(), "state-detect")?;
+    let without = Agent::start_with_state(&["--no-detect"], Stdio::null(), "state-no-detect")?;
+    let agents = [&with, &without];
+    let mut start = Vec::new();
+    for a in agents {
+        start.push((a.cpu_ns()?, a.total("mcp_messages_total")));
+    }
     let pairs = pingpong_paced(false, payload, LIVE_RATE)? * PINGPONG_SECS.parse::<f64>()?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while agent.total("mcp_messages_total") - msgs0 < 2.0 * pairs * 0.99 {
-        if Instant::now() > deadline {
-            let got = agent.total("mcp_messages_total") - msgs0;
-            agent.stop()?;
-            bail!(
-                "the agent reported {got:.0} of {:.0} messages 30 s after the ping-pong ended",
-                2.0 * pairs
-            );
+    let mut per_msg = Vec::new();
+    for (a, (cpu0, msgs0)) in agents.into_iter().zip(start) {
+        while a.total("mcp_messages_total") - msgs0 < 2.0 * pairs * 0.99 {
+            if Instant::now() > deadline {
+                bail!(
+                    "an agent reported {:.0} of {:.0} messages 30 s after the ping-pong ended",
+                    a.total("mcp_messages_total") - msgs0,
+                    2.0 * pairs
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        let msgs = a.total("mcp_messages_total") - msgs0;
+        per_msg.push((a.cpu_ns()? - cpu0) / msgs / 1e3);
     }
-    let msgs = agent.total("mcp_messages_total") - msgs0;
-    let per_msg = (agent.cpu_ns()? - cpu0) / msgs / 1e3;
-    agent.stop()?;
-    Ok(per_msg)
+    with.stop()?;
+    without.stop()?;
+    Ok((per_msg[0], per_msg[1]))
 }
 
 fn realistic(r: &mut Report) -> Result<()> {
@@ -1440,7 +1458,7 @@ fn write_markdown(r: &Report) -> Result<()> {
     writeln!(md, "Written by `cargo xtask bench` on {}.\n", machine())?;
     writeln!(
         md,
-        "Overhead figures are ratios within this run; rates are medians with min and max, ratios are medians (with min and max) of ratios paired within each round. Worst case: runs without and with the agent (and under `strace -f -e trace=read,write -s 65535 -o /dev/null`) alternate, which of the first two runs first swaps every round, {ROUNDS} rounds. Realistic workloads: separate runs of the Python SDK client differ by ±15 % here with nothing changed, so each is measured inside one client session that calls without pause: {CYCLES} pairs of {WINDOW:?} windows without and with the agent (started before its window, stopped after it; the pair's order swaps every cycle), then {STRACE_CYCLES} pairs without and under strace attached to the client and its server, each window's rate counted from the client's own timeline. The agent runs with its defaults (detectors on, JSONL events on stdout, written to /dev/null) for the overhead, latency and footprint figures; the loss figure runs it with no output and no detectors (the capture path's own limit). Every traced workload (the worst-case pair, the SDK client and its server, the HTTP server) is pinned to CPU 0, the agent to CPU 1: unpinned, the scheduler puts the two ends of a ping-pong on one CPU or on two, run by run, and that alone moves the rate by ±15 % on this 2-core machine, more than the effect measured. The detectors' live cost runs the ping-pong paced to {LIVE_RATE} round trips/s ({LIVE_ROUNDS} rounds), below what the agent keeps up with: unpaced, the ring buffer overflows and CPU per message measures overload. The agent's RSS includes its ring buffer, which the kernel maps twice (2 × 16 MiB by default).\n"
+        "Overhead figures are ratios within this run; rates are medians with min and max, ratios are medians (with min and max) of ratios paired within each round. Worst case: runs without and with the agent (and under `strace -f -e trace=read,write -s 65535 -o /dev/null`) alternate, which of the first two runs first swaps every round, {ROUNDS} rounds. Realistic workloads: separate runs of the Python SDK client differ by ±15 % here with nothing changed, so each is measured inside one client session that calls without pause: {CYCLES} pairs of {WINDOW:?} windows without and with the agent (started before its window, stopped after it; the pair's order swaps every cycle), then {STRACE_CYCLES} pairs without and under strace attached to the client and its server, each window's rate counted from the client's own timeline. The agent runs with its defaults (detectors on, JSONL events on stdout, written to /dev/null) for the overhead, latency and footprint figures; the loss figure runs it with no output and no detectors (the capture path's own limit). Every traced workload (the worst-case pair, the SDK client and its server, the HTTP server) is pinned to CPU 0, the agent to CPU 1: unpinned, the scheduler puts the two ends of a ping-pong on one CPU or on two, run by run, and that alone moves the rate by ±15 % on this 2-core machine, more than the effect measured. The detectors' live cost runs two agents at once, one with the detectors and one without (each with its own probes and ring buffer, both on CPU 1), so that both see the same messages in the same phase of this VM's speed; the ping-pong is paced to {LIVE_RATE} round trips/s ({LIVE_ROUNDS} rounds), below what the agents keep up with: unpaced, the ring buffer overflows and CPU per message measures overload. The agent's RSS includes its ring buffer, which the kernel maps twice (2 × 16 MiB by default).\n"
     )?;
     writeln!(md, "| figure | value | goal |\n|---|---|---|")?;
     for row in &r.rows {
