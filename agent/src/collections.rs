@@ -185,6 +185,17 @@ impl<K: Hash + Eq + Copy, V> Lru<K, V> {
         (self.at(slot), made)
     }
 
+    /// [`Lru::get_mut`] with the slot number `kept` from an earlier call,
+    /// tried first and then updated (as [`Lru::get_kept`]); not a touch.
+    pub fn get_mut_kept(&mut self, kept: &mut Option<u32>, k: &K) -> Option<&mut V> {
+        let slot = match kept.filter(|&s| self.holds(s, k)) {
+            Some(s) => s,
+            None => *self.index.get(k)?,
+        };
+        *kept = Some(slot);
+        Some(self.at(slot))
+    }
+
     /// When `k`'s queued touch was (None: not held).
     fn touched(&self, k: &K) -> Option<u64> {
         let i = *self.index.get(k)?;
@@ -265,6 +276,16 @@ mod tests {
         let (v, made) = l.get_kept(&mut kept, 1, || 30, &mut evicted);
         assert!(made, "1 made again, in place of 2");
         assert_eq!((*v, evicted), (30, 2));
+        // Found without making: a kept slot that holds another key is
+        // not taken for this one, and an absent key is not made.
+        let mut stale = Some(s2);
+        l.remove(&1);
+        assert_eq!(l.get_mut_kept(&mut stale, &1), None);
+        l.slot(3, || 40, &mut evicted);
+        let mut kept3 = None;
+        assert_eq!(l.get_mut_kept(&mut kept3, &3), Some(&mut 40));
+        assert_eq!(l.get_mut_kept(&mut stale, &3), Some(&mut 40));
+        assert_eq!(stale, kept3);
     }
 
     #[test]

@@ -228,6 +228,8 @@ struct Slots {
     seen: Option<u32>,
     /// In `sizes`: (server, tool).
     size: Option<u32>,
+    /// In `calls`: the last tools/call's key (its response finds it here).
+    call: Option<u32>,
 }
 
 /// A session's caller and server names and what they were made of: the
@@ -460,7 +462,8 @@ impl Detectors {
             self.on_request((caller, server, tool), ev, &me, slots, &mut out);
             if ev.method.as_deref() == Some("tools/call") {
                 let key = (caller.id, server.id, tool.id, facts.args_hash.unwrap_or(0));
-                self.call_checks(key, (caller, server, tool), me.clone(), ev, &mut out);
+                let names = (caller, server, tool);
+                self.call_checks(key, names, me.clone(), ev, &mut slots.call, &mut out);
             }
             if self.cfg.header_mismatch.enabled {
                 header_mismatch(ev, caller, server, &me, &mut out);
@@ -549,6 +552,7 @@ impl Detectors {
         (caller, server, tool): (&Name, &Name, &Name),
         me: Evidence,
         ev: &McpEvent,
+        call_slot: &mut Option<u32>,
         out: &mut Vec<Flag>,
     ) {
         let ts = me.ts_ns;
@@ -598,10 +602,10 @@ impl Detectors {
         }
         let window = self.cfg.duplicate_call.window_s * S;
         let min = self.cfg.duplicate_call.min_count as usize;
-        let slot = self
-            .calls
-            .slot(key, CallState::default, &mut self.stats.evicted);
-        let d = &mut self.calls.at(slot).dup;
+        let (call, _) =
+            self.calls
+                .get_kept(call_slot, key, CallState::default, &mut self.stats.evicted);
+        let d = &mut call.dup;
         while d.calls.front().is_some_and(|e| e.ts_ns + window < ts) {
             d.calls.pop_front();
         }
@@ -660,13 +664,16 @@ impl Detectors {
         let failed = ev.is_error;
         // One lookup of the call's state: made if retry_storm keeps it.
         let storm = self.cfg.retry_storm.enabled;
+        // Its request's slot, kept in the session: no second probe.
         let mut call = if storm {
+            let made = CallState::default;
             Some(
                 self.calls
-                    .get_or(p.key, CallState::default, &mut self.stats.evicted),
+                    .get_kept(&mut slots.call, p.key, made, &mut self.stats.evicted)
+                    .0,
             )
         } else {
-            self.calls.get_mut(&p.key)
+            self.calls.get_mut_kept(&mut slots.call, &p.key)
         };
         if let Some(c) = &mut call {
             c.dup.last_error = Some(failed);
