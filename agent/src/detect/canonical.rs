@@ -195,32 +195,55 @@ const BLOCK: usize = 64;
 /// escapes serde_json may not write). Strings on the wire are escaped
 /// every few dozen bytes (`\"`, `\n`): a search that stopped at each
 /// escape spent some forty instructions there, most of the detectors'
-/// cost on prose. AVX2 where the CPU has it, else SSE2.
+/// cost on prose. AVX-512 BW where the CPU has it, else AVX2, else SSE2.
 fn string_end(b: &[u8], open: usize) -> Option<(usize, bool)> {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { string_end_avx2(b, open) };
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512bw") {
+            // SAFETY: the CPU has AVX-512 BW, checked just above.
+            return unsafe { string_end_avx512(b, open) };
+        }
+        if has!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { string_end_avx2(b, open) };
+        }
     }
-    string_end_in::<false>(b, open)
+    string_end_in::<SSE2>(b, open)
 }
+
+/// The forms of [`string_end`]'s masks, by the compares they are made of.
+const SSE2: u8 = 0;
+/// 32-byte compares and byte masks.
+const AVX2: u8 = 1;
+/// 64-byte compares straight into mask registers: one compare per block
+/// and byte of interest, where AVX2 takes two compares, two byte masks and
+/// a shift and an OR.
+const AVX512: u8 = 2;
 
 /// [`string_end`] with AVX2 enabled, its masks from 32-byte compares.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn string_end_avx2(b: &[u8], open: usize) -> Option<(usize, bool)> {
-    string_end_in::<true>(b, open)
+    string_end_in::<AVX2>(b, open)
 }
 
-/// [`string_end`]'s loop; `AVX2` says which masks it takes (and is only
-/// true inside [`string_end_avx2`]).
+/// [`string_end`] with AVX-512 BW enabled, its masks from 64-byte compares.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512bw")]
+fn string_end_avx512(b: &[u8], open: usize) -> Option<(usize, bool)> {
+    string_end_in::<AVX512>(b, open)
+}
+
+/// [`string_end`]'s loop; `FORM` says which masks it takes (AVX2 and
+/// AVX-512 only inside [`string_end_avx2`] and [`string_end_avx512`]).
 #[inline(always)]
-fn string_end_in<const AVX2: bool>(b: &[u8], open: usize) -> Option<(usize, bool)> {
+fn string_end_in<const FORM: u8>(b: &[u8], open: usize) -> Option<(usize, bool)> {
     let mut canonical = true;
     let mut at = open + 1; // the block's first byte
     let mut carry = 0; // 1: the block's first byte is escaped
     loop {
-        let m = specials::<AVX2>(b, at);
+        let m = specials::<FORM>(b, at);
         let escaped = escaped_bytes(m.backslashes, &mut carry);
         let ends = m.quotes & !escaped;
         // The bits before the closing quote, or all of them.
@@ -277,13 +300,16 @@ struct Masks {
 /// masks shifted into place; a text shorter than a block is copied into
 /// one.
 #[inline(always)]
-fn specials<const AVX2: bool>(b: &[u8], at: usize) -> Masks {
+fn specials<const FORM: u8>(b: &[u8], at: usize) -> Masks {
     let of = |block: &[u8]| -> Masks {
         let block: &[u8; BLOCK] = block.try_into().expect("a block");
         #[cfg(target_arch = "x86_64")]
-        if AVX2 {
-            // SAFETY: `AVX2` is true only inside `string_end_avx2`.
-            return unsafe { masks_avx2(block) };
+        match FORM {
+            // SAFETY: `FORM` is AVX2 only inside `string_end_avx2`.
+            AVX2 => return unsafe { masks_avx2(block) },
+            // SAFETY: `FORM` is AVX512 only inside `string_end_avx512`.
+            AVX512 => return unsafe { masks_avx512(block) },
+            _ => {}
         }
         masks_sse2(block)
     };
@@ -332,6 +358,21 @@ fn masks_avx2(block: &[u8; BLOCK]) -> Masks {
         quotes: bits(_mm256_cmpeq_epi8(lo, quote)) | bits(_mm256_cmpeq_epi8(hi, quote)) << 32,
         backslashes: bits(_mm256_cmpeq_epi8(lo, backslash))
             | bits(_mm256_cmpeq_epi8(hi, backslash)) << 32,
+    }
+}
+
+/// [`Masks`] of a block by 64-byte compares into mask registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512bw")]
+#[inline]
+fn masks_avx512(block: &[u8; BLOCK]) -> Masks {
+    use std::arch::x86_64::{_mm512_cmpeq_epi8_mask, _mm512_loadu_si512, _mm512_set1_epi8};
+    // SAFETY: one load of the block's 64 bytes (unaligned loads are
+    // allowed).
+    let v = unsafe { _mm512_loadu_si512(block.as_ptr().cast()) };
+    Masks {
+        quotes: _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(b'"' as i8)),
+        backslashes: _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(b'\\' as i8)),
     }
 }
 
@@ -663,7 +704,7 @@ mod tests {
     }
 
     #[test]
-    fn both_mask_forms_find_what_a_bytewise_walk_finds() {
+    fn every_mask_form_finds_what_a_bytewise_walk_finds() {
         // Runs of backslashes of every length, quotes, `\/` and `\u`
         // escapes at every offset around the 64-byte blocks, in texts
         // shorter and longer than a block.
@@ -686,7 +727,19 @@ mod tests {
             let b = text.as_bytes();
             let want = string_end_bytewise(b, 0);
             assert_eq!(string_end(b, 0), want, "{text}");
-            assert_eq!(string_end_in::<false>(b, 0), want, "{text}");
+            assert_eq!(string_end_in::<SSE2>(b, 0), want, "{text}");
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::arch::is_x86_feature_detected as has;
+                if has!("avx2") {
+                    // SAFETY: the CPU has AVX2, checked just above.
+                    assert_eq!(unsafe { string_end_avx2(b, 0) }, want, "{text}");
+                }
+                if has!("avx512bw") {
+                    // SAFETY: the CPU has AVX-512 BW, checked just above.
+                    assert_eq!(unsafe { string_end_avx512(b, 0) }, want, "{text}");
+                }
+            }
         }
     }
 
