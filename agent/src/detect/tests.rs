@@ -412,15 +412,20 @@ fn large_response_absolute_and_relative() {
     assert_eq!(s.count("large_response"), 2);
 }
 
-#[test]
-fn rate_spike_waits_for_warm_up() {
+/// rate_spike alone, with 1 s buckets, 5 of warm-up and 10 calls at least.
+fn rate_spike_script() -> Script {
     let mut c = DetectConfig::default();
     c.duplicate_call.enabled = false;
     c.first_seen.enabled = false;
     c.rate_spike.bucket_s = 1.0;
     c.rate_spike.warmup_buckets = 5;
     c.rate_spike.min_calls = 10;
-    let mut s = Script::new(c);
+    Script::new(c)
+}
+
+#[test]
+fn rate_spike_waits_for_warm_up() {
+    let mut s = rate_spike_script();
     // A burst during warm-up raises nothing (and joins the baseline).
     for i in 0..15 {
         s.call("s", 1, i, "t", i as u64, S / 2);
@@ -437,13 +442,7 @@ fn rate_spike_waits_for_warm_up() {
 
 #[test]
 fn rate_spike_counts_a_late_timestamp_in_the_current_bucket() {
-    let mut c = DetectConfig::default();
-    c.duplicate_call.enabled = false;
-    c.first_seen.enabled = false;
-    c.rate_spike.bucket_s = 1.0;
-    c.rate_spike.warmup_buckets = 5;
-    c.rate_spike.min_calls = 10;
-    let mut s = Script::new(c);
+    let mut s = rate_spike_script();
     for b in 0..9u64 {
         s.call("s", 1, b as i64, "t", b, b * S + 1);
     }
