@@ -495,14 +495,13 @@ const LIVE_ROUNDS: usize = 9;
 fn detector_cost_live(r: &mut Report) -> Result<()> {
     step("detectors: two live agents at once, with and without them, CPU per message");
     for (label, payload) in [("16 B", "16"), ("2 KB", "2000")] {
-        let (mut ratios, mut with, mut without) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut with, mut without) = (Vec::new(), Vec::new());
         for _ in 0..LIVE_ROUNDS {
             let (w, wo) = live_cpu_per_message(payload)?;
-            ratios.push(w / wo);
             with.push(w);
             without.push(wo);
         }
-        let (a, w, wo) = (stats(&ratios), stats(&with), stats(&without));
+        let (a, w, wo) = (paired(&with, &without), stats(&with), stats(&without));
         r.add(
             &format!("detectors' added cost per message, live agent (default JSONL output), ping-pong with {label} arguments"),
             format!(

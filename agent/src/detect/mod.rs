@@ -147,8 +147,6 @@ struct LoopState {
 #[derive(Default)]
 struct RateState {
     bucket: u64,
-    /// Where `bucket` ends, ns.
-    bucket_end: u64,
     count: u32,
     evidence: Vec<Evidence>,
     mean: f64,
@@ -774,14 +772,7 @@ impl Detectors {
                 .0
                 .errors;
             let slot_ns = (window / ERROR_SLOTS).max(1);
-            // The newest slot, unless this call is past its end (a range
-            // check: the division only when a slot starts). A call before
-            // it (another CPU's clock, read a little earlier) counts in it.
-            let newest = e.outcomes.back().map(|o| o.slot);
-            let slot = match newest {
-                Some(n) if ts < (n + 1).saturating_mul(slot_ns) => n,
-                _ => (ts / slot_ns).max(newest.unwrap_or(0)),
-            };
+            let slot = time_slot(ts, e.outcomes.back().map(|o| o.slot), slot_ns);
             let error = usize::from(failed);
             match e.outcomes.back_mut().filter(|o| o.slot == slot) {
                 Some(o) => {
@@ -1035,6 +1026,18 @@ impl Detectors {
     }
 }
 
+/// The slot (`slot_ns` long) that a call at `ts` counts in, given the
+/// newest slot so far: that one unless `ts` is past its end (a range
+/// check: the division only when a slot starts), and never an earlier
+/// one: a timestamp before it (another CPU's clock, read a little earlier)
+/// is a late arrival in it. rate_spike's buckets and error_burst's slots.
+fn time_slot(ts: u64, newest: Option<u64>, slot_ns: u64) -> u64 {
+    match newest {
+        Some(n) if ts < (n + 1).saturating_mul(slot_ns) => n,
+        _ => (ts / slot_ns).max(newest.unwrap_or(0)),
+    }
+}
+
 /// rate_spike: one more request from a caller to a server, whose rate
 /// state is `r`.
 fn rate(
@@ -1046,21 +1049,12 @@ fn rate(
     out: &mut Vec<Flag>,
 ) {
     let ts = me.ts_ns;
-    // Most requests fall in the current bucket: a range check, no
-    // division. A timestamp before it (another CPU's clock read a little
-    // earlier) counts in it too, as a late arrival.
-    let b = if r.count > 0 && ts < r.bucket_end {
-        r.bucket
-    } else {
-        let bucket_ns = ((c.bucket_s * 1e9) as u64).max(1);
-        let b = ts / bucket_ns;
-        if r.buckets_seen == 0 && r.count == 0 {
-            r.bucket = b; // a new pair: its first bucket
-        }
-        let b = b.max(r.bucket);
-        r.bucket_end = (b + 1).saturating_mul(bucket_ns);
-        b
-    };
+    let bucket_ns = ((c.bucket_s * 1e9) as u64).max(1);
+    let started = r.buckets_seen > 0 || r.count > 0;
+    let b = time_slot(ts, started.then_some(r.bucket), bucket_ns);
+    if !started {
+        r.bucket = b; // a new pair: its first bucket
+    }
     if b != r.bucket {
         // Close the finished bucket (and the empty ones after it) into the baseline.
         let fold = |x: f64, r: &mut RateState| {

@@ -456,6 +456,23 @@ fn rate_spike_counts_a_late_timestamp_in_the_current_bucket() {
         s.call("s", 1, 100 + i as i64, "t", i, ts);
     }
     assert_eq!(s.count("rate_spike"), 1);
+    // It fired at the tenth request of the bucket, late ones included
+    // (counting only the on-time ones, it would have taken nineteen).
+    let flag = &s.flags[0];
+    assert_eq!(flag.details["count"], 10);
+    let ids: Vec<_> = flag.evidence.iter().map(|e| e.id.clone()).collect();
+    assert!(ids.contains(&Some(RpcId::Num(101))), "{ids:?}");
+}
+
+#[test]
+fn a_time_slot_is_found_by_range_and_never_goes_back() {
+    use super::time_slot;
+    assert_eq!(time_slot(25, None, 10), 2, "the first slot");
+    assert_eq!(time_slot(29, Some(2), 10), 2, "within the newest");
+    assert_eq!(time_slot(30, Some(2), 10), 3, "past its end");
+    assert_eq!(time_slot(75, Some(2), 10), 7, "slots skipped");
+    assert_eq!(time_slot(19, Some(2), 10), 2, "late: counted in the newest");
+    assert_eq!(time_slot(u64::MAX, Some(u64::MAX / 10), 10), u64::MAX / 10);
 }
 
 #[test]
