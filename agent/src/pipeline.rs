@@ -25,7 +25,8 @@ use crate::{
     capture::{DataChunk, ProcEvent, ProcKind, RawEvent, Task},
     identity::{PodCache, PodInfo, ProcessCache},
     protocol::{
-        mcp, pairing::Pairer, parse_batch, salvage, Kind, Message, ParseError, PeerInfo, RpcId,
+        mcp, pairing::Pairer, parse_batch, salvage, Ascii, Kind, Message, ParseError, PeerInfo,
+        RpcId,
     },
     sink::{Endpoint, McpEvent, Sink},
     stream::{
@@ -920,8 +921,18 @@ impl Core {
         let detecting = self.detectors.is_some();
         let mut index = 0u32;
         let mut ok = false;
-        // Arguments are kept raw only where facts are made (see below).
-        let res = parse_batch(f.bytes, detecting && key.egress, &mut |r| {
+        // Facts only for the writing end's copy: the reading end's copy is
+        // almost always dropped as its duplicate (a message seen only by
+        // its reader goes without payload-based detection). Their pass
+        // over the bytes comes first, and tells the parser whether they
+        // are all ASCII; arguments are kept raw only there.
+        let facts_made = detecting && key.egress;
+        let prescan = facts_made.then(|| crate::detect::facts::Prescan::of(f.bytes));
+        let ascii = match prescan {
+            Some(p) if p.ascii() => Ascii::Known,
+            _ => Ascii::Unknown,
+        };
+        let res = parse_batch(f.bytes, facts_made, ascii, &mut |r| {
             let bi = batch.then_some(index);
             index += 1;
             match r {
@@ -935,12 +946,10 @@ impl Core {
                             msg.id = h.answers.clone();
                         }
                     }
-                    // Facts only for the writing end's copy: the reading end's copy is
-                    // almost always dropped as its duplicate (a message seen only
-                    // by its reader goes without payload-based detection).
-                    let facts = (detecting && key.egress).then(|| {
+                    let facts = facts_made.then(|| {
                         let response = matches!(msg.kind, Some(Kind::Response | Kind::Error));
-                        crate::detect::facts::extract(raw, msg.method.as_deref(), response, None)
+                        let method = msg.method.as_deref();
+                        crate::detect::facts::extract(raw, prescan, method, response, None)
                     });
                     let payload =
                         payload_cap.map(|cap| crate::protocol::bounded_utf8(f.bytes, cap));

@@ -302,15 +302,61 @@ enum Anchored {
 
 impl Anchors {
     fn any_in(&self, line: &[u8]) -> Anchored {
+        self.prescan(line).anchored
+    }
+
+    /// The search over `line`, and what its largest byte says besides.
+    fn prescan(&self, line: &[u8]) -> Prescan {
         let (word, top) = match self {
             Anchors::Folding(f) => f.scan(line),
             Anchors::Copy(c) => c.search(line),
         };
-        if word || (top >= 0xE2 && raw_hidden_characters_possible(line)) {
+        let anchored = if word || (top >= 0xE2 && raw_hidden_characters_possible(line)) {
             Anchored::Something
         } else {
             Anchored::Nothing
+        };
+        Prescan {
+            anchored,
+            // A found anchor ends the search early: the top byte is then
+            // unknown (0), and so is whether the text is ASCII.
+            ascii: !word && top < 0x80,
+            at: line.as_ptr() as usize,
+            len: line.len(),
         }
+    }
+}
+
+/// What the detectors' one pass over a message's bytes found, taken
+/// before the message is parsed: whether an anchor is there (see
+/// [`Anchors`]), and whether every byte is ASCII. The second spares the
+/// parser its own UTF-8 check (ASCII is valid UTF-8): the anchor search
+/// reads every byte anyway, and keeps their largest.
+#[derive(Debug, Clone, Copy)]
+pub struct Prescan {
+    anchored: Anchored,
+    ascii: bool,
+    /// The bytes it was taken of (address and length), so that it is
+    /// used only for them (not for one element of a batch).
+    at: usize,
+    len: usize,
+}
+
+impl Prescan {
+    /// The pass over `line`.
+    pub fn of(line: &[u8]) -> Self {
+        anchors().prescan(line)
+    }
+
+    /// Whether every byte is ASCII (`false` where the pass did not read
+    /// them all).
+    pub fn ascii(&self) -> bool {
+        self.ascii
+    }
+
+    /// Whether this pass was taken of exactly `line`.
+    fn covers(&self, line: &[u8]) -> bool {
+        self.at == line.as_ptr() as usize && self.len == line.len()
     }
 }
 
@@ -599,16 +645,21 @@ fn prefilter() -> &'static regex::bytes::RegexSet {
 }
 
 /// Computes the facts of one parsed message from its raw parts (the
-/// parser's: the message is not parsed again).
+/// parser's: the message is not parsed again), and the [`Prescan`] of its
+/// bytes where it was taken (else it is taken here).
 pub fn extract(
     raw: RawParts<'_>,
+    prescan: Option<Prescan>,
     method: Option<&str>,
     is_response: bool,
     request_method: Option<&str>,
 ) -> MessageFacts {
     let line = raw.bytes;
     // Anchors first (fast, most messages stop here), then the exact set.
-    let anchored = anchors().any_in(line) == Anchored::Something;
+    let anchored = match prescan {
+        Some(p) if p.covers(line) => p.anchored,
+        _ => anchors().any_in(line),
+    } == Anchored::Something;
     let matched = anchored.then(|| prefilter().matches(line));
     let hit = |i: usize| matched.as_ref().is_some_and(|m| m.matched(i));
     let mut f = MessageFacts {
@@ -702,7 +753,7 @@ mod tests {
     fn argument_hash_ignores_key_order_and_whitespace() {
         let call = |line: &[u8]| {
             let (_, raw) = crate::protocol::parse_raw(line).expect("valid");
-            extract(raw, Some("tools/call"), false, None).args_hash
+            extract(raw, None, Some("tools/call"), false, None).args_hash
         };
         let a = call(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":1,"b":[1,2]}}}"#);
         let b = call(br#"{"id":9,"jsonrpc":"2.0","method":"tools/call","params":{"arguments":{ "b":[1,2], "a":1 },"name":"x"}}"#);
@@ -836,7 +887,7 @@ mod tests {
         let result = |r: &str| {
             let line = format!(r#"{{"jsonrpc":"2.0","id":3,"result":{r}}}"#);
             let (_, raw) = crate::protocol::parse_raw(line.as_bytes()).expect("valid");
-            extract(raw, None, true, Some("tools/call"))
+            extract(raw, None, None, true, Some("tools/call"))
                 .result_hash
                 .expect("a tool's result is hashed")
         };
@@ -870,7 +921,7 @@ mod tests {
         // to the pass that reads tool definitions.
         let line = br#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"echo","description":"Echoes the message back.","inputSchema":{"type":"object","properties":{"message":{"type":"string"}}}},{"name":"write_file","description":"Writes a file.","inputSchema":{"type":"object"}}]}}"#;
         let (_, raw) = crate::protocol::parse_raw(line).expect("valid");
-        let f = extract(raw, None, true, None);
+        let f = extract(raw, None, None, true, None);
         let names: Vec<&str> = f
             .tools
             .as_deref()
@@ -883,6 +934,29 @@ mod tests {
         // The same text without the key is not anchored at all.
         let plain = String::from_utf8_lossy(line).replace("inputSchema", "schema");
         assert_eq!(anchors().any_in(plain.as_bytes()), Anchored::Nothing);
+    }
+
+    #[test]
+    fn the_prescan_says_ascii_only_where_it_read_every_byte_and_all_were() {
+        for search in [build_anchors(true), build_anchors(false)] {
+            let ascii = |line: &[u8]| search.prescan(line).ascii();
+            assert!(ascii(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#));
+            assert!(ascii(b""));
+            assert!(!ascii("caf\u{e9}".as_bytes()), "two-byte UTF-8");
+            assert!(
+                !ascii(b"{\"a\":\"\xff\xfe\"}"),
+                "invalid UTF-8 is not ASCII"
+            );
+            // Past a block, and in the last partial one.
+            assert!(!ascii(&[b"q".repeat(70).as_slice(), b"\x80"].concat()));
+            // An anchor ends the pass early: what follows was not read.
+            assert!(!ascii(b"token \xff"));
+            assert!(!ascii(b"token"));
+        }
+        let line = br#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+        let p = Prescan::of(line);
+        assert!(p.covers(line) && !p.covers(&line[1..]));
+        assert!(!p.covers(&line.to_vec()), "the same bytes elsewhere");
     }
 
     #[test]
