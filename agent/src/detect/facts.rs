@@ -956,7 +956,8 @@ mod tests {
         let line = br#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
         let p = Prescan::of(line);
         assert!(p.covers(line) && !p.covers(&line[1..]));
-        assert!(!p.covers(&line.to_vec()), "the same bytes elsewhere");
+        let elsewhere = line.to_vec();
+        assert!(!p.covers(&elsewhere), "the same bytes at another address");
     }
 
     #[test]
