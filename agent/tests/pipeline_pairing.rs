@@ -477,3 +477,42 @@ fn a_session_named_by_an_initialize_answer_has_its_session_start() {
         "the connection's and the MCP session's: {started:?}"
     );
 }
+
+#[test]
+fn with_detectors_a_non_ascii_message_is_parsed_and_invalid_utf8_is_counted() {
+    // The detectors' pass tells the parser when a message is all ASCII
+    // (its UTF-8 check is then skipped): a message that is not must still
+    // be checked, valid text parsed and invalid text counted.
+    let (p, sink) = pipeline();
+    let mut p = p.with_detectors(mcpscope::detect::Detectors::new(
+        mcpscope::detect::DetectConfig::default(),
+        None,
+        None,
+    ));
+    let lines: [&[u8]; 3] = [
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":"plain"}}}"#,
+        "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{\"name\":\"t\",\"arguments\":{\"a\":\"caf\u{e9} \u{2019}\"}}}".as_bytes(),
+        b"{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/call\",\"params\":{\"name\":\"t\",\"arguments\":{\"a\":\"\xff\xfe\"}}}",
+    ];
+    for (i, line) in lines.iter().enumerate() {
+        let data = [*line, b"\n"].concat();
+        let t = i as u64 * 1_000_000;
+        p.on_record(&data_record(100, 5, 7001, t, &data, true));
+        p.on_record(&data_record(200, 0, 7001, t + 10_000, &data, false));
+    }
+    p.finish();
+    let ids: Vec<String> = sink
+        .lock()
+        .unwrap()
+        .0
+        .iter()
+        .filter(|e| e.method.as_deref() == Some("tools/call"))
+        .filter_map(|e| e.id.as_ref().map(|id| format!("{id:?}")))
+        .collect();
+    assert_eq!(ids, ["Num(1)", "Num(2)"], "1 and 2 reported, 3 not");
+    assert!(
+        p.stats().parse_invalid_json >= 1,
+        "invalid UTF-8 is counted as invalid JSON: {:?}",
+        p.stats()
+    );
+}
