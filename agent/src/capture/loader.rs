@@ -8,12 +8,14 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         trace_point::TracePointLinkId,
-        uprobe::{UProbe, UProbeLinkId, UProbeScope},
+        uprobe::{UProbe, UProbeAttachLocation, UProbeLinkId, UProbeScope},
         TracePoint,
     },
     Ebpf, EbpfLoader,
 };
 use mcpscope_common::{counter, stream_key, StreamInfo, STREAM_IGNORED};
+
+use super::tls::Place;
 
 /// The eBPF object, embedded at build time by `build.rs`.
 static EBPF_OBJECT: &[u8] =
@@ -167,24 +169,37 @@ impl Probes {
         let mut n = 0;
         let mut last_err = None;
         let (hp, hs) = super::tls::HANDSHAKE;
-        let pairs = super::tls::UPROBES
-            .iter()
-            .flat_map(|(p, s)| [(*p, *s), ("ssl_return", *s)])
-            .chain([(hp, hs)]);
-        for (p, symbol) in pairs {
+        let placed = super::tls::placements(path);
+        for (p, place) in &placed {
+            if let Place::Offset(o) = place {
+                log::info!(
+                    "TLS: {p} on {} at file offset {o:#x}, the function its wrapper calls (no single-step there)",
+                    path.display()
+                );
+            }
+        }
+        let pairs = placed
+            .into_iter()
+            .flat_map(|(p, place)| [(p, place), ("ssl_return", place)])
+            .chain([(hp, Place::Symbol(hs))]);
+        for (p, place) in pairs {
             // A build without the `_ex` variants still gets the others.
             let up: &mut UProbe = self
                 ._ebpf
                 .program_mut(p)
                 .with_context(|| format!("program {p}"))?
                 .try_into()?;
-            match up.attach(symbol, path, UProbeScope::AllProcesses) {
+            let at = match place {
+                Place::Symbol(s) => UProbeAttachLocation::Symbol(s),
+                Place::Offset(o) => UProbeAttachLocation::AbsoluteOffset(o),
+            };
+            match up.attach(at, path, UProbeScope::AllProcesses) {
                 Ok(id) => {
                     self.links.push(LinkOf::UProbe(p, id));
                     n += 1
                 }
                 Err(e) => {
-                    last_err = Some(anyhow::Error::new(e).context(format!("{p} at {symbol}")))
+                    last_err = Some(anyhow::Error::new(e).context(format!("{p} at {place:?}")))
                 }
             }
         }

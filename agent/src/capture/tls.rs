@@ -36,6 +36,148 @@ pub const UPROBES: &[(&str, &str)] = &[
     ("ssl_read_ex", "SSL_read_ex"),
 ];
 
+/// Where one entry program (and the shared return probe) goes in a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// The entry of this exported function.
+    Symbol(&'static str),
+    /// This file offset: the function an `_ex` wrapper hands its arguments
+    /// to unchanged (see [`placements`]).
+    Offset(u64),
+}
+
+/// The `_ex` entry points and their plain siblings: (`_ex` program,
+/// `_ex` symbol, plain program, plain symbol).
+const PAIRS: [(&str, &str, &str, &str); 2] = [
+    ("ssl_write_ex", "SSL_write_ex", "ssl_write", "SSL_write"),
+    ("ssl_read_ex", "SSL_read_ex", "ssl_read", "SSL_read"),
+];
+
+/// Where each entry program of [`UPROBES`] goes in the OpenSSL file at
+/// `path` (each also gets `ssl_return` there).
+///
+/// A uprobe replaces a function's first instruction with a breakpoint;
+/// after the probe the kernel either emulates that instruction (branches,
+/// nops, `push`: see [`emulated`]) or single-steps a copy of it, a second
+/// trap. On this machine kind that second trap costs ~8.5 µs per call
+/// (the Python client's `SSL_write_ex` plus `SSL_read_ex` went from 2.3 to
+/// 24 µs a round with bare tracefs probes at their entries, and to 4.9 µs
+/// with probes on an emulated instruction), and it was most of the HTTPS
+/// overhead. Debian's OpenSSL 3 starts `SSL_write_ex` and `SSL_read_ex`
+/// with `sub $8, %rsp` (single-stepped) and then calls
+/// `ssl_write_internal` / `ssl_read_internal` with the same four
+/// arguments; those start with `push`. So where an `_ex` function is
+/// such a wrapper (nothing but the stack adjustment before the call: the
+/// argument registers reach the callee as they were), and its plain
+/// sibling calls the same function too, both are probed once, at that
+/// function, with the `_ex` program: it has the `_ex` arguments and
+/// returns 1 with the count stored, as `SSL_write_ex` passes on. Anywhere
+/// else (another build, another architecture), each symbol is probed at
+/// its entry as before.
+pub fn placements(path: &Path) -> Vec<(&'static str, Place)> {
+    let elf = Mapped::open(path);
+    let obj = elf
+        .as_ref()
+        .and_then(|m| object::File::parse(m.bytes()).ok())
+        .filter(|o| object::Object::architecture(o) == object::Architecture::X86_64);
+    let mut out = Vec::new();
+    for (ex_prog, ex_sym, plain_prog, plain_sym) in PAIRS {
+        match obj
+            .as_ref()
+            .and_then(|o| pass_through(o, ex_sym, plain_sym))
+        {
+            Some(offset) => out.push((ex_prog, Place::Offset(offset))),
+            None => {
+                out.push((plain_prog, Place::Symbol(plain_sym)));
+                out.push((ex_prog, Place::Symbol(ex_sym)));
+            }
+        }
+    }
+    out
+}
+
+/// The file offset of the function the `_ex` wrapper `ex` passes its
+/// arguments to, when probing it there saves a single-step and `plain`
+/// calls it too (see [`placements`]).
+fn pass_through(obj: &object::File<'_>, ex: &str, plain: &str) -> Option<u64> {
+    let (ex_at, ex_code) = function(obj, ex)?;
+    if emulated(ex_code) {
+        return None; // its own entry is cheap already
+    }
+    let call_at = ex_at + wrapper_prefix(ex_code)? as u64;
+    let target = call_target(call_at, &ex_code[(call_at - ex_at) as usize..])?;
+    let (plain_at, plain_code) = function(obj, plain)?;
+    let plain_calls_it = (0..plain_code.len())
+        .any(|i| call_target(plain_at + i as u64, &plain_code[i..]) == Some(target));
+    let (offset, code) = code_at(obj, target, 16)?;
+    (plain_calls_it && emulated(code)).then_some(offset)
+}
+
+/// The length of an `_ex` wrapper's prologue before its call: an optional
+/// `endbr64`, then `sub $imm8, %rsp` (which leaves the argument
+/// registers alone), then a `call rel32` must follow.
+fn wrapper_prefix(code: &[u8]) -> Option<usize> {
+    const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
+    let start = if code.starts_with(&ENDBR64) { 4 } else { 0 };
+    match code.get(start..)? {
+        [0x48, 0x83, 0xec, _, 0xe8, ..] => Some(start + 4),
+        _ => None,
+    }
+}
+
+/// Where a `call rel32` at virtual address `at` (its bytes `code`) goes.
+fn call_target(at: u64, code: &[u8]) -> Option<u64> {
+    match code {
+        [0xe8, a, b, c, d, ..] => {
+            let rel = i32::from_le_bytes([*a, *b, *c, *d]);
+            Some(at.wrapping_add(5).wrapping_add(rel as i64 as u64))
+        }
+        _ => None,
+    }
+}
+
+/// Whether x86-64 uprobes emulate this first instruction instead of
+/// single-stepping it: `push` of a register, `call`/`jmp` with a
+/// relative target, and nops (arch/x86/kernel/uprobes.c). A superset of
+/// what every kernel emulates (`push` since 6.12, Linux's own list) would
+/// only leave a probe where it was before.
+fn emulated(code: &[u8]) -> bool {
+    matches!(
+        code,
+        [0x50..=0x57, ..]
+            | [0x41, 0x50..=0x57, ..]
+            | [0xe8 | 0xe9 | 0xeb | 0x90, ..]
+            | [0x0f, 0x1f, ..]
+            | [0x66, 0x0f, 0x1f, ..]
+    )
+}
+
+/// An exported function's virtual address and its code (its symbol's
+/// size, or 128 bytes where the size is unknown).
+fn function<'d>(obj: &object::File<'d>, name: &str) -> Option<(u64, &'d [u8])> {
+    use object::{Object, ObjectSymbol};
+    let sym = obj
+        .dynamic_symbols()
+        .find(|s| s.is_definition() && s.name() == Ok(name))?;
+    let len = if sym.size() > 0 { sym.size() } else { 128 };
+    let (_, code) = code_at(obj, sym.address(), len.min(4096))?;
+    Some((sym.address(), code))
+}
+
+/// The file offset of virtual address `at` and up to `len` bytes of its
+/// section from there.
+fn code_at<'d>(obj: &object::File<'d>, at: u64, len: u64) -> Option<(u64, &'d [u8])> {
+    use object::{Object, ObjectSection};
+    let sec = obj
+        .sections()
+        .find(|s| s.address() <= at && at < s.address() + s.size())?;
+    let (file_start, _) = sec.file_range()?;
+    let data = sec.data().ok()?;
+    let from = usize::try_from(at - sec.address()).ok()?;
+    let to = data.len().min(from + usize::try_from(len).ok()?);
+    Some((file_start + from as u64, data.get(from..to)?))
+}
+
 /// Files already handled (attached, or found to have no OpenSSL), by
 /// (device, inode).
 #[derive(Default)]
@@ -174,6 +316,68 @@ mod tests {
             libssl_paths(maps),
             ["/usr/lib/x86_64-linux-gnu/libssl.so.3"]
         );
+    }
+
+    #[test]
+    fn an_ex_wrapper_is_probed_at_the_function_it_passes_its_arguments_to() {
+        // Debian's OpenSSL 3 (this machine kind's): `SSL_write_ex` is
+        // `sub $8,%rsp; call ssl_write_internal`, and `SSL_write` calls
+        // the same function; so for reads.
+        let ssl = Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3");
+        let placed = placements(ssl);
+        let progs: Vec<&str> = placed.iter().map(|(p, _)| *p).collect();
+        assert_eq!(progs, ["ssl_write_ex", "ssl_read_ex"], "{placed:x?}");
+        let elf = Mapped::open(ssl).expect("readable");
+        let obj = object::File::parse(elf.bytes()).expect("ELF");
+        for (_, place) in &placed {
+            let Place::Offset(at) = *place else {
+                panic!("{placed:x?}: not at a symbol's entry");
+            };
+            // The probed instruction is one the kernel emulates (`push`).
+            let code = &elf.bytes()[at as usize..];
+            assert!(emulated(code), "{:x?}", &code[..4]);
+            // It is the target of the wrapper's call, not the wrapper.
+            let (ex_at, ex_code) = function(&obj, "SSL_write_ex").expect("exported");
+            assert!(!emulated(ex_code), "the wrapper's entry is single-stepped");
+            assert_ne!(at, ex_at);
+        }
+    }
+
+    #[test]
+    fn wrappers_calls_and_emulated_instructions_are_decoded_exactly() {
+        // `sub $8,%rsp; call +0x10`, with and without endbr64.
+        let plain = [0x48, 0x83, 0xec, 0x08, 0xe8, 0x10, 0, 0, 0];
+        assert_eq!(wrapper_prefix(&plain), Some(4));
+        let cet = [&[0xf3, 0x0f, 0x1e, 0xfa][..], &plain].concat();
+        assert_eq!(wrapper_prefix(&cet), Some(8));
+        // Anything else before the call (an argument changed) is not one.
+        assert_eq!(wrapper_prefix(&[0x48, 0x63, 0xd2, 0xe8, 0, 0, 0, 0]), None);
+        assert_eq!(wrapper_prefix(&[0x48, 0x83, 0xec, 0x08, 0x31, 0xd2]), None);
+        // rel32 is from the next instruction, and may be negative.
+        assert_eq!(call_target(0x1000, &[0xe8, 0x10, 0, 0, 0]), Some(0x1015));
+        assert_eq!(
+            call_target(0x35a14, &[0xe8, 0x87, 0xfb, 0xff, 0xff]),
+            Some(0x355a0)
+        );
+        assert_eq!(call_target(0x1000, &[0xe9, 0x10, 0, 0, 0]), None);
+        assert_eq!(call_target(0x1000, &[0xe8, 0x10]), None, "cut short");
+        // push %rbp, push %r14, call, nop; not sub, mov or ret.
+        for yes in [
+            &[0x55][..],
+            &[0x41, 0x56],
+            &[0xe8, 0, 0, 0, 0],
+            &[0x0f, 0x1f, 0],
+        ] {
+            assert!(emulated(yes), "{yes:x?}");
+        }
+        for no in [
+            &[0x48, 0x83, 0xec, 0x08][..],
+            &[0x48, 0x89, 0xe5],
+            &[0xc3],
+            &[],
+        ] {
+            assert!(!emulated(no), "{no:x?}");
+        }
     }
 
     #[test]
