@@ -284,24 +284,7 @@ impl HttpServer {
         let mut cmd = on_cpu0();
         cmd.arg(python()).arg(root().join("tests/mcp/py_server.py"));
         let ca = if tls {
-            let dir = target().join("bench/tls");
-            fs::create_dir_all(&dir)?;
-            let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-            run(Command::new("openssl")
-                .args([
-                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                ])
-                .args([
-                    "-subj",
-                    "/CN=127.0.0.1",
-                    "-addext",
-                    "subjectAltName=IP:127.0.0.1",
-                ])
-                .arg("-keyout")
-                .arg(&key)
-                .arg("-out")
-                .arg(&cert)
-                .stderr(Stdio::null()))?;
+            let (cert, key) = bench_certificate()?;
             cmd.args(["https", &port.to_string()]).arg(&cert).arg(&key);
             Some(cert)
         } else {
@@ -325,6 +308,29 @@ impl HttpServer {
         }
         Ok(server)
     }
+}
+
+/// A self-signed certificate for 127.0.0.1 and its key, made anew.
+fn bench_certificate() -> Result<(PathBuf, PathBuf)> {
+    let dir = target().join("bench/tls");
+    fs::create_dir_all(&dir)?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    run(Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null()))?;
+    Ok((cert, key))
 }
 
 /// Runs the bench scenario; returns the truth header (pids, calls/s).
@@ -883,6 +889,64 @@ fn realistic_rows(r: &mut Report, name: &str, o: &Overhead) {
         "(for comparison)",
         None,
     );
+}
+
+/// Rounds of [`tls_hook_cost`]'s script per run.
+const SSL_ROUNDS: &str = "100000";
+
+/// What the TLS uprobes add to each hooked OpenSSL call, apart from any
+/// I/O: Python's ssl over memory BIOs (one `SSL_write_ex` and one
+/// `SSL_read_ex` a round, `tests/bench/ssl_rounds.py`) pinned to CPU 0,
+/// without and with the agent, alternating, [`ROUNDS`] pairs. The traps
+/// themselves are most of it: a probe on an instruction the kernel must
+/// single-step costs a second trap (see `capture::tls::placements`).
+fn tls_hook_cost(r: &mut Report) -> Result<()> {
+    step("kernel: TLS uprobes, added cost per hooked OpenSSL call");
+    let (cert, key) = bench_certificate()?;
+    let round = || -> Result<f64> {
+        let out = output(
+            on_cpu0()
+                .arg(python())
+                .arg(root().join("tests/bench/ssl_rounds.py"))
+                .arg(&cert)
+                .arg(&key)
+                .arg(SSL_ROUNDS),
+        )?;
+        json_number(&out, "us_per_round")
+    };
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for i in 0..ROUNDS {
+        let traced = || -> Result<f64> {
+            let agent = Agent::start(&["--stdout", "none"], Stdio::null())?;
+            let us = round()?;
+            agent.stop()?;
+            Ok(us)
+        };
+        if i % 2 == 0 {
+            without.push(round()?);
+            with.push(traced()?);
+        } else {
+            with.push(traced()?);
+            without.push(round()?);
+        }
+    }
+    let added: Vec<f64> = with
+        .iter()
+        .zip(&without)
+        .map(|(w, b)| (w - b) / 2.0)
+        .collect();
+    let (median, lo, hi) = stats(&added);
+    r.add(
+        "kernel: TLS uprobes, added time per hooked OpenSSL call (Python ssl, memory BIOs)",
+        format!(
+            "{median:.2} µs per call (min {lo:.2}, max {hi:.2}; {ROUNDS} pairs; a round of SSL_write_ex + SSL_read_ex {:.2} µs without, {:.2} µs with)",
+            stats(&without).0,
+            stats(&with).0
+        ),
+        "",
+        None,
+    );
+    Ok(())
 }
 
 fn kernel_cost(r: &mut Report) -> Result<()> {
@@ -1485,7 +1549,7 @@ pub fn all(only: Option<&str>) -> Result<()> {
     build::all()?;
     if !matches!(
         only,
-        Some("agent" | "worst" | "replay" | "realistic" | "detectors")
+        Some("agent" | "worst" | "replay" | "realistic" | "detectors" | "tls")
     ) {
         step("criterion benchmarks (reports in target/criterion)");
         let mut c = Command::new("cargo");
@@ -1518,9 +1582,11 @@ pub fn all(only: Option<&str>) -> Result<()> {
         }),
         Some("worst") => Some(|r| {
             worst_case(r)?;
-            kernel_cost(r)
+            kernel_cost(r)?;
+            tls_hook_cost(r)
         }),
         Some("realistic") => Some(realistic),
+        Some("tls") => Some(tls_hook_cost),
         Some("detectors") => Some(detector_cost_live),
         _ => None,
     };
@@ -1534,6 +1600,7 @@ pub fn all(only: Option<&str>) -> Result<()> {
     worst_case(&mut r)?;
     realistic(&mut r)?;
     kernel_cost(&mut r)?;
+    tls_hook_cost(&mut r)?;
     latency(&mut r)?;
     loss(&mut r)?;
     footprint(&mut r)?;
