@@ -25,8 +25,7 @@ use crate::{
     capture::{DataChunk, ProcEvent, ProcKind, RawEvent, Task},
     identity::{PodCache, PodInfo, ProcessCache},
     protocol::{
-        mcp, pairing::Pairer, parse_batch, salvage, Ascii, Kind, Message, ParseError, PeerInfo,
-        RpcId,
+        mcp, pairing::Pairer, parse_batch, salvage, Kind, Message, ParseError, PeerInfo, RpcId,
     },
     sink::{Endpoint, McpEvent, Sink},
     stream::{
@@ -928,11 +927,8 @@ impl Core {
         // are all ASCII; arguments are kept raw only there.
         let facts_made = detecting && key.egress;
         let prescan = facts_made.then(|| crate::detect::facts::Prescan::of(f.bytes));
-        let ascii = match prescan {
-            Some(p) if p.ascii() => Ascii::Known,
-            _ => Ascii::Unknown,
-        };
-        let res = parse_batch(f.bytes, facts_made, ascii, &mut |r| {
+        let text = prescan.and_then(|p| p.ascii_text());
+        let res = parse_batch(f.bytes, text, facts_made, &mut |r| {
             let bi = batch.then_some(index);
             index += 1;
             match r {

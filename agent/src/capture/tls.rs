@@ -138,9 +138,10 @@ fn call_target(at: u64, code: &[u8]) -> Option<u64> {
 
 /// Whether x86-64 uprobes emulate this first instruction instead of
 /// single-stepping it: `push` of a register, `call`/`jmp` with a
-/// relative target, and nops (arch/x86/kernel/uprobes.c). A superset of
-/// what every kernel emulates (`push` since 6.12, Linux's own list) would
-/// only leave a probe where it was before.
+/// relative target, and nops (arch/x86/kernel/uprobes.c; this kernel's
+/// costs are in [`placements`]). On a kernel that single-steps one of
+/// these too (`push` is the most recent to be emulated), a probe moved
+/// onto it costs what it cost at the wrapper's entry: never more.
 fn emulated(code: &[u8]) -> bool {
     matches!(
         code,

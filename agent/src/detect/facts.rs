@@ -306,7 +306,7 @@ impl Anchors {
     }
 
     /// The search over `line`, and what its largest byte says besides.
-    fn prescan(&self, line: &[u8]) -> Prescan {
+    fn prescan<'a>(&self, line: &'a [u8]) -> Prescan<'a> {
         let (word, top) = match self {
             Anchors::Folding(f) => f.scan(line),
             Anchors::Copy(c) => c.search(line),
@@ -317,12 +317,11 @@ impl Anchors {
             Anchored::Nothing
         };
         Prescan {
+            bytes: line,
             anchored,
             // A found anchor ends the search early: the top byte is then
             // unknown (0), and so is whether the text is ASCII.
             ascii: !word && top < 0x80,
-            at: line.as_ptr() as usize,
-            len: line.len(),
         }
     }
 }
@@ -331,32 +330,40 @@ impl Anchors {
 /// before the message is parsed: whether an anchor is there (see
 /// [`Anchors`]), and whether every byte is ASCII. The second spares the
 /// parser its own UTF-8 check (ASCII is valid UTF-8): the anchor search
-/// reads every byte anyway, and keeps their largest.
+/// reads every byte anyway, and keeps their largest. It borrows the bytes
+/// it read, so they cannot change before it is used.
 #[derive(Debug, Clone, Copy)]
-pub struct Prescan {
+pub struct Prescan<'a> {
+    bytes: &'a [u8],
     anchored: Anchored,
     ascii: bool,
-    /// The bytes it was taken of (address and length), so that it is
-    /// used only for them (not for one element of a batch).
-    at: usize,
-    len: usize,
 }
 
-impl Prescan {
+impl<'a> Prescan<'a> {
     /// The pass over `line`.
-    pub fn of(line: &[u8]) -> Self {
+    pub fn of(line: &'a [u8]) -> Self {
         anchors().prescan(line)
     }
 
-    /// Whether every byte is ASCII (`false` where the pass did not read
-    /// them all).
-    pub fn ascii(&self) -> bool {
-        self.ascii
+    /// The bytes as text, where the pass read every one and all were
+    /// ASCII; `None` where it did not (they must then be checked).
+    pub fn ascii_text(&self) -> Option<&'a str> {
+        if !self.ascii {
+            return None;
+        }
+        debug_assert!(
+            self.bytes.is_ascii(),
+            "the pass's largest byte was below 0x80"
+        );
+        // SAFETY: every byte of `bytes` (borrowed, so unchanged since) was
+        // read by the pass and found below 0x80: ASCII, valid UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(self.bytes) })
     }
 
-    /// Whether this pass was taken of exactly `line`.
+    /// Whether this pass was taken of exactly `line` (not, say, of the
+    /// batch `line` is one element of).
     fn covers(&self, line: &[u8]) -> bool {
-        self.at == line.as_ptr() as usize && self.len == line.len()
+        std::ptr::eq(self.bytes, line)
     }
 }
 
@@ -649,7 +656,7 @@ fn prefilter() -> &'static regex::bytes::RegexSet {
 /// bytes where it was taken (else it is taken here).
 pub fn extract(
     raw: RawParts<'_>,
-    prescan: Option<Prescan>,
+    prescan: Option<Prescan<'_>>,
     method: Option<&str>,
     is_response: bool,
     request_method: Option<&str>,
@@ -939,7 +946,7 @@ mod tests {
     #[test]
     fn the_prescan_says_ascii_only_where_it_read_every_byte_and_all_were() {
         for search in [build_anchors(true), build_anchors(false)] {
-            let ascii = |line: &[u8]| search.prescan(line).ascii();
+            let ascii = |line: &[u8]| search.prescan(line).ascii_text().is_some();
             assert!(ascii(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#));
             assert!(ascii(b""));
             assert!(!ascii("caf\u{e9}".as_bytes()), "two-byte UTF-8");
@@ -955,6 +962,7 @@ mod tests {
         }
         let line = br#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
         let p = Prescan::of(line);
+        assert_eq!(p.ascii_text().map(str::as_bytes), Some(&line[..]));
         assert!(p.covers(line) && !p.covers(&line[1..]));
         let elsewhere = line.to_vec();
         assert!(!p.covers(&elsewhere), "the same bytes at another address");

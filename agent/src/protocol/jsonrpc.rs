@@ -195,25 +195,20 @@ fn parse_text<const RAW: bool>(text: &str) -> Result<(Message, RawParts<'_>), Pa
 /// returns how many were parsed. With `raw_arguments` (the detectors are
 /// on), a request's `arguments` are kept raw ([`RawParts::arguments`]);
 /// without, they are only skipped. `bytes` is checked for UTF-8 unless
-/// the caller says it is all ASCII (which is valid UTF-8).
+/// the caller passes them as `text` already (found valid by a pass of its
+/// own over the same bytes).
 pub fn parse_batch<'a>(
     bytes: &'a [u8],
+    text: Option<&'a str>,
     raw_arguments: bool,
-    ascii: Ascii,
     each: &mut dyn FnMut(Result<(Message, RawParts<'a>), ParseError>),
 ) -> Result<usize, ParseError> {
     let one = |text| match raw_arguments {
         true => parse_text::<true>(text),
         false => parse_text::<false>(text),
     };
-    let text = match ascii {
-        Ascii::Unknown => utf8(bytes),
-        Ascii::Known => {
-            debug_assert!(bytes.is_ascii(), "a caller's ASCII claim");
-            // SAFETY: ASCII bytes (the caller read every one) are valid UTF-8.
-            Ok(unsafe { std::str::from_utf8_unchecked(bytes) })
-        }
-    };
+    debug_assert!(text.is_none_or(|t| std::ptr::eq(t.as_bytes(), bytes)));
+    let text = text.map_or_else(|| utf8(bytes), Ok);
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'[') {
         each(text.and_then(one));
@@ -227,16 +222,6 @@ pub fn parse_batch<'a>(
         each(one(item.get()));
     }
     Ok(items.len())
-}
-
-/// What the caller of [`parse_batch`] knows of its bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ascii {
-    /// Nothing: they are checked for UTF-8.
-    Unknown,
-    /// Every byte is ASCII (the caller read them all): they are not
-    /// checked again.
-    Known,
 }
 
 fn parse_id(raw: &RawValue) -> Option<RpcId> {
@@ -363,15 +348,15 @@ mod tests {
         let mut got = Vec::new();
         let n = parse_batch(
             br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#,
+            None,
             false,
-            Ascii::Known,
             &mut |m| got.push(m.unwrap().0.kind),
         )
         .unwrap();
         assert_eq!(n, 2);
         assert_eq!(got, vec![Some(Kind::Request), Some(Kind::Notification)]);
         assert_eq!(
-            parse_batch(b"[]", false, Ascii::Unknown, &mut |_| {}),
+            parse_batch(b"[]", None, false, &mut |_| {}),
             Err(ParseError::EmptyBatch)
         );
     }
