@@ -927,46 +927,50 @@ impl Core {
         // are all ASCII; arguments are kept raw only there.
         let facts_made = detecting && key.egress;
         let prescan = facts_made.then(|| crate::detect::facts::Prescan::of(f.bytes));
-        let text = prescan.and_then(|p| p.ascii_text());
-        let res = parse_batch(f.bytes, text, facts_made, &mut |r| {
-            let bi = batch.then_some(index);
-            index += 1;
-            match r {
-                Ok((mut msg, raw)) => {
-                    ok = true;
-                    if let Some(h) = http {
-                        self.note_request_id(key, h, &msg);
-                        if msg.id.is_none() && msg.kind == Some(Kind::Error) {
-                            // `id: null` in the HTTP answer to one request
-                            // (a 404 for a gone session): that request's.
-                            msg.id = h.answers.clone();
+        let text = prescan
+            .and_then(|p| p.ascii_text())
+            .map_or_else(|| crate::protocol::utf8(f.bytes), Ok);
+        let res = text.and_then(|text| {
+            parse_batch(text, facts_made, &mut |r| {
+                let bi = batch.then_some(index);
+                index += 1;
+                match r {
+                    Ok((mut msg, raw)) => {
+                        ok = true;
+                        if let Some(h) = http {
+                            self.note_request_id(key, h, &msg);
+                            if msg.id.is_none() && msg.kind == Some(Kind::Error) {
+                                // `id: null` in the HTTP answer to one request
+                                // (a 404 for a gone session): that request's.
+                                msg.id = h.answers.clone();
+                            }
                         }
+                        let facts = facts_made.then(|| {
+                            let response = matches!(msg.kind, Some(Kind::Response | Kind::Error));
+                            let method = msg.method.as_deref();
+                            crate::detect::facts::extract(raw, prescan, method, response, None)
+                        });
+                        let payload =
+                            payload_cap.map(|cap| crate::protocol::bounded_utf8(f.bytes, cap));
+                        let c = Captured {
+                            msg,
+                            ts_ns,
+                            bytes: f.len,
+                            truncated: false,
+                            key,
+                            kind,
+                            join,
+                            task,
+                            batch_index: bi,
+                            payload,
+                            facts,
+                            http: http.map(|h| Box::new(h.clone())),
+                        };
+                        self.route(c, join_key(f.bytes, f.len, bi));
                     }
-                    let facts = facts_made.then(|| {
-                        let response = matches!(msg.kind, Some(Kind::Response | Kind::Error));
-                        let method = msg.method.as_deref();
-                        crate::detect::facts::extract(raw, prescan, method, response, None)
-                    });
-                    let payload =
-                        payload_cap.map(|cap| crate::protocol::bounded_utf8(f.bytes, cap));
-                    let c = Captured {
-                        msg,
-                        ts_ns,
-                        bytes: f.len,
-                        truncated: false,
-                        key,
-                        kind,
-                        join,
-                        task,
-                        batch_index: bi,
-                        payload,
-                        facts,
-                        http: http.map(|h| Box::new(h.clone())),
-                    };
-                    self.route(c, join_key(f.bytes, f.len, bi));
+                    Err(e) => self.count_parse_error(e),
                 }
-                Err(e) => self.count_parse_error(e),
-            }
+            })
         });
         if let Err(e) = res {
             self.count_parse_error(e);

@@ -919,6 +919,19 @@ fn tls_hook_cost(r: &mut Report) -> Result<()> {
         let traced = || -> Result<f64> {
             let agent = Agent::start(&["--stdout", "none"], Stdio::null())?;
             let us = round()?;
+            // Proof that the calls were hooked: the agent reports every
+            // round's message (its metrics are exported once a second).
+            let rounds: f64 = SSL_ROUNDS.parse()?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while agent.total("mcp_messages_total") < rounds {
+                if Instant::now() > deadline {
+                    bail!(
+                        "the agent reported {} of the {rounds} TLS messages",
+                        agent.total("mcp_messages_total")
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
             agent.stop()?;
             Ok(us)
         };

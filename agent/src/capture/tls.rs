@@ -330,17 +330,21 @@ mod tests {
         assert_eq!(progs, ["ssl_write_ex", "ssl_read_ex"], "{placed:x?}");
         let elf = Mapped::open(ssl).expect("readable");
         let obj = object::File::parse(elf.bytes()).expect("ELF");
-        for (_, place) in &placed {
+        for ((prog, place), wrapper) in placed.iter().zip(["SSL_write_ex", "SSL_read_ex"]) {
             let Place::Offset(at) = *place else {
-                panic!("{placed:x?}: not at a symbol's entry");
+                panic!("{prog}: {place:x?}, not a function its wrapper calls");
             };
-            // The probed instruction is one the kernel emulates (`push`).
-            let code = &elf.bytes()[at as usize..];
-            assert!(emulated(code), "{:x?}", &code[..4]);
-            // It is the target of the wrapper's call, not the wrapper.
-            let (ex_at, ex_code) = function(&obj, "SSL_write_ex").expect("exported");
-            assert!(!emulated(ex_code), "the wrapper's entry is single-stepped");
-            assert_ne!(at, ex_at);
+            // The wrapper's own entry is single-stepped; the offset is the
+            // file offset of the function its call goes to, which starts
+            // with an instruction the kernel emulates (`push`).
+            let (ex_at, ex_code) = function(&obj, wrapper).expect("exported");
+            assert!(!emulated(ex_code), "{wrapper}'s entry is single-stepped");
+            let call_at = ex_at + wrapper_prefix(ex_code).expect("a wrapper") as u64;
+            let target = call_target(call_at, &ex_code[(call_at - ex_at) as usize..]);
+            let (offset, code) = code_at(&obj, target.expect("a call"), 4).expect("in .text");
+            assert_eq!(at, offset, "{prog} goes where {wrapper} calls");
+            assert!(emulated(code), "{code:x?}");
+            assert_eq!(&elf.bytes()[at as usize..][..code.len()], code);
         }
     }
 

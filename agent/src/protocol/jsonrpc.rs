@@ -167,8 +167,8 @@ pub fn parse_raw(bytes: &[u8]) -> Result<(Message, RawParts<'_>), ParseError> {
 
 /// The message as text: UTF-8 is checked once here (a fast pass over
 /// ASCII), so that the parser, reading from a `str`, never checks a string
-/// or a raw value again.
-fn utf8(bytes: &[u8]) -> Result<&str, ParseError> {
+/// or a raw value again. Invalid UTF-8 is invalid JSON.
+pub fn utf8(bytes: &[u8]) -> Result<&str, ParseError> {
     std::str::from_utf8(bytes).map_err(|_| ParseError::Json)
 }
 
@@ -194,12 +194,10 @@ fn parse_text<const RAW: bool>(text: &str) -> Result<(Message, RawParts<'_>), Pa
 /// Calls `each` per element in order, with the element's raw parts, and
 /// returns how many were parsed. With `raw_arguments` (the detectors are
 /// on), a request's `arguments` are kept raw ([`RawParts::arguments`]);
-/// without, they are only skipped. `bytes` is checked for UTF-8 unless
-/// the caller passes them as `text` already (found valid by a pass of its
-/// own over the same bytes).
+/// without, they are only skipped. The caller has the line as text: by
+/// [`utf8`], or by a pass of its own that found every byte ASCII.
 pub fn parse_batch<'a>(
-    bytes: &'a [u8],
-    text: Option<&'a str>,
+    text: &'a str,
     raw_arguments: bool,
     each: &mut dyn FnMut(Result<(Message, RawParts<'a>), ParseError>),
 ) -> Result<usize, ParseError> {
@@ -207,14 +205,12 @@ pub fn parse_batch<'a>(
         true => parse_text::<true>(text),
         false => parse_text::<false>(text),
     };
-    debug_assert!(text.is_none_or(|t| std::ptr::eq(t.as_bytes(), bytes)));
-    let text = text.map_or_else(|| utf8(bytes), Ok);
-    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-    if first != Some(&b'[') {
-        each(text.and_then(one));
+    let first = text.bytes().find(|b| !b.is_ascii_whitespace());
+    if first != Some(b'[') {
+        each(one(text));
         return Ok(1);
     }
-    let items: Vec<&RawValue> = serde_json::from_str(text?).map_err(|_| ParseError::Json)?;
+    let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|_| ParseError::Json)?;
     if items.is_empty() {
         return Err(ParseError::EmptyBatch);
     }
@@ -347,8 +343,7 @@ mod tests {
     fn batch_arrays_are_split() {
         let mut got = Vec::new();
         let n = parse_batch(
-            br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#,
-            None,
+            r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#,
             false,
             &mut |m| got.push(m.unwrap().0.kind),
         )
@@ -356,7 +351,7 @@ mod tests {
         assert_eq!(n, 2);
         assert_eq!(got, vec![Some(Kind::Request), Some(Kind::Notification)]);
         assert_eq!(
-            parse_batch(b"[]", None, false, &mut |_| {}),
+            parse_batch("[]", false, &mut |_| {}),
             Err(ParseError::EmptyBatch)
         );
     }

@@ -7,7 +7,7 @@ pub mod pairing;
 mod salvage;
 
 pub use jsonrpc::{
-    parse, parse_batch, parse_raw, Kind, Message, ParseError, PeerInfo, RawParts, RpcId,
+    parse, parse_batch, parse_raw, utf8, Kind, Message, ParseError, PeerInfo, RawParts, RpcId,
 };
 pub use salvage::salvage;
 
