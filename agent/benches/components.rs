@@ -129,12 +129,30 @@ fn detector_facts(c: &mut Criterion) {
     // The parser's raw parts are an input here (parsing is `model`'s figure).
     let (_, req_raw) = parse_raw(REQUEST).expect("valid");
     g.bench_function("request", |b| {
-        b.iter(|| facts::extract(req_raw, None, Some("tools/call"), false, None))
+        b.iter(|| {
+            facts::extract(
+                facts::Needs::ALL,
+                req_raw,
+                None,
+                Some("tools/call"),
+                false,
+                None,
+            )
+        })
     });
     let (_, resp_raw) = parse_raw(&resp).expect("valid");
     g.throughput(Throughput::Bytes(resp.len() as u64));
     g.bench_function("response_600B", |b| {
-        b.iter(|| facts::extract(resp_raw, None, None, true, Some("tools/call")))
+        b.iter(|| {
+            facts::extract(
+                facts::Needs::ALL,
+                resp_raw,
+                None,
+                None,
+                true,
+                Some("tools/call"),
+            )
+        })
     });
     g.finish();
 }

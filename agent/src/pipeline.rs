@@ -917,7 +917,6 @@ impl Core {
             .cfg
             .capture_payloads
             .then_some(self.cfg.payload_max_bytes);
-        let detecting = self.detectors.is_some();
         let mut index = 0u32;
         let mut ok = false;
         // Facts only for the writing end's copy: the reading end's copy is
@@ -925,8 +924,12 @@ impl Core {
         // its reader goes without payload-based detection). Their pass
         // over the bytes comes first, and tells the parser whether they
         // are all ASCII; arguments are kept raw only there.
-        let facts_made = detecting && key.egress;
-        let prescan = facts_made.then(|| crate::detect::facts::Prescan::of(f.bytes));
+        let needs =
+            (self.detectors.as_ref().map(Detectors::needs)).filter(|n| n.any() && key.egress);
+        let facts_made = needs.is_some();
+        let prescan = needs
+            .filter(|n| n.payload)
+            .map(|_| crate::detect::facts::Prescan::of(f.bytes));
         let text = prescan
             .and_then(|p| p.ascii_text())
             .map_or_else(|| crate::protocol::utf8(f.bytes), Ok);
@@ -945,10 +948,12 @@ impl Core {
                                 msg.id = h.answers.clone();
                             }
                         }
-                        let facts = facts_made.then(|| {
+                        let facts = needs.map(|needs| {
                             let response = matches!(msg.kind, Some(Kind::Response | Kind::Error));
                             let method = msg.method.as_deref();
-                            crate::detect::facts::extract(raw, prescan, method, response, None)
+                            crate::detect::facts::extract(
+                                needs, raw, prescan, method, response, None,
+                            )
                         });
                         let payload =
                             payload_cap.map(|cap| crate::protocol::bounded_utf8(f.bytes, cap));

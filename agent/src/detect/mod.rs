@@ -294,6 +294,8 @@ pub struct Detectors {
     baselines: HashMap<String, Vec<ToolDef>>,
     /// `baselines` by ids: server → tool → write-class.
     listed: Map<Id, Map<Id, bool>>,
+    /// The facts the enabled detectors use.
+    needs: facts::Needs,
     /// Counters.
     pub stats: DetectStats,
 }
@@ -330,6 +332,7 @@ impl Detectors {
             first_ts: Lru::new(cap),
             baselines: HashMap::new(),
             listed: Map::default(),
+            needs: facts::Needs::of(&cfg, policy.is_some()),
             stats: DetectStats::default(),
             cfg,
             policy,
@@ -406,6 +409,12 @@ impl Detectors {
             .map_or("?", |e| e.process.exe.as_deref().unwrap_or(&e.process.comm));
         self.names
             .endpoint(info.as_ref().map(|i| i.name.as_str()), exe)
+    }
+
+    /// The facts of a message the enabled detectors use (the pipeline
+    /// computes only those).
+    pub fn needs(&self) -> facts::Needs {
+        self.needs
     }
 
     /// Tool-definition baselines (server → tools), as persisted.
