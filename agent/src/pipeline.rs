@@ -241,6 +241,8 @@ struct Core {
     stats: PipelineStats,
     metrics: Option<Arc<Metrics>>,
     detectors: Option<Detectors>,
+    /// The flags a message raised, emitted after it (a buffer reused).
+    flags: Vec<Flag>,
     world: Box<dyn World>,
     /// Requests (by event `seq`) awaiting their response, and when the
     /// receiving end read them, once seen: the responder-side duration
@@ -354,6 +356,7 @@ impl<C: StreamControl> Pipeline<C> {
             stats: PipelineStats::default(),
             metrics: None,
             detectors: None,
+            flags: Vec::new(),
             world: Box::new(LiveWorld::default()),
             received: Lru::new(65536),
             awaiting_client: Lru::new(65536),
@@ -1446,10 +1449,14 @@ impl Core {
         if let (Some(d), Some(s)) = (&mut self.detectors, self.sessions.get_mut(&session_key)) {
             let none = MessageFacts::default();
             let facts = c.facts.as_ref().unwrap_or(&none);
-            let flags = d.observe(&mut s.detect, &ev, sent, facts, asked.as_ref());
-            for f in flags {
+            d.observe_into(&mut s.detect, &ev, sent, facts, asked.as_ref(), &mut self.flags);
+        }
+        if !self.flags.is_empty() {
+            let mut flags = std::mem::take(&mut self.flags);
+            for f in flags.drain(..) {
                 self.emit_flag(f, &ev, sent);
             }
+            self.flags = flags; // its capacity, for the next
         }
         if ev.kind == Kind::Request && !self.early.is_empty() {
             if let Some(id) = &ev.id {

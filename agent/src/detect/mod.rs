@@ -440,6 +440,22 @@ impl Detectors {
         asked: Option<&Asked>,
     ) -> Vec<Flag> {
         let mut out = Vec::new();
+        self.observe_into(s, ev, ts_ns, facts, asked, &mut out);
+        out
+    }
+
+    /// [`Detectors::observe`], its flags appended to `out` (the caller's
+    /// buffer, reused: most messages raise none).
+    pub fn observe_into(
+        &mut self,
+        s: &mut SessionState,
+        ev: &McpEvent,
+        ts_ns: u64,
+        facts: &MessageFacts,
+        asked: Option<&Asked>,
+        out: &mut Vec<Flag>,
+    ) {
+        let before = out.len();
 
         let me = Evidence {
             seq: ev.seq,
@@ -450,13 +466,13 @@ impl Detectors {
             .filter(|_| matches!(ev.kind, Kind::Response | Kind::Error))
             .filter(|_| ev.method.as_deref() == Some("tools/call"));
         let listed =
-            (facts.tools.as_ref()).filter(|_| matches!(ev.kind, Kind::Response | Kind::Error));
-        let flagged = (self.cfg.secret_in_payload.enabled && !facts.secrets.is_empty())
+            facts.tools().filter(|_| matches!(ev.kind, Kind::Response | Kind::Error));
+        let flagged = (self.cfg.secret_in_payload.enabled && !facts.secrets().is_empty())
             || (self.cfg.injection_marker.enabled
-                && !facts.markers.is_empty()
+                && !facts.markers().is_empty()
                 && ev.kind != Kind::Request);
         if ev.kind != Kind::Request && answered_call.is_none() && listed.is_none() && !flagged {
-            return out; // nothing here for a detector (a notification, a plain response)
+            return; // nothing here for a detector (a notification, a plain response)
         }
         let SessionState {
             ends,
@@ -466,14 +482,14 @@ impl Detectors {
         } = s;
         let (caller, server, tool) = self.names_of(ends, tool, ev);
         if ev.kind == Kind::Request {
-            self.on_request((caller, server, tool), ev, &me, slots, &mut out);
+            self.on_request((caller, server, tool), ev, &me, slots,  out);
             if ev.method.as_deref() == Some("tools/call") {
                 let key = (caller.id, server.id, tool.id, facts.args_hash.unwrap_or(0));
                 let names = (caller, server, tool);
-                self.call_checks(key, names, me.clone(), ev, &mut slots.call, &mut out);
+                self.call_checks(key, names, me.clone(), ev, &mut slots.call,  out);
             }
             if self.cfg.header_mismatch.enabled {
-                header_mismatch(ev, caller, server, &me, &mut out);
+                header_mismatch(ev, caller, server, &me,  out);
             }
         }
         if let Some(asked) = answered_call {
@@ -486,17 +502,17 @@ impl Detectors {
                     ts_ns: asked.ts_ns,
                 },
             };
-            self.on_result(call, ev, (loops, slots), me.clone(), facts, &mut out);
+            self.on_result(call, ev, (loops, slots), me.clone(), facts,  out);
         }
         if let Some(tools) = listed {
-            self.drift(server, tools, me.clone(), &mut out);
+            self.drift(server, tools, me.clone(),  out);
         }
         if !flagged {
-            self.stats.flags += out.len() as u64;
-            return out;
+            self.stats.flags += (out.len() - before) as u64;
+            return;
         }
-        if self.cfg.secret_in_payload.enabled && !facts.secrets.is_empty() {
-            let kinds: Vec<&str> = facts.secrets.iter().map(|s| s.kind).collect();
+        if self.cfg.secret_in_payload.enabled && !facts.secrets().is_empty() {
+            let kinds: Vec<&str> = facts.secrets().iter().map(|s| s.kind).collect();
             let place = if ev.kind == Kind::Request {
                 "arguments"
             } else {
@@ -517,14 +533,14 @@ impl Detectors {
                 server: server.to_string(),
                 tool: ev.tool.as_deref().map(String::from),
                 evidence: vec![me.clone()],
-                details: json!({ "found": facts.secrets, "in": place }),
+                details: json!({ "found": facts.secrets(), "in": place }),
             }));
         }
         if self.cfg.injection_marker.enabled
-            && !facts.markers.is_empty()
+            && !facts.markers().is_empty()
             && ev.kind != Kind::Request
         {
-            let what = if facts.tools.is_some() {
+            let what = if facts.tools().is_some() {
                 "tool descriptions"
             } else {
                 "a tool result"
@@ -535,7 +551,7 @@ impl Detectors {
                 message: format!(
                     "prompt-injection marker(s) {} in {what} from {server}",
                     facts
-                        .markers
+                        .markers()
                         .iter()
                         .map(|m| format!("{:?}", m.marker))
                         .collect::<Vec<_>>()
@@ -545,11 +561,10 @@ impl Detectors {
                 server: server.to_string(),
                 tool: ev.tool.as_deref().map(String::from),
                 evidence: vec![me.clone()],
-                details: json!({ "found": facts.markers, "heuristic": true }),
+                details: json!({ "found": facts.markers(), "heuristic": true }),
             }));
         }
-        self.stats.flags += out.len() as u64;
-        out
+        self.stats.flags += (out.len() - before) as u64;
     }
 
     /// A tools/call request's checks.

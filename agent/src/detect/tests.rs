@@ -536,10 +536,7 @@ fn drift_is_summarised_and_persists_across_restarts() {
             &mut SessionState::default(),
             &ev,
             S,
-            &MessageFacts {
-                tools: Some(tools),
-                ..MessageFacts::default()
-            },
+            &MessageFacts::listing(tools),
             None,
         )
     };
@@ -694,10 +691,7 @@ fn a_call_to_a_tool_the_server_did_not_list_is_flagged_once() {
     // The server's tools/list, seen live (no baseline before it).
     let mut ev = s.event(Kind::Response, "s", 1, 1, "", S);
     ev.method = Some("tools/list".into());
-    let facts = MessageFacts {
-        tools: Some(vec![listed(false)]),
-        ..MessageFacts::default()
-    };
+    let facts = MessageFacts::listing(vec![listed(false)]);
     assert!(s.observe(&ev, S, &facts).is_empty());
     s.call("s", 1, 2, "echo", 1, 2 * S);
     s.call("s", 1, 3, "rm_rf", 1, 3 * S);
