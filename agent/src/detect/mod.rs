@@ -136,12 +136,40 @@ struct StormState {
 
 #[derive(Default)]
 struct LoopState {
-    /// (tool, arguments hash, result hash) and the response.
-    sigs: VecDeque<((Id, u64, u64), Evidence)>,
+    /// (tool, arguments hash, result hash) and the response, newest last:
+    /// the window is the last `max_period × min_repeats` (see
+    /// [`LoopState::window`]). A vector trimmed to the window when twice
+    /// as long (one move per response, amortised), so that the window is
+    /// one slice: a deque's indexing (a wrap check per access) was most of
+    /// the cycle search's cost.
+    sigs: Vec<((Id, u64, u64), Evidence)>,
     /// The names of the tools in `sigs` (a few), for a flag's cycle: kept
     /// once per tool, not cloned per response.
     tools: Vec<Name>,
     fired: bool,
+}
+
+impl LoopState {
+    /// Adds a response's signature; the window of the last `w`, newest
+    /// last.
+    fn push(
+        &mut self,
+        sig: (Id, u64, u64),
+        me: Evidence,
+        w: usize,
+    ) -> &[((Id, u64, u64), Evidence)] {
+        let w = w.max(1);
+        if self.sigs.len() >= 2 * w {
+            self.sigs.drain(..self.sigs.len() - (w - 1));
+        }
+        self.sigs.push((sig, me));
+        &self.sigs[self.sigs.len().saturating_sub(w)..]
+    }
+
+    /// The window of the last `w` signatures.
+    fn window(&self, w: usize) -> &[((Id, u64, u64), Evidence)] {
+        &self.sigs[self.sigs.len().saturating_sub(w.max(1))..]
+    }
 }
 
 #[derive(Default)]
@@ -154,6 +182,10 @@ struct RateState {
     buckets_seen: u32,
     /// A spike is one episode: fired, and not yet back to normal.
     in_spike: bool,
+    /// A bucket's count above this is a spike: the baseline's mean plus
+    /// its deviations (at least one), kept as the baseline changes (once
+    /// a bucket), not worked out per request.
+    threshold: f64,
 }
 
 /// Slots per error-burst window: outcomes are counted per slot, so the
@@ -465,8 +497,9 @@ impl Detectors {
         let answered_call = asked
             .filter(|_| matches!(ev.kind, Kind::Response | Kind::Error))
             .filter(|_| ev.method.as_deref() == Some("tools/call"));
-        let listed =
-            facts.tools().filter(|_| matches!(ev.kind, Kind::Response | Kind::Error));
+        let listed = facts
+            .tools()
+            .filter(|_| matches!(ev.kind, Kind::Response | Kind::Error));
         let flagged = (self.cfg.secret_in_payload.enabled && !facts.secrets().is_empty())
             || (self.cfg.injection_marker.enabled
                 && !facts.markers().is_empty()
@@ -482,14 +515,14 @@ impl Detectors {
         } = s;
         let (caller, server, tool) = self.names_of(ends, tool, ev);
         if ev.kind == Kind::Request {
-            self.on_request((caller, server, tool), ev, &me, slots,  out);
+            self.on_request((caller, server, tool), ev, &me, slots, out);
             if ev.method.as_deref() == Some("tools/call") {
                 let key = (caller.id, server.id, tool.id, facts.args_hash.unwrap_or(0));
                 let names = (caller, server, tool);
-                self.call_checks(key, names, me.clone(), ev, &mut slots.call,  out);
+                self.call_checks(key, names, me.clone(), ev, &mut slots.call, out);
             }
             if self.cfg.header_mismatch.enabled {
-                header_mismatch(ev, caller, server, &me,  out);
+                header_mismatch(ev, caller, server, &me, out);
             }
         }
         if let Some(asked) = answered_call {
@@ -502,10 +535,10 @@ impl Detectors {
                     ts_ns: asked.ts_ns,
                 },
             };
-            self.on_result(call, ev, (loops, slots), me.clone(), facts,  out);
+            self.on_result(call, ev, (loops, slots), me.clone(), facts, out);
         }
         if let Some(tools) = listed {
-            self.drift(server, tools, me.clone(),  out);
+            self.drift(server, tools, me.clone(), out);
         }
         if !flagged {
             self.stats.flags += (out.len() - before) as u64;
@@ -737,21 +770,16 @@ impl Detectors {
         if self.cfg.loop_.enabled {
             let (maxp, k) = (self.cfg.loop_.max_period, self.cfg.loop_.min_repeats);
             let sig = (tool.id, args, facts.result_hash.unwrap_or(0));
-            l.sigs.push_back((sig, me.clone()));
-            if l.sigs.len() > maxp * k {
-                l.sigs.pop_front();
-            }
+            let found = repeating_period(l.push(sig, me.clone(), maxp * k), maxp, k);
             if !l.tools.iter().any(|t| t.id == tool.id) {
                 if l.tools.len() >= maxp * k {
                     // Only tools still in the window keep their name.
-                    let sigs = &l.sigs;
-                    l.tools
-                        .retain(|t| sigs.iter().any(|((id, ..), _)| *id == t.id));
+                    let (sigs, tools) = (&l.sigs[..], &mut l.tools);
+                    let window = &sigs[sigs.len().saturating_sub(maxp * k)..];
+                    tools.retain(|t| window.iter().any(|((id, ..), _)| *id == t.id));
                 }
                 l.tools.push(tool.clone());
             }
-            let n = l.sigs.len();
-            let found = repeating_period(&l.sigs, maxp, k);
             match found {
                 Some(per) if !l.fired => {
                     l.fired = true;
@@ -761,9 +789,11 @@ impl Detectors {
                             .find(|t| t.id == id)
                             .map_or_else(String::new, |t| t.to_string())
                     };
+                    let window = l.window(maxp * k);
+                    let n = window.len();
                     let cycle: Vec<String> = (0..per)
                         .rev()
-                        .map(|i| name_of(l.sigs[n - 1 - i].0 .0))
+                        .map(|i| name_of(window[n - 1 - i].0 .0))
                         .collect();
                     out.push(cold(|| Flag {
                         flag: "loop",
@@ -772,7 +802,7 @@ impl Detectors {
                         caller: caller.to_string(),
                         server: server.to_string(),
                         tool: Some(tool.to_string()),
-                        evidence: l.sigs.iter().skip(n - per * k).map(|(_, e)| e.clone()).collect(),
+                        evidence: window[n - per * k..].iter().map(|(_, e)| e.clone()).collect(),
                         details: json!({ "period": per, "repeats": k, "cycle": cycle }),
                     }));
                 }
@@ -1076,8 +1106,10 @@ fn rate(
     let bucket_ns = ((c.bucket_s * 1e9) as u64).max(1);
     let started = r.buckets_seen > 0 || r.count > 0;
     let b = time_slot(ts, started.then_some(r.bucket), bucket_ns);
+    let threshold = |r: &RateState| r.mean + c.deviations * r.var.sqrt().max(1.0);
     if !started {
         r.bucket = b; // a new pair: its first bucket
+        r.threshold = threshold(r);
     }
     if b != r.bucket {
         // Close the finished bucket (and the empty ones after it) into the baseline.
@@ -1094,13 +1126,14 @@ fn rate(
         let count = r.count as f64;
         // Back to normal re-arms the detector (checked against the
         // baseline before this bucket joins it).
-        if count <= r.mean + c.deviations * r.var.sqrt().max(1.0) || r.count < c.min_calls {
+        if count <= r.threshold || r.count < c.min_calls {
             r.in_spike = false;
         }
         fold(count, r);
         for _ in 0..(b - r.bucket - 1).min(u64::from(c.warmup_buckets) + 16) {
             fold(0.0, r);
         }
+        r.threshold = threshold(r);
         r.bucket = b;
         r.count = 0;
         r.evidence.clear();
@@ -1109,10 +1142,9 @@ fn rate(
     if r.evidence.len() < 32 {
         r.evidence.push(me.clone());
     }
-    let threshold = r.mean + c.deviations * r.var.sqrt().max(1.0);
     if r.buckets_seen >= c.warmup_buckets
         && r.count >= c.min_calls
-        && f64::from(r.count) > threshold
+        && f64::from(r.count) > r.threshold
         && !r.in_spike
     {
         r.in_spike = true;
@@ -1131,20 +1163,16 @@ fn rate(
 
 /// The period (≤ `maxp`) of a cycle of signatures that ends with the
 /// newest of `sigs` and repeats `k` times, if there is one.
-fn repeating_period<S: PartialEq, T>(
-    sigs: &VecDeque<(S, T)>,
-    maxp: usize,
-    k: usize,
-) -> Option<usize> {
+fn repeating_period<S: PartialEq, T>(sigs: &[(S, T)], maxp: usize, k: usize) -> Option<usize> {
     let n = sigs.len();
-    let newest = &sigs.back()?.0;
+    let newest = &sigs.last()?.0;
+    let at = |back: usize| &sigs[n - 1 - back].0;
     // A cycle of any period repeats the newest signature within the last
     // `maxp` before it: one pass over those rules out every period at
     // once (the common case: calls vary).
-    if !sigs.iter().rev().skip(1).take(maxp).any(|s| &s.0 == newest) {
+    if !(1..=maxp.min(n - 1)).any(|back| at(back) == newest) {
         return None;
     }
-    let at = |back: usize| &sigs[n - 1 - back].0;
     // Period `per`, repeated `k` times: the last per·k signatures each
     // equal the one `per` later (most periods fail at once).
     (1..=maxp).find(|&per| {
