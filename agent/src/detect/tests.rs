@@ -748,3 +748,25 @@ fn a_sessions_names_follow_its_ends_and_client_names() {
     assert_eq!(s.names(), ["duplicate_call"]);
     assert_eq!(s.flags[0].caller, "after@/bin/p2");
 }
+
+#[test]
+fn the_loop_window_is_always_the_last_signatures_pushed() {
+    for w in [1, 2, 3, 24] {
+        let mut l = super::LoopState::default();
+        for i in 0..200u64 {
+            let me = super::Evidence {
+                seq: i,
+                id: None,
+                ts_ns: i,
+            };
+            let window: Vec<u64> = l
+                .push((0, i, i), me, w)
+                .iter()
+                .map(|(_, e)| e.seq)
+                .collect();
+            let expected: Vec<u64> = (i.saturating_sub(w as u64 - 1)..=i).collect();
+            assert_eq!(window, expected, "w {w}, after {i}");
+            assert!(l.sigs.len() <= 2 * w, "trimmed at twice the window");
+        }
+    }
+}
