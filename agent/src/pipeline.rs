@@ -1449,7 +1449,14 @@ impl Core {
         if let (Some(d), Some(s)) = (&mut self.detectors, self.sessions.get_mut(&session_key)) {
             let none = MessageFacts::default();
             let facts = c.facts.as_ref().unwrap_or(&none);
-            d.observe_into(&mut s.detect, &ev, sent, facts, asked.as_ref(), &mut self.flags);
+            d.observe_into(
+                &mut s.detect,
+                &ev,
+                sent,
+                facts,
+                asked.as_ref(),
+                &mut self.flags,
+            );
         }
         if !self.flags.is_empty() {
             let mut flags = std::mem::take(&mut self.flags);
