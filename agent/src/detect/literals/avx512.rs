@@ -27,13 +27,57 @@ fn shift_indices(n: u8) -> [u8; WIDE] {
     std::array::from_fn(|i| WIDE as u8 + i as u8 - n)
 }
 
+/// Where a search stands between chunks: per fingerprint position, the
+/// previous chunk's bucket bits (zero before the text: no fingerprint
+/// starts there), and the largest byte so far at each place.
+struct Carried {
+    carry: [__m512i; FINGERPRINT - 1],
+    top: __m512i,
+}
+
 impl FoldedLiterals {
     /// [`FoldedLiterals::scan`] 64 bytes at a time.
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vbmi")]
     pub(super) fn scan_avx512(&self, text: &[u8]) -> (bool, u8) {
+        let mut state = Carried {
+            carry: [_mm512_setzero_si512(); FINGERPRINT - 1],
+            top: _mm512_setzero_si512(),
+        };
+        let mut at = 0;
+        // The search runs in `to_candidate`, which calls nothing and so
+        // keeps its tables in registers; the verifying call is here. In
+        // one loop, the call (which no vector register survives) kept the
+        // tables on the stack, loaded again every chunk.
+        while let Some((chunk, candidates, ends)) = self.to_candidate(text, at, &mut state) {
+            let mut bits = [0u8; WIDE];
+            // SAFETY: the store writes the 64 bytes of `bits`.
+            unsafe { _mm512_storeu_si512(bits.as_mut_ptr().cast(), ends) };
+            if self.verify_candidates(text, chunk, candidates, &bits) {
+                return (true, 0);
+            }
+            at = chunk + WIDE;
+        }
+        let top = state.top;
+        let halves = _mm256_max_epu8(
+            _mm512_castsi512_si256(top),
+            _mm512_extracti64x4_epi64::<1>(top),
+        );
+        (false, max_byte(halves))
+    }
+
+    /// Searches `text` from `at` (a chunk's start) to the next chunk with
+    /// a candidate: its start, the candidates' bits and their buckets
+    /// (per byte); `None` at the end of the text.
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vbmi")]
+    #[inline(never)]
+    fn to_candidate(
+        &self,
+        text: &[u8],
+        mut at: usize,
+        state: &mut Carried,
+    ) -> Option<(usize, u64, __m512i)> {
         // SAFETY: every load reads the tables (16 bytes each) or 64 bytes
-        // of `text`, or fewer under a mask that leaves the rest unread;
-        // the store writes the 64 bytes of `bits`.
+        // of `text`, or fewer under a mask that leaves the rest unread.
         unsafe {
             let nibble = _mm512_set1_epi8(0x0F);
             let lane = |t: &[u8; 32]| _mm512_broadcast_i32x4(_mm_loadu_si128(t.as_ptr().cast()));
@@ -41,11 +85,8 @@ impl FoldedLiterals {
             let hi: [__m512i; FINGERPRINT] = std::array::from_fn(|k| lane(&self.hi[k]));
             let by = |n: u8| _mm512_loadu_si512(shift_indices(n).as_ptr().cast());
             let (by1, by2, by3) = (by(1), by(2), by(3));
-            // Per fingerprint position, the previous chunk's bucket bits
-            // (zero before the text: no fingerprint starts there).
-            let mut carry = [_mm512_setzero_si512(); FINGERPRINT - 1];
-            let mut top = _mm512_setzero_si512();
-            let mut at = 0;
+            let (mut carry, mut top) = (state.carry, state.top);
+            let mut found = None;
             while at < text.len() {
                 let here = text.as_ptr().add(at);
                 let chunk = match text.len() - at {
@@ -72,19 +113,13 @@ impl FoldedLiterals {
                 carry = [p[0], p[1], p[2]];
                 let candidates = _mm512_test_epi8_mask(ends, ends);
                 if candidates != 0 {
-                    let mut bits = [0u8; WIDE];
-                    _mm512_storeu_si512(bits.as_mut_ptr().cast(), ends);
-                    if self.verify_candidates(text, at, candidates, &bits) {
-                        return (true, 0);
-                    }
+                    found = Some((at, candidates, ends));
+                    break;
                 }
                 at += WIDE;
             }
-            let halves = _mm256_max_epu8(
-                _mm512_castsi512_si256(top),
-                _mm512_extracti64x4_epi64::<1>(top),
-            );
-            (false, max_byte(halves))
+            *state = Carried { carry, top };
+            found
         }
     }
 }
