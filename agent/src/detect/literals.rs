@@ -50,6 +50,16 @@ const BLOCK: usize = 32;
 /// at most one verification and never finds a pattern.
 const FILLER: u8 = 0;
 
+/// Where the AVX2 search stands between chunks: per fingerprint
+/// position, the previous chunk's bucket bits (a fingerprint that starts
+/// in one chunk ends in the next; zero before the text), and the largest
+/// byte so far at each place.
+#[cfg(target_arch = "x86_64")]
+struct Carried {
+    carry: [__m256i; FINGERPRINT - 1],
+    top: __m256i,
+}
+
 /// The search, built for a CPU with AVX2 (see [`FoldedLiterals::new`]).
 pub struct FoldedLiterals {
     /// Per fingerprint position: bucket bits by the byte's low nibble, and
@@ -189,7 +199,7 @@ impl FoldedLiterals {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     fn scan_avx2(&self, text: &[u8]) -> (bool, u8) {
-        self.scan_chunks(text)
+        self.scan_chunks(text, |s, t, at, state| s.to_candidate_avx2(t, at, state))
     }
 
     /// [`FoldedLiterals::scan`] on a CPU with AVX-512 VL and BW: the same
@@ -197,42 +207,112 @@ impl FoldedLiterals {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw")]
     fn scan_avx2_wide(&self, text: &[u8]) -> (bool, u8) {
-        self.scan_chunks(text)
+        self.scan_chunks(text, |s, t, at, state| {
+            s.to_candidate_avx2_wide(t, at, state)
+        })
     }
 
-    /// The search, inlined into each of the two above: only they call it,
-    /// and both enable AVX2, which its intrinsics need.
+    /// The search, inlined into each of the two above (both enable AVX2,
+    /// which its intrinsics need), run by `to_candidate` (one of the two
+    /// above's): the whole chunks
+    /// of `text`, then its last partial chunk in a filled copy. The
+    /// verifying call is here: in the loop, no vector register would
+    /// survive it, and the tables would be loaded again every chunk.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn scan_chunks(&self, text: &[u8]) -> (bool, u8) {
-        // SAFETY: AVX2 is enabled in both callers (above). The loads read
-        // 32 bytes of `text`, or of `tail` (unaligned loads are allowed).
-        unsafe {
-            // Per fingerprint position, the previous chunk's bucket bits: a
-            // fingerprint that starts in one chunk ends in the next.
-            let mut carry = [_mm256_setzero_si256(); FINGERPRINT - 1];
-            let mut top = _mm256_setzero_si256();
-            let mut at = 0;
+    fn scan_chunks(
+        &self,
+        text: &[u8],
+        to_candidate: impl Fn(&Self, &[u8], usize, &mut Carried) -> Option<(usize, __m256i)>,
+    ) -> (bool, u8) {
+        // SAFETY: AVX2 is enabled in both callers.
+        let zero = unsafe { _mm256_setzero_si256() };
+        let mut state = Carried {
+            carry: [zero; FINGERPRINT - 1],
+            top: zero,
+        };
+        let whole = text.len() / BLOCK * BLOCK;
+        let mut at = 0;
+        while let Some((chunk, ends)) = to_candidate(self, &text[..whole], at, &mut state) {
+            // SAFETY: AVX2 is enabled in both callers.
+            if unsafe { self.verify(text, chunk, ends) } {
+                return (true, 0);
+            }
+            at = chunk + BLOCK;
+        }
+        if whole < text.len() {
+            // The rest (fewer than 32 bytes), in a filled copy; its
+            // candidates are verified in the text itself.
             let mut tail = [FILLER; BLOCK];
-            while at < text.len() {
-                let chunk = match text.get(at..at + BLOCK) {
-                    Some(whole) => _mm256_loadu_si256(whole.as_ptr().cast()),
-                    None => {
-                        // The rest (fewer than 32 bytes), in a filled copy.
-                        let rest = &text[at..];
-                        tail[..rest.len()].copy_from_slice(rest);
-                        _mm256_loadu_si256(tail.as_ptr().cast())
-                    }
-                };
+            tail[..text.len() - whole].copy_from_slice(&text[whole..]);
+            if let Some((_, ends)) = to_candidate(self, &tail, 0, &mut state) {
+                // SAFETY: as above.
+                if unsafe { self.verify(text, whole, ends) } {
+                    return (true, 0);
+                }
+            }
+        }
+        // SAFETY: as above.
+        (false, unsafe { max_byte(state.top) })
+    }
+
+    /// [`FoldedLiterals::chunks_to_candidate`] compiled for AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[inline(never)]
+    fn to_candidate_avx2(
+        &self,
+        text: &[u8],
+        at: usize,
+        state: &mut Carried,
+    ) -> Option<(usize, __m256i)> {
+        self.chunks_to_candidate(text, at, state)
+    }
+
+    /// [`FoldedLiterals::chunks_to_candidate`] compiled for AVX-512 VL and BW.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw")]
+    #[inline(never)]
+    fn to_candidate_avx2_wide(
+        &self,
+        text: &[u8],
+        at: usize,
+        state: &mut Carried,
+    ) -> Option<(usize, __m256i)> {
+        self.chunks_to_candidate(text, at, state)
+    }
+
+    /// Searches the whole chunks of `text` from `at` (a chunk's start) to
+    /// the next one with a candidate: its start and its candidates'
+    /// buckets (per byte); `None` past the last whole chunk. Calls
+    /// nothing, so that the tables stay in registers where there are
+    /// enough of them.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn chunks_to_candidate(
+        &self,
+        text: &[u8],
+        mut at: usize,
+        state: &mut Carried,
+    ) -> Option<(usize, __m256i)> {
+        // SAFETY: both callers enable AVX2. Each load reads 32 bytes of
+        // `text` (unaligned loads are allowed).
+        unsafe {
+            let (mut carry, mut top) = (state.carry, state.top);
+            let mut found = None;
+            let last = text.len().saturating_sub(BLOCK); // the last whole chunk's start
+            while at <= last && text.len() >= BLOCK {
+                let chunk = _mm256_loadu_si256(text.as_ptr().add(at).cast());
                 top = _mm256_max_epu8(top, chunk);
                 let ends = self.ends(chunk, &mut carry);
-                // Most chunks have no candidate: tested here, not in a call.
-                if _mm256_testz_si256(ends, ends) == 0 && self.verify(text, at, ends) {
-                    return (true, 0);
+                if _mm256_testz_si256(ends, ends) == 0 {
+                    found = Some((at, ends));
+                    break;
                 }
                 at += BLOCK;
             }
-            (false, max_byte(top))
+            *state = Carried { carry, top };
+            found
         }
     }
 

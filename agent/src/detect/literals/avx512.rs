@@ -44,11 +44,11 @@ impl FoldedLiterals {
             top: _mm512_setzero_si512(),
         };
         let mut at = 0;
-        // The search runs in `to_candidate`, which calls nothing and so
+        // The search runs in `to_candidate_wide`, which calls nothing and so
         // keeps its tables in registers; the verifying call is here. In
         // one loop, the call (which no vector register survives) kept the
         // tables on the stack, loaded again every chunk.
-        while let Some((chunk, candidates, ends)) = self.to_candidate(text, at, &mut state) {
+        while let Some((chunk, candidates, ends)) = self.to_candidate_wide(text, at, &mut state) {
             let mut bits = [0u8; WIDE];
             // SAFETY: the store writes the 64 bytes of `bits`.
             unsafe { _mm512_storeu_si512(bits.as_mut_ptr().cast(), ends) };
@@ -70,7 +70,7 @@ impl FoldedLiterals {
     /// (per byte); `None` at the end of the text.
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vbmi")]
     #[inline(never)]
-    fn to_candidate(
+    fn to_candidate_wide(
         &self,
         text: &[u8],
         mut at: usize,
