@@ -167,6 +167,7 @@ impl<K: Hash + Eq + Copy, V> Lru<K, V> {
     /// session's caller and server) costs a comparison, not a hash-map
     /// probe, and is marked used all the same. Also says whether the value
     /// was made.
+    #[inline]
     pub fn get_kept(
         &mut self,
         kept: &mut Option<u32>,
@@ -174,13 +175,24 @@ impl<K: Hash + Eq + Copy, V> Lru<K, V> {
         make: impl FnOnce() -> V,
         evicted: &mut u64,
     ) -> (&mut V, bool) {
-        let (slot, made) = match kept.filter(|&s| self.holds(s, &k)) {
-            Some(s) => {
-                self.touch(s, k);
-                (s, false)
-            }
-            None => self.slot_of(k, make, evicted),
-        };
+        if let Some(s) = kept.filter(|&s| self.holds(s, &k)) {
+            self.touch(s, k);
+            return (self.at(s), false);
+        }
+        self.get_kept_missed(kept, k, make, evicted)
+    }
+
+    /// [`Lru::get_kept`] where the kept slot does not hold `k`: out of
+    /// line, so that the common case inlined is a comparison and a touch.
+    #[inline(never)]
+    fn get_kept_missed(
+        &mut self,
+        kept: &mut Option<u32>,
+        k: K,
+        make: impl FnOnce() -> V,
+        evicted: &mut u64,
+    ) -> (&mut V, bool) {
+        let (slot, made) = self.slot_of(k, make, evicted);
         *kept = Some(slot);
         (self.at(slot), made)
     }
@@ -202,6 +214,7 @@ impl<K: Hash + Eq + Copy, V> Lru<K, V> {
         self.slots[i as usize].as_ref().map(|s| s.touched)
     }
 
+    #[inline(never)]
     fn queue_touch(&mut self, k: K, clock: u64) {
         // Stale touches at the front (keys touched again later, or
         // removed) go as new ones come: the queue stays short.

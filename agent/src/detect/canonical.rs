@@ -252,9 +252,10 @@ fn string_end_in<const FORM: u8>(b: &[u8], open: usize) -> Option<(usize, bool)>
         } else {
             (ends & ends.wrapping_neg()) - 1
         };
-        // Only escaped `/` and `u` are looked at (one compare each per
-        // block, not a step per escape: every `\"` and `\n` of prose
-        // was a data-dependent branch).
+        // With AVX-512, only escaped `/` and `u` are looked at (a compare
+        // each per block into mask registers, not a step per escape: every
+        // `\"` and `\n` of prose was a data-dependent branch); elsewhere
+        // every escape is (see `Masks::odd`).
         let mut escapes = escaped & inside & m.odd;
         while escapes != 0 {
             // Only `\/` and some `\uXXXX` are escapes serde_json does not write.
@@ -296,7 +297,8 @@ fn escaped_bytes(backslashes: u64, carry: &mut u64) -> u64 {
 struct Masks {
     quotes: u64,
     backslashes: u64,
-    /// `/` and `u`: the bytes whose escapes serde_json may not write.
+    /// `/` and `u`, the bytes whose escapes serde_json may not write (a
+    /// superset: all ones where a form does not find them).
     odd: u64,
 }
 
@@ -349,8 +351,7 @@ fn specials<const FORM: u8>(b: &[u8], at: usize) -> Masks {
 #[inline]
 fn masks_avx2(block: &[u8; BLOCK]) -> Masks {
     use std::arch::x86_64::{
-        __m256i, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_or_si256,
-        _mm256_set1_epi8,
+        __m256i, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_set1_epi8,
     };
     // SAFETY: each load reads 32 of the block's 64 bytes (unaligned loads
     // are allowed).
@@ -361,19 +362,15 @@ fn masks_avx2(block: &[u8; BLOCK]) -> Masks {
         )
     };
     let (quote, backslash) = (_mm256_set1_epi8(b'"' as i8), _mm256_set1_epi8(b'\\' as i8));
-    let (slash, u) = (_mm256_set1_epi8(b'/' as i8), _mm256_set1_epi8(b'u' as i8));
     let bits = |v: __m256i| u64::from(_mm256_movemask_epi8(v) as u32);
-    let odd = |v: __m256i| {
-        bits(_mm256_or_si256(
-            _mm256_cmpeq_epi8(v, slash),
-            _mm256_cmpeq_epi8(v, u),
-        ))
-    };
     Masks {
         quotes: bits(_mm256_cmpeq_epi8(lo, quote)) | bits(_mm256_cmpeq_epi8(hi, quote)) << 32,
         backslashes: bits(_mm256_cmpeq_epi8(lo, backslash))
             | bits(_mm256_cmpeq_epi8(hi, backslash)) << 32,
-        odd: odd(lo) | odd(hi) << 32,
+        // Every escape is looked at: two more compares and masks per half
+        // cost more here than they save (and LLVM took the shifted masks
+        // of a short text apart bit by bit, some 300 instructions).
+        odd: !0,
     }
 }
 
@@ -401,24 +398,22 @@ fn masks_sse2(block: &[u8; BLOCK]) -> Masks {
     let mut m = Masks {
         quotes: 0,
         backslashes: 0,
-        odd: 0,
+        odd: !0, // every escape looked at, as with AVX2
     };
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{
-            _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+            _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
         };
         // SAFETY: SSE2 is in the baseline of every x86-64 target, and each
         // load reads 16 of the block's 64 bytes.
         unsafe {
             let (quote, backslash) = (_mm_set1_epi8(b'"' as i8), _mm_set1_epi8(b'\\' as i8));
-            let (slash, u) = (_mm_set1_epi8(b'/' as i8), _mm_set1_epi8(b'u' as i8));
             for k in 0..BLOCK / 16 {
                 let v = _mm_loadu_si128(block.as_ptr().add(16 * k).cast());
                 let bits = |x| u64::from(_mm_movemask_epi8(x) as u16) << (16 * k);
                 m.quotes |= bits(_mm_cmpeq_epi8(v, quote));
                 m.backslashes |= bits(_mm_cmpeq_epi8(v, backslash));
-                m.odd |= bits(_mm_or_si128(_mm_cmpeq_epi8(v, slash), _mm_cmpeq_epi8(v, u)));
             }
         }
     }
@@ -426,7 +421,6 @@ fn masks_sse2(block: &[u8; BLOCK]) -> Masks {
     for (k, &c) in block.iter().enumerate() {
         m.quotes |= u64::from(c == b'"') << k;
         m.backslashes |= u64::from(c == b'\\') << k;
-        m.odd |= u64::from(c == b'/' || c == b'u') << k;
     }
     m
 }
