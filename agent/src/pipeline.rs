@@ -1449,7 +1449,7 @@ impl Core {
         if let (Some(d), Some(s)) = (&mut self.detectors, self.sessions.get_mut(&session_key)) {
             let none = MessageFacts::default();
             let facts = c.facts.as_ref().unwrap_or(&none);
-            d.observe_into(
+            d.observe(
                 &mut s.detect,
                 &ev,
                 sent,

@@ -914,32 +914,44 @@ fn tls_hook_cost(r: &mut Report) -> Result<()> {
         )?;
         json_number(&out, "us_per_round")
     };
-    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let (mut with, mut without, mut lost) = (Vec::new(), Vec::new(), 0.0);
     for i in 0..ROUNDS {
-        let traced = || -> Result<f64> {
+        let traced = || -> Result<(f64, f64)> {
             let agent = Agent::start(&["--stdout", "none"], Stdio::null())?;
             let us = round()?;
             // Proof that the calls were hooked: the agent reports every
-            // round's message (its metrics are exported once a second).
+            // round's message, or counts it lost (unpaced, the rounds can
+            // outrun it; its metrics are exported once a second).
             let rounds: f64 = SSL_ROUNDS.parse()?;
             let deadline = Instant::now() + Duration::from_secs(10);
-            while agent.total("mcp_messages_total") < rounds {
+            let lost = || agent.metric("mcpscope_events_lost_total");
+            let accounted =
+                || agent.total("mcp_messages_total") + lost().iter().map(|(_, v)| v).sum::<f64>();
+            while accounted() < rounds {
                 if Instant::now() > deadline {
                     bail!(
-                        "the agent reported {} of the {rounds} TLS messages",
-                        agent.total("mcp_messages_total")
+                        "the agent reported {} of the {rounds} TLS messages, and counted lost: {:?}",
+                        agent.total("mcp_messages_total"),
+                        lost()
                     );
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
+            let reported = agent.total("mcp_messages_total");
             agent.stop()?;
-            Ok(us)
+            Ok((us, rounds - reported.min(rounds)))
+        };
+        let mut traced_round = || -> Result<()> {
+            let (us, missing) = traced()?;
+            with.push(us);
+            lost += missing;
+            Ok(())
         };
         if i % 2 == 0 {
             without.push(round()?);
-            with.push(traced()?);
+            traced_round()?;
         } else {
-            with.push(traced()?);
+            traced_round()?;
             without.push(round()?);
         }
     }
@@ -952,9 +964,10 @@ fn tls_hook_cost(r: &mut Report) -> Result<()> {
     r.add(
         "kernel: TLS uprobes, added time per hooked OpenSSL call (Python ssl, memory BIOs)",
         format!(
-            "{median:.2} µs per call (min {lo:.2}, max {hi:.2}; {ROUNDS} pairs; a round of SSL_write_ex + SSL_read_ex {:.2} µs without, {:.2} µs with)",
+            "{median:.2} µs per call (min {lo:.2}, max {hi:.2}; {ROUNDS} pairs; a round of SSL_write_ex + SSL_read_ex {:.2} µs without, {:.2} µs with; unpaced, {lost:.0} of {} messages counted lost, none unaccounted)",
             stats(&without).0,
-            stats(&with).0
+            stats(&with).0,
+            ROUNDS * SSL_ROUNDS.parse::<usize>()?,
         ),
         "",
         None,

@@ -462,23 +462,9 @@ impl Detectors {
 
     /// Looks at one reported message of a session whose detector state is
     /// `s`; a response comes with what the pairing kept of its request.
-    /// Returns the flags it raises.
+    /// Appends the flags it raises to `out` (the caller's buffer, reused:
+    /// most messages raise none).
     pub fn observe(
-        &mut self,
-        s: &mut SessionState,
-        ev: &McpEvent,
-        ts_ns: u64,
-        facts: &MessageFacts,
-        asked: Option<&Asked>,
-    ) -> Vec<Flag> {
-        let mut out = Vec::new();
-        self.observe_into(s, ev, ts_ns, facts, asked, &mut out);
-        out
-    }
-
-    /// [`Detectors::observe`], its flags appended to `out` (the caller's
-    /// buffer, reused: most messages raise none).
-    pub fn observe_into(
         &mut self,
         s: &mut SessionState,
         ev: &McpEvent,

@@ -70,7 +70,10 @@ impl Script {
         }
         let asked = ev.request_seq.and_then(|s| self.asked.remove(&s));
         let session = self.sessions.entry(ev.session.to_string()).or_default();
-        self.d.observe(session, ev, ts, facts, asked.as_ref())
+        let mut flags = Vec::new();
+        self.d
+            .observe(session, ev, ts, facts, asked.as_ref(), &mut flags);
+        flags
     }
 
     fn event(
@@ -532,13 +535,16 @@ fn drift_is_summarised_and_persists_across_restarts() {
         let mut s = Script::new(DetectConfig::default());
         let mut ev = s.event(Kind::Response, "s", 1, 1, "", S);
         ev.method = Some("tools/list".into());
+        let mut flags = Vec::new();
         d.observe(
             &mut SessionState::default(),
             &ev,
             S,
             &MessageFacts::listing(tools),
             None,
-        )
+            &mut flags,
+        );
+        flags
     };
     let mut d = Detectors::new(DetectConfig::default(), None, Some(dir.clone()));
     assert!(
