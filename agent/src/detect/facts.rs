@@ -688,9 +688,9 @@ fn prefilter() -> &'static regex::bytes::RegexSet {
     })
 }
 
-/// Which facts the enabled detectors use: a detector switched off costs
-/// nothing per message (the pass over every byte runs only for the
-/// payload detectors, the canonical hash only for the call detectors).
+/// Which facts the enabled detectors use: what only switched-off ones use
+/// is not computed (the pass over every byte runs only for the payload
+/// detectors, the canonical hash only for the call detectors).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Needs {
     /// Credential shapes and injection markers: `secret_in_payload`,
@@ -748,14 +748,14 @@ pub fn extract(
 ) -> MessageFacts {
     let line = raw.bytes;
     // Anchors first (fast, most messages stop here), then the exact set.
-    // Without the payload detectors, only a response can need them (for
-    // INPUT_SCHEMA, a tools/list result's mark).
-    let scanned = needs.payload || (needs.tools && is_response);
-    let anchored = scanned
+    let anchored = needs.payload
         && match prescan {
             Some(p) if p.covers(line) => p.anchored,
             _ => anchors().any_in(line),
         } == Anchored::Something;
+    // A tools/list result holds INPUT_SCHEMA, an anchor; without the
+    // anchor pass, `found` looks for it alone.
+    let maybe_list = is_response && needs.tools && !needs.payload;
     let mut f = MessageFacts::default();
     if needs.arguments && method == Some("tools/call") {
         // Canonical: key order and whitespace do not change the hash.
@@ -780,22 +780,24 @@ pub fn extract(
             )
         });
     }
-    if anchored {
-        f.found = found(needs, line, is_response, request_method);
+    if anchored || maybe_list {
+        f.found = found(needs, anchored, line, is_response, request_method);
     }
     f
 }
 
 /// The facts only an anchored message can have (most have none): the
-/// exact searches, and a tools/list result's definitions.
+/// exact searches (where `anchored`), and a tools/list result's
+/// definitions.
 #[inline(never)]
 fn found(
     needs: Needs,
+    anchored: bool,
     line: &[u8],
     is_response: bool,
     request_method: Option<&str>,
 ) -> Option<Box<Found>> {
-    let matched = needs.payload.then(|| prefilter().matches(line));
+    let matched = anchored.then(|| prefilter().matches(line));
     let hit = |i: usize| matched.as_ref().is_some_and(|m| m.matched(i));
     let mut f = Found::default();
     if (0..SECRET_KINDS).any(hit) {
@@ -804,7 +806,8 @@ fn found(
     let marker_possible = matched
         .as_ref()
         .is_some_and(|m| m.iter().any(|i| i >= SECRET_KINDS));
-    // INPUT_SCHEMA is an anchor: unanchored, it is not there.
+    // INPUT_SCHEMA is an anchor: an anchored message, or one the pass
+    // did not look at, may hold it.
     static LIST: OnceLock<memchr::memmem::Finder<'static>> = OnceLock::new();
     let is_list = is_response
         && needs.tools

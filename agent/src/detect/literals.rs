@@ -213,9 +213,8 @@ impl FoldedLiterals {
     }
 
     /// The search, inlined into each of the two above (both enable AVX2,
-    /// which its intrinsics need), run by `to_candidate` (one of the two
-    /// above's): the whole chunks
-    /// of `text`, then its last partial chunk in a filled copy. The
+    /// which its intrinsics need), run by their `to_candidate`: the whole
+    /// chunks of `text`, then its last partial chunk in a filled copy. The
     /// verifying call is here: in the loop, no vector register would
     /// survive it, and the tables would be loaded again every chunk.
     #[cfg(target_arch = "x86_64")]
@@ -300,8 +299,7 @@ impl FoldedLiterals {
         unsafe {
             let (mut carry, mut top) = (state.carry, state.top);
             let mut found = None;
-            let last = text.len().saturating_sub(BLOCK); // the last whole chunk's start
-            while at <= last && text.len() >= BLOCK {
+            while at + BLOCK <= text.len() {
                 let chunk = _mm256_loadu_si256(text.as_ptr().add(at).cast());
                 top = _mm256_max_epu8(top, chunk);
                 let ends = self.ends(chunk, &mut carry);

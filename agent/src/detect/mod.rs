@@ -138,7 +138,7 @@ struct StormState {
 struct LoopState {
     /// (tool, arguments hash, result hash) and the response, newest last:
     /// the window is the last `max_period × min_repeats` (see
-    /// [`LoopState::window`]). A vector trimmed to the window when twice
+    /// [`LoopState::last`]). A vector trimmed to the window when twice
     /// as long (one move per response, amortised), so that the window is
     /// one slice: a deque's indexing (a wrap check per access) was most of
     /// the cycle search's cost.
@@ -163,12 +163,12 @@ impl LoopState {
             self.sigs.drain(..self.sigs.len() - (w - 1));
         }
         self.sigs.push((sig, me));
-        &self.sigs[self.sigs.len().saturating_sub(w)..]
+        Self::last(&self.sigs, w)
     }
 
-    /// The window of the last `w` signatures.
-    fn window(&self, w: usize) -> &[((Id, u64, u64), Evidence)] {
-        &self.sigs[self.sigs.len().saturating_sub(w.max(1))..]
+    /// The window: the last `w` (at least one) of `sigs`.
+    fn last(sigs: &[((Id, u64, u64), Evidence)], w: usize) -> &[((Id, u64, u64), Evidence)] {
+        &sigs[sigs.len().saturating_sub(w.max(1))..]
     }
 }
 
@@ -760,9 +760,9 @@ impl Detectors {
             if !l.tools.iter().any(|t| t.id == tool.id) {
                 if l.tools.len() >= maxp * k {
                     // Only tools still in the window keep their name.
-                    let (sigs, tools) = (&l.sigs[..], &mut l.tools);
-                    let window = &sigs[sigs.len().saturating_sub(maxp * k)..];
-                    tools.retain(|t| window.iter().any(|((id, ..), _)| *id == t.id));
+                    let window = LoopState::last(&l.sigs, maxp * k);
+                    l.tools
+                        .retain(|t| window.iter().any(|((id, ..), _)| *id == t.id));
                 }
                 l.tools.push(tool.clone());
             }
@@ -775,7 +775,7 @@ impl Detectors {
                             .find(|t| t.id == id)
                             .map_or_else(String::new, |t| t.to_string())
                     };
-                    let window = l.window(maxp * k);
+                    let window = LoopState::last(&l.sigs, maxp * k);
                     let n = window.len();
                     let cycle: Vec<String> = (0..per)
                         .rev()
