@@ -12,6 +12,7 @@
 
 use std::fmt;
 
+use super::bytes_hash::bytes_hash;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// The hash of `null` (and of absent arguments).
@@ -445,15 +446,6 @@ fn tagged(tag: u64, v: u64) -> u64 {
 pub fn output_hash(content: Option<&[u8]>, structured: Option<&[u8]>, is_error: bool) -> u64 {
     let part = |tag: u64, text: Option<&[u8]>| text.map_or(NULL, |t| tagged(tag, bytes_hash(t)));
     mix(part(9, content) ^ part(10, structured).rotate_left(32) ^ tagged(2, u64::from(is_error)))
-}
-
-/// A hash of bytes, seeded once per process: argument strings and
-/// results are what peers send, and with a fixed seed colliding ones could
-/// be searched for offline (see [`crate::collections::process_hash`]).
-/// Equal within one run, not across runs: nothing made of it leaves the
-/// process.
-pub fn bytes_hash(b: &[u8]) -> u64 {
-    crate::collections::process_hash(b)
 }
 
 /// A string's hash: of its JSON text as serde_json writes it (quotes

@@ -2,6 +2,7 @@
 //! time and deterministically (kernel timestamps only), each with the
 //! evidence that proves it.
 
+mod bytes_hash;
 pub mod canonical;
 pub mod config;
 pub mod facts;
