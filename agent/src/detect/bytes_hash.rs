@@ -6,12 +6,12 @@
 //! Where the CPU has AES-NI (every x86-64 server CPU of the last decade),
 //! an XOR and one AES round per 16 bytes, in four independent lanes: two
 //! instructions per 16 bytes, where foldhash takes some eight (it was the
-//! detectors' third cost on prose arguments). The
-//! lanes then join in a chain and three more rounds, so every text byte
-//! has passed through at least three rounds (two make each output byte
-//! depend on every state byte) before the 64 bits are taken. The same construction as
-//! aHash's AES form; a hash for tables and duplicates, not a MAC.
-//! Elsewhere, foldhash.
+//! detectors' third cost on prose arguments). The lanes then join in a
+//! chain and three more rounds, so every text byte has passed through at
+//! least three rounds (two make each output byte depend on every state
+//! byte) before the 64 bits are taken. Akin to aHash's AES form (which
+//! takes the text as round keys; here it enters the state, see `hash`):
+//! a hash for tables and duplicates, not a MAC. Elsewhere, foldhash.
 
 /// A hash of `b`, seeded per process (see the module).
 pub fn bytes_hash(b: &[u8]) -> u64 {
@@ -77,7 +77,7 @@ mod aes {
         // Text enters a lane before its round, not as the round's key: as
         // the key, the last block's bytes would meet the other lanes'
         // earlier blocks unrounded, and a changed byte in each could
-        // cancel (once in some hundred pairs; the test below found it).
+        // cancel (the test below found such pairs).
         let absorb = |s: &mut [__m128i; 4], lane: usize, text: __m128i| {
             s[lane] = round(_mm_xor_si128(s[lane], text), lanes[lane]);
         };

@@ -305,6 +305,8 @@ impl FoldedLiterals {
             while at + 2 * BLOCK <= text.len() {
                 let first = _mm256_loadu_si256(text.as_ptr().add(at).cast());
                 let second = _mm256_loadu_si256(text.as_ptr().add(at + BLOCK).cast());
+                // Both chunks' bytes, even where the search goes on from
+                // the second: a maximum counts a byte read twice once.
                 top = _mm256_max_epu8(top, _mm256_max_epu8(first, second));
                 let before = carry;
                 let ends = self.ends(first, &mut carry);
