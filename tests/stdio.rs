@@ -281,3 +281,30 @@ fn node_inspector_client_over_socketpair_every_message_once() {
     assert!(on_unix[6]["latency_ms"].as_f64().is_some());
     assert_eq!(on_unix[1]["server"]["name"], "mcpscope-test-server");
 }
+
+#[test]
+fn kernel_without_btf_fails_with_one_line_naming_the_kernel_option() {
+    let Some(env) = env("kernel_without_btf_fails_with_one_line_naming_the_kernel_option") else {
+        return;
+    };
+    // The kernel's BTF hidden, not removed: a private mount namespace with
+    // an empty tmpfs over /sys/kernel/btf (the host keeps its own).
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs none /sys/kernel/btf && exec \"$0\" run --metrics-addr 127.0.0.1:0")
+        .arg(&env.bin)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running unshare");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the agent started without BTF: {err}"
+    );
+    assert!(
+        err.contains("/sys/kernel/btf/vmlinux) is missing")
+            && err.contains("CONFIG_DEBUG_INFO_BTF=y"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
