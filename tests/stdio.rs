@@ -308,3 +308,45 @@ fn kernel_without_btf_fails_with_one_line_naming_the_kernel_option() {
     );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
+
+#[test]
+fn missing_tracefs_is_mounted_by_the_agent_which_then_attaches_its_programs() {
+    let Some(env) = env("missing_tracefs_is_mounted_by_the_agent_which_then_attaches_its_programs")
+    else {
+        return;
+    };
+    // tracefs unmounted for the agent alone: an empty tmpfs over
+    // /sys/kernel/tracing in a private mount namespace.
+    let mut child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs none /sys/kernel/tracing && exec \"$0\" run --stdout none --metrics-addr 127.0.0.1:0")
+        .arg(&env.bin)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running unshare");
+    let mut stderr = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let mut seen = Vec::new();
+    // The agent's readiness line (or its end, when it fails).
+    let ready = stderr.by_ref().map_while(Result::ok).find_map(|line| {
+        let ready = line.starts_with("mcpscope: ready:") && line.contains("programs attached");
+        seen.push(line);
+        ready.then_some(())
+    });
+    // SAFETY: a plain signal to the child (unshare and sh exec the agent).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    // Its last lines too: it reports its counters as it stops.
+    seen.extend(stderr.map_while(Result::ok));
+    let status = child.wait().unwrap();
+    let log = seen.join("\n");
+    assert!(ready.is_some(), "never ready: {log}");
+    assert!(
+        log.contains("tracefs is not mounted; mounting it at /sys/kernel/tracing"),
+        "{log}"
+    );
+    assert!(
+        status.success(),
+        "stopped by SIGTERM, then: {status}: {log}"
+    );
+}
