@@ -309,6 +309,41 @@ fn kernel_without_btf_fails_with_one_line_naming_the_kernel_option() {
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
 
+/// An agent started by `cmd` (stderr piped), up to its readiness line:
+/// the child, its stderr's further lines, the lines so far and whether it
+/// became ready (else its stderr ended first).
+fn until_ready(
+    cmd: &mut Command,
+) -> (
+    std::process::Child,
+    impl Iterator<Item = String>,
+    Vec<String>,
+    bool,
+) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the agent");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok);
+    let mut seen = Vec::new();
+    let ready = lines.by_ref().any(|line| {
+        let ready = line.starts_with("mcpscope: ready:") && line.contains("programs attached");
+        seen.push(line);
+        ready
+    });
+    (child, lines, seen, ready)
+}
+
+/// SIGTERM to `child` (the agent itself: unshare and sh exec it).
+fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    // SAFETY: a plain signal to a child of this process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap()
+}
+
 #[test]
 fn missing_tracefs_is_mounted_by_the_agent_which_then_attaches_its_programs() {
     let Some(env) = env("missing_tracefs_is_mounted_by_the_agent_which_then_attaches_its_programs")
@@ -317,30 +352,18 @@ fn missing_tracefs_is_mounted_by_the_agent_which_then_attaches_its_programs() {
     };
     // tracefs unmounted for the agent alone: an empty tmpfs over
     // /sys/kernel/tracing in a private mount namespace.
-    let mut child = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg("mount -t tmpfs none /sys/kernel/tracing && exec \"$0\" run --stdout none --metrics-addr 127.0.0.1:0")
-        .arg(&env.bin)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running unshare");
-    let mut stderr = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
-    let mut seen = Vec::new();
-    // The agent's readiness line (or its end, when it fails).
-    let ready = stderr.by_ref().map_while(Result::ok).find_map(|line| {
-        let ready = line.starts_with("mcpscope: ready:") && line.contains("programs attached");
-        seen.push(line);
-        ready.then_some(())
-    });
-    // SAFETY: a plain signal to the child (unshare and sh exec the agent).
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    // Its last lines too: it reports its counters as it stops.
-    seen.extend(stderr.map_while(Result::ok));
-    let status = child.wait().unwrap();
+    let (mut child, rest, mut seen, ready) = until_ready(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg("mount -t tmpfs none /sys/kernel/tracing && exec \"$0\" run --stdout none --metrics-addr 127.0.0.1:0")
+            .arg(&env.bin),
+    );
+    // Its counters too, which it reports as it stops.
+    let reader = std::thread::spawn(move || rest.collect::<Vec<_>>());
+    let status = terminate(&mut child);
+    seen.extend(reader.join().unwrap());
     let log = seen.join("\n");
-    assert!(ready.is_some(), "never ready: {log}");
+    assert!(ready, "never ready: {log}");
     assert!(
         log.contains("tracefs is not mounted; mounting it at /sys/kernel/tracing"),
         "{log}"
@@ -349,4 +372,51 @@ fn missing_tracefs_is_mounted_by_the_agent_which_then_attaches_its_programs() {
         status.success(),
         "stopped by SIGTERM, then: {status}: {log}"
     );
+}
+
+#[test]
+fn agent_whose_stderr_is_closed_goes_on_and_stops_cleanly() {
+    let Some(env) = env("agent_whose_stderr_is_closed_goes_on_and_stops_cleanly") else {
+        return;
+    };
+    let dir = env.tmpdir("stderr-closed");
+    let events = dir.join("events.jsonl");
+    let (mut child, rest, seen, ready) = until_ready(
+        Command::new(&env.bin)
+            .args([
+                "run",
+                "--stdout",
+                "none",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--output",
+            ])
+            .arg(&events),
+    );
+    assert!(ready, "never ready: {}", seen.join("\n"));
+    drop(rest); // the read end of its stderr: its next line meets a closed pipe
+    let truth = drive(
+        &env,
+        &dir,
+        "legacy",
+        "basic",
+        "python",
+        0,
+        &env.py_server_cmd(),
+    );
+    let status = terminate(&mut child);
+    // It logged its summary into the closed pipe, and exited 0 all the same
+    // (a panic there exits 101), with every message of the session written.
+    assert!(status.success(), "{status}");
+    let events = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let stopped = mcpscope_e2e::Stopped {
+        events,
+        stderr: String::new(),
+        shutdown: std::time::Duration::ZERO,
+    };
+    assert_exactly_once(&stopped, &truth);
 }

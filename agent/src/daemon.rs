@@ -52,6 +52,16 @@ pub struct RunOptions {
     pub kube: Option<KubeSettings>,
 }
 
+/// A line on stderr, like `eprintln!`, which panics when stderr is gone
+/// (a closed pipe): the agent goes on, and its audit trail and events do
+/// not depend on its log.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(opts: RunOptions) -> Result<()> {
     let listener = serve::bind(opts.metrics_addr).await?;
@@ -117,7 +127,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 .context("configuring the Kubernetes client")?;
             let dir = Arc::new(PodDirectory::default());
             tokio::spawn(kube::watch_pods(client, k.clone(), dir.clone()));
-            eprintln!(
+            say!(
                 "mcpscope: kubernetes: watching pods on node {} ({})",
                 k.node,
                 k.api_url.as_deref().unwrap_or("in-cluster")
@@ -162,9 +172,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     health.ready.store(true, Ordering::Release);
-    eprintln!(
+    say!(
         "mcpscope: ready: {} programs attached; /readyz on http://{}",
-        probes.attached, opts.metrics_addr
+        probes.attached,
+        opts.metrics_addr
     );
 
     loop {
@@ -365,7 +376,7 @@ fn log_summary<C: crate::stream::StreamControl>(p: &Pipeline<C>, kernel: &[u64])
         .collect();
     let http = p.http_stats();
     let (h, e) = (http.http, http.sse);
-    eprintln!(
+    say!(
         "mcpscope: stopped: messages={} records={} decode_errors={} invalid_json={} not_jsonrpc={} truncated={} gap_bytes={} unmatched_responses={} evicted_requests={} deduplicated={} reader_only={} close_missed={} http_messages={} http_bad_heads={} http_bad_chunks={} http_resyncs={} http_resync_bytes={} http_decode_errors={} http_oversized_bodies={} http_skipped_body_bytes={} http_status_errors={} sse_events={} sse_empty_events={} sse_cut_events={} kernel: {}",
         s.messages, s.records, s.decode_errors, s.parse_invalid_json, s.parse_not_jsonrpc, s.truncated_messages, s.gap_bytes, pair.unmatched, pair.evicted, ch.deduplicated, ch.reader_only, s.streams_close_missed,
         h.messages, h.bad_heads, h.bad_chunks, h.resyncs, h.resync_bytes, h.decode_errors, h.oversized_bodies, h.skipped_body_bytes, http.status_errors, e.events, e.empty_events, h.cut_sse_events,
