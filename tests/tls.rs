@@ -342,3 +342,45 @@ fn a_libssl_in_another_mount_namespace_is_attached_through_proc_root() {
     assert_all_tls(&events);
     assert_server_captured(&events, truth.server);
 }
+
+/// Runs `tls_evict.py` (a TLS read parked while `threads` other threads
+/// make TLS round trips) under an agent with a TLS thread table of
+/// `table` entries; returns the agent's `tls_calls_lost`.
+fn tls_calls_lost_with(env: &Env, dir: &Path, table: u32, threads: u32) -> u64 {
+    use std::io::{BufRead, BufReader};
+    let (cert, key) = certificate(dir);
+    let agent = Agent::start(env, dir, &["--tls-threads", &table.to_string()]);
+    let mut script = Command::new(&env.python)
+        .arg(env.test_file("mcp/tls_evict.py"))
+        .arg(&cert)
+        .arg(&key)
+        .arg(threads.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines: Vec<String> = BufReader::new(script.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    assert!(script.wait().unwrap().success(), "{lines:?}");
+    assert_eq!(lines, ["parked".to_owned(), format!("done {threads}")]);
+    agent.stop().counter("tls_calls_lost")
+}
+
+#[test]
+fn a_tls_call_whose_thread_state_is_evicted_before_it_returns_is_counted_lost() {
+    let Some(env) =
+        env("a_tls_call_whose_thread_state_is_evicted_before_it_returns_is_counted_lost")
+    else {
+        return;
+    };
+    // 200 round trips, each on a new client and a new server thread: far
+    // more than a table of 16, far fewer than the default 16384.
+    let small = tls_calls_lost_with(&env, &env.tmpdir("tls-evict-small"), 16, 200);
+    assert!(
+        small >= 1,
+        "the parked read's state was evicted: counted lost ({small})"
+    );
+    let default = tls_calls_lost_with(&env, &env.tmpdir("tls-evict-default"), 16384, 200);
+    assert_eq!(default, 0, "nothing evicted, nothing lost");
+}

@@ -39,7 +39,8 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 pub static STREAMS: LruHashMap<u64, StreamInfo> = LruHashMap::with_max_entries(65536, 0);
 
 /// Threads that called into the TLS library, and the connection their
-/// plaintext belongs to. LRU: threads end without telling us.
+/// plaintext belongs to. LRU: threads end without telling us. Resized at
+/// load (`--tls-threads`).
 #[map]
 pub static TLS_THREADS: LruHashMap<u64, TlsThread> = LruHashMap::with_max_entries(16384, 0);
 

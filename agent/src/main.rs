@@ -185,6 +185,10 @@ struct RunArgs {
     /// Kernel ring buffer size in bytes (a power of two).
     #[arg(long, default_value_t = 16 << 20, env = "MCPSCOPE_RINGBUF_SIZE")]
     ringbuf_size: u32,
+    /// Threads whose TLS call state the kernel keeps at once (an LRU); a
+    /// thread evicted inside an SSL call loses it (counted: tls_calls_lost).
+    #[arg(long, default_value_t = mcpscope::capture::loader::DEFAULT_TLS_THREADS, env = "MCPSCOPE_TLS_THREADS")]
+    tls_threads: u32,
     /// Longest message kept whole, bytes; longer ones are cut and salvaged.
     #[arg(long, default_value_t = 8 << 20, env = "MCPSCOPE_MAX_MESSAGE_BYTES")]
     max_message_bytes: usize,
@@ -361,6 +365,9 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             a.ringbuf_size
         );
     }
+    if a.tls_threads < 16 {
+        anyhow::bail!("--tls-threads must be at least 16, got {}", a.tls_threads);
+    }
     if u64::from(a.capture_cap) > mcpscope_common::MAX_CAPTURE_CAP {
         anyhow::bail!(
             "--capture-cap is at most {} bytes, got {}",
@@ -374,6 +381,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         probes: ProbeConfig {
             capture_cap: a.capture_cap,
             ringbuf_bytes: a.ringbuf_size,
+            tls_threads: a.tls_threads,
         },
         pipeline: PipelineConfig {
             max_message_bytes: a.max_message_bytes,

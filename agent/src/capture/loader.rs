@@ -45,7 +45,14 @@ pub struct ProbeConfig {
     pub capture_cap: u32,
     /// Ring buffer size, bytes (power of two, multiple of the page size).
     pub ringbuf_bytes: u32,
+    /// Threads whose TLS state the kernel keeps at once (`TLS_THREADS`,
+    /// an LRU): a thread evicted while inside an SSL call loses that call,
+    /// counted as `tls_calls_lost`.
+    pub tls_threads: u32,
 }
+
+/// Default of [`ProbeConfig::tls_threads`], the map's size in the object.
+pub const DEFAULT_TLS_THREADS: u32 = 16384;
 
 /// One attachment, by program name.
 enum LinkOf {
@@ -94,6 +101,7 @@ impl Probes {
             .override_global("EXIT_GROUP_DEAD_OFFSET", &group_dead, true)
             .override_global("FILE_OFFSETS", &offsets, true)
             .map_max_entries("EVENTS", cfg.ringbuf_bytes)
+            .map_max_entries("TLS_THREADS", cfg.tls_threads)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object into the kernel")?;
         let mut attached = 0;
