@@ -42,7 +42,8 @@ pub static STREAMS: LruHashMap<u64, StreamInfo> = LruHashMap::with_max_entries(6
 /// plaintext belongs to. LRU: threads end without telling us. Resized at
 /// load (`--tls-threads`).
 #[map]
-pub static TLS_THREADS: LruHashMap<u64, TlsThread> = LruHashMap::with_max_entries(16384, 0);
+pub static TLS_THREADS: LruHashMap<u64, TlsThread> =
+    LruHashMap::with_max_entries(mcpscope_common::DEFAULT_TLS_THREADS, 0);
 
 /// The socket of each `SSL *` seen (see `TlsThread`). LRU: `SSL_free` is
 /// not traced; stale pointers age out.

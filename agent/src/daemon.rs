@@ -260,6 +260,7 @@ fn agent_config(o: &RunOptions, attached: usize) -> serde_json::Value {
         "programs_attached": attached,
         "capture_cap": o.probes.capture_cap,
         "ringbuf_bytes": o.probes.ringbuf_bytes,
+        "tls_threads": o.probes.tls_threads,
         "max_message_bytes": o.pipeline.max_message_bytes,
         "pair_window_ms": o.pipeline.pair_window_ms,
         "max_pending_per_session": o.pipeline.max_pending_per_session,

@@ -187,7 +187,7 @@ struct RunArgs {
     ringbuf_size: u32,
     /// Threads whose TLS call state the kernel keeps at once (an LRU); a
     /// thread evicted inside an SSL call loses it (counted: tls_calls_lost).
-    #[arg(long, default_value_t = mcpscope::capture::loader::DEFAULT_TLS_THREADS, env = "MCPSCOPE_TLS_THREADS")]
+    #[arg(long, default_value_t = mcpscope_common::DEFAULT_TLS_THREADS, env = "MCPSCOPE_TLS_THREADS")]
     tls_threads: u32,
     /// Longest message kept whole, bytes; longer ones are cut and salvaged.
     #[arg(long, default_value_t = 8 << 20, env = "MCPSCOPE_MAX_MESSAGE_BYTES")]

@@ -27,6 +27,10 @@ pub const MAX_CAPTURE_CAP: u64 = CHUNK_SIZE as u64 * MAX_CHUNKS as u64;
 /// arrives whole.
 pub const DEFAULT_CAPTURE_CAP: u32 = 1024 * 1024;
 
+/// Threads whose TLS call state the kernel keeps at once by default (the
+/// size of `TLS_THREADS` in the object; `--tls-threads` resizes it at load).
+pub const DEFAULT_TLS_THREADS: u32 = 16384;
+
 /// Largest iovec array walked for readv/writev/sendmsg/recvmsg.
 pub const MAX_IOV: u32 = 64;
 

@@ -51,9 +51,6 @@ pub struct ProbeConfig {
     pub tls_threads: u32,
 }
 
-/// Default of [`ProbeConfig::tls_threads`], the map's size in the object.
-pub const DEFAULT_TLS_THREADS: u32 = 16384;
-
 /// One attachment, by program name.
 enum LinkOf {
     TracePoint(&'static str, TracePointLinkId),
