@@ -349,8 +349,9 @@ impl AuditLog {
         self.retain()
     }
 
-    /// Deletes the oldest closed segments beyond the retention limits and
-    /// records, in the chain, what was removed and the hash it ended with.
+    /// Deletes the oldest closed segments beyond the retention limits,
+    /// having first recorded, in the chain, what goes and the hash it ended
+    /// with.
     fn retain(&mut self) -> io::Result<()> {
         let all = segments(&self.cfg.dir)?;
         let closed: Vec<u64> = all.iter().copied().filter(|s| *s < self.segment).collect();
@@ -377,22 +378,33 @@ impl AuditLog {
                 .or_else(|_| super::query::build_index(&self.cfg.dir, s))?;
             total -= size(s);
             count -= 1;
-            fs::remove_file(self.cfg.dir.join(segment_name(s)))?;
-            let _ = fs::remove_file(self.cfg.dir.join(index_name(s)));
             last_removed_hash = Some(ix.last_hash);
             removed.push(s);
         }
-        if let Some(hash) = last_removed_hash {
-            #[derive(Serialize)]
-            struct Retention {
-                removed_segments: Vec<u64>,
-                last_removed_hash: String,
+        let Some(hash) = last_removed_hash else {
+            return Ok(());
+        };
+        #[derive(Serialize)]
+        struct Retention<'a> {
+            removed_segments: &'a [u64],
+            last_removed_hash: String,
+        }
+        let r = Retention {
+            removed_segments: &removed,
+            last_removed_hash: hash,
+        };
+        // Written ahead, and on disk before any file goes: a crash between
+        // the two leaves a segment the chain says was removed (still
+        // verifiable; the next rotation removes it), never a removed one
+        // the chain does not vouch for (`verify`: broken).
+        self.append("retention", &now_rfc3339(), &r)?;
+        self.sync()?;
+        for s in removed {
+            match fs::remove_file(self.cfg.dir.join(segment_name(s))) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
             }
-            let r = Retention {
-                removed_segments: removed,
-                last_removed_hash: hash,
-            };
-            self.append("retention", &now_rfc3339(), &r)?;
+            let _ = fs::remove_file(self.cfg.dir.join(index_name(s)));
         }
         Ok(())
     }
