@@ -274,17 +274,22 @@ impl Agent {
         let status = self.child.wait().unwrap();
         let shutdown = t0.elapsed();
         assert!(status.success(), "mcpscope failed: {status}\n{stderr}");
-        let events = std::fs::read_to_string(&self.events)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSONL line {l}: {e}")))
-            .collect();
+        let events = read_events(&self.events);
         Stopped {
             events,
             stderr,
             shutdown,
         }
     }
+}
+
+/// The JSONL events the agent wrote to `path` (none if it wrote none).
+pub fn read_events(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSONL line {l}: {e}")))
+        .collect()
 }
 
 /// Reports a missing prerequisite: a loud SKIPPED, or a failure under

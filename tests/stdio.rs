@@ -408,13 +408,8 @@ fn agent_whose_stderr_is_closed_goes_on_and_stops_cleanly() {
     // It logged its summary into the closed pipe, and exited 0 all the same
     // (a panic there exits 101), with every message of the session written.
     assert!(status.success(), "{status}");
-    let events = std::fs::read_to_string(&events)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     let stopped = mcpscope_e2e::Stopped {
-        events,
+        events: mcpscope_e2e::read_events(&events),
         stderr: String::new(),
         shutdown: std::time::Duration::ZERO,
     };

@@ -345,11 +345,14 @@ fn a_libssl_in_another_mount_namespace_is_attached_through_proc_root() {
 
 /// Runs `tls_evict.py` (a TLS read parked while `threads` other threads
 /// make TLS round trips) under an agent with a TLS thread table of
-/// `table` entries; returns the agent's `tls_calls_lost`.
-fn tls_calls_lost_with(env: &Env, dir: &Path, table: u32, threads: u32) -> u64 {
+/// `table` entries (the default: `None`); returns the agent's
+/// `tls_calls_lost`.
+fn tls_calls_lost_with(env: &Env, dir: &Path, table: Option<u32>, threads: u32) -> u64 {
     use std::io::{BufRead, BufReader};
     let (cert, key) = certificate(dir);
-    let agent = Agent::start(env, dir, &["--tls-threads", &table.to_string()]);
+    let table = table.map(|t| t.to_string());
+    let args: Vec<&str> = table.iter().flat_map(|t| ["--tls-threads", t]).collect();
+    let agent = Agent::start(env, dir, &args);
     let mut script = Command::new(&env.python)
         .arg(env.test_file("mcp/tls_evict.py"))
         .arg(&cert)
@@ -376,11 +379,11 @@ fn a_tls_call_whose_thread_state_is_evicted_before_it_returns_is_counted_lost() 
     };
     // 200 round trips, each on a new client and a new server thread: far
     // more than a table of 16, far fewer than the default 16384.
-    let small = tls_calls_lost_with(&env, &env.tmpdir("tls-evict-small"), 16, 200);
+    let small = tls_calls_lost_with(&env, &env.tmpdir("tls-evict-small"), Some(16), 200);
     assert!(
         small >= 1,
         "the parked read's state was evicted: counted lost ({small})"
     );
-    let default = tls_calls_lost_with(&env, &env.tmpdir("tls-evict-default"), 16384, 200);
+    let default = tls_calls_lost_with(&env, &env.tmpdir("tls-evict-default"), None, 200);
     assert_eq!(default, 0, "nothing evicted, nothing lost");
 }
