@@ -82,6 +82,23 @@ fn a_real_sessions_trail_verifies_and_answers_sessions_timeline_and_calls() {
         table.starts_with("TIME") && table.contains("tools/call echo"),
         "{table}"
     );
+    // An investigator's `| head` that has gone away ends the answer, and
+    // the command still exits 0 (`print!` panicked there, exit 101). The
+    // pipe's read end is closed before the command starts: its first write
+    // fails, whatever the timing.
+    for command in [&["timeline", &session, "--dir", a][..], &["verify", a]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(&env.bin)
+            .args(command)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{command:?}: {err}");
+        assert!(err.is_empty(), "{command:?}: {err}");
+    }
 
     let (_, out, _) = mcpscope(
         &env,

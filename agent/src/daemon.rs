@@ -52,16 +52,6 @@ pub struct RunOptions {
     pub kube: Option<KubeSettings>,
 }
 
-/// A line on stderr, like `eprintln!`, which panics when stderr is gone
-/// (a closed pipe): the agent goes on, and its audit trail and events do
-/// not depend on its log.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
-    }};
-}
-
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(opts: RunOptions) -> Result<()> {
     let listener = serve::bind(opts.metrics_addr).await?;

@@ -308,8 +308,7 @@ fn main() -> ExitCode {
         Command::Sessions { q, flagged } => q.filter().and_then(|mut f| {
             f.flagged = flagged;
             let rows = query::sessions(&q.dir, &f)?;
-            print!("{}", investigate::sessions(&rows, q.output));
-            Ok(())
+            answer(&investigate::sessions(&rows, q.output))
         }),
         Command::Timeline {
             session,
@@ -321,8 +320,7 @@ fn main() -> ExitCode {
                 "name a SESSION, --pid or --pod"
             );
             let recs = query::timeline_of(&q.dir, session.as_deref(), q.pid, q.pod.as_deref())?;
-            print!("{}", investigate::timeline(&recs, payloads, q.output));
-            Ok(())
+            answer(&investigate::timeline(&recs, payloads, q.output))
         })(),
         Command::Calls { q, tool, status } => q.filter().and_then(|common| {
             let recs = query::calls(
@@ -333,13 +331,11 @@ fn main() -> ExitCode {
                     status,
                 },
             )?;
-            print!("{}", investigate::calls(&recs, q.output));
-            Ok(())
+            answer(&investigate::calls(&recs, q.output))
         }),
         Command::Flags { q, kind, severity } => q.filter().and_then(|f| {
             let recs = query::flags(&q.dir, kind.as_deref(), severity.as_deref(), &f)?;
-            print!("{}", investigate::flags(&recs, q.output));
-            Ok(())
+            answer(&investigate::flags(&recs, q.output))
         }),
         Command::Replay {
             file,
@@ -352,7 +348,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mcpscope: error: {e:#}");
+            mcpscope::say!("mcpscope: error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -444,6 +440,18 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     rt.block_on(daemon::run(opts))
 }
 
+/// Writes a command's answer to stdout. A reader that went away (`| head`)
+/// ends the answer there, as with ripgrep: not an error, and no panic
+/// (`print!` panics on a closed pipe, exit 101).
+fn answer(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.map_err(|e| anyhow::anyhow!("writing the answer to stdout: {e}")),
+    }
+}
+
 fn read_key(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     let key = std::fs::read(path)
         .map_err(|e| anyhow::anyhow!("reading the HMAC key {}: {e}", path.display()))?;
@@ -460,13 +468,15 @@ fn verify(dir: &std::path::Path, key: Option<&std::path::Path>) -> ExitCode {
     let key = match key.map(read_key).transpose() {
         Ok(k) => k,
         Err(e) => {
-            eprintln!("mcpscope: error: {e:#}");
+            mcpscope::say!("mcpscope: error: {e:#}");
             return ExitCode::from(3);
         }
     };
     match mcpscope::audit::verify::verify(dir, key.as_deref()) {
         Ok(v) => {
-            println!("{v}");
+            // The verdict is in the exit code too: a reader gone
+            // away does not change it.
+            let _ = answer(&format!("{v}\n"));
             match v {
                 Verdict::Ok { .. } => ExitCode::SUCCESS,
                 Verdict::Broken { .. } => ExitCode::from(1),
@@ -474,7 +484,7 @@ fn verify(dir: &std::path::Path, key: Option<&std::path::Path>) -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("mcpscope: error: reading {}: {e}", dir.display());
+            mcpscope::say!("mcpscope: error: reading {}: {e}", dir.display());
             ExitCode::from(3)
         }
     }
@@ -575,7 +585,7 @@ fn replay(
             v[v.len() / 2]
         };
         let (r, lo, hi) = (median(&mut ratios), ratios[0], ratios[ratios.len() - 1]);
-        eprintln!(
+        mcpscope::say!(
             "mcpscope: compared pairs={} messages={messages} added_pct={:.1} min_pct={:.1} max_pct={:.1} with_us={:.3} without_us={:.3}",
             ratios.len(),
             (r - 1.0) * 100.0,
@@ -587,7 +597,7 @@ fn replay(
         return Ok(());
     }
     let (secs, s) = once(detect)?;
-    eprintln!(
+    mcpscope::say!(
         "mcpscope: replayed messages={} message_bytes={} records={} seconds={secs:.3} messages_per_s={:.0} mb_per_s={:.1}",
         s.messages,
         s.message_bytes,
