@@ -237,6 +237,79 @@ fn retention_by_count_is_vouched_for_in_the_chain() {
     }
 }
 
+/// A crash after retention has recorded (and synced) what it removes, but
+/// before the files are gone: the state is made exactly, by putting the
+/// removed segments back. The chain vouches for segments still on disk;
+/// the trail verifies, and the next rotation removes them.
+#[test]
+fn a_crash_between_the_retention_record_and_the_deletion_leaves_a_verifiable_trail() {
+    let d = dir("retention-crash");
+    let aside = dir("retention-crash-aside");
+    let append = |log: &mut AuditLog, range: std::ops::Range<u64>| {
+        for i in range {
+            let m = message(i, "stdio:c", "echo", "request");
+            log.append_json("message", m["ts"].as_str().unwrap(), &m)
+                .unwrap();
+        }
+    };
+    let cfg = |keep| {
+        let mut cfg = AuditConfig::new(d.clone());
+        cfg.max_segment_bytes = 4 << 10;
+        cfg.keep_segments = keep;
+        cfg
+    };
+    // Five segments, none removed; a copy of each.
+    let mut log = AuditLog::open(cfg(0)).unwrap();
+    append(&mut log, 0..100);
+    log.close().unwrap();
+    fs::create_dir_all(&aside).unwrap();
+    let before = segments(&d).unwrap();
+    assert!(before.len() >= 5, "{before:?}");
+    for s in &before {
+        fs::copy(d.join(segment_name(*s)), aside.join(segment_name(*s))).unwrap();
+    }
+    // Resumed with a limit of three: the first rotation records the
+    // removal of the oldest, then deletes them.
+    let mut log = AuditLog::open(cfg(3)).unwrap();
+    let mut i = 100;
+    while segments(&d).unwrap()[0] == before[0] {
+        append(&mut log, i..i + 1);
+        i += 1;
+    }
+    log.close().unwrap();
+    let removed: Vec<u64> = before
+        .iter()
+        .copied()
+        .filter(|s| !d.join(segment_name(*s)).exists())
+        .collect();
+    assert!(!removed.is_empty());
+    // The crash: every removal recorded, none done.
+    for s in &removed {
+        fs::copy(aside.join(segment_name(*s)), d.join(segment_name(*s))).unwrap();
+    }
+    let v = verify(&d, None).unwrap();
+    assert!(
+        matches!(v, Verdict::Ok { .. }),
+        "a crash before the deletions must still verify: {v}"
+    );
+    // Resumed: the next rotation removes what the chain said was removed.
+    let mut log = AuditLog::open(cfg(3)).unwrap();
+    let last = *segments(&d).unwrap().last().unwrap();
+    while *segments(&d).unwrap().last().unwrap() == last {
+        append(&mut log, i..i + 1);
+        i += 1;
+    }
+    log.close().unwrap();
+    for s in &removed {
+        assert!(
+            !d.join(segment_name(*s)).exists(),
+            "segment {s} still there"
+        );
+    }
+    assert_eq!(segments(&d).unwrap().len(), 3);
+    assert!(matches!(verify(&d, None).unwrap(), Verdict::Ok { .. }));
+}
+
 #[test]
 fn retention_by_bytes_keeps_the_total_bounded() {
     let d = dir("retention-bytes");
