@@ -350,6 +350,18 @@ fn missing_tracefs_is_mounted_by_the_agent_which_then_attaches_its_programs() {
     else {
         return;
     };
+    // The control: what the agent attaches with tracefs where it is.
+    let (mut child, _, seen, ready) = until_ready(Command::new(&env.bin).args([
+        "run",
+        "--stdout",
+        "none",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]));
+    terminate(&mut child);
+    assert!(ready, "control never ready: {}", seen.join("\n"));
+    let control = attached(&seen);
+    assert!(control > 0, "{seen:?}");
     // tracefs unmounted for the agent alone: an empty tmpfs over
     // /sys/kernel/tracing in a private mount namespace.
     let (mut child, rest, mut seen, ready) = until_ready(
@@ -368,10 +380,24 @@ fn missing_tracefs_is_mounted_by_the_agent_which_then_attaches_its_programs() {
         log.contains("tracefs is not mounted; mounting it at /sys/kernel/tracing"),
         "{log}"
     );
+    assert_eq!(
+        attached(&seen),
+        control,
+        "every program attached, as with tracefs mounted: {log}"
+    );
     assert!(
         status.success(),
         "stopped by SIGTERM, then: {status}: {log}"
     );
+}
+
+/// The number of programs the agent's ready line says it attached.
+fn attached(log: &[String]) -> u32 {
+    log.iter()
+        .find_map(|l| l.strip_prefix("mcpscope: ready: "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]
