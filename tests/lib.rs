@@ -421,6 +421,35 @@ impl Drop for Agent {
     }
 }
 
+/// A self-signed certificate for 127.0.0.1, made anew in `dir` by the
+/// `openssl` command: (cert, key). The TLS tests and the TLS bench use it.
+pub fn self_signed_certificate(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .map_err(|e| format!("running openssl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "openssl req: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok((cert, key))
+}
+
 /// A TCP port free on 127.0.0.1 right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

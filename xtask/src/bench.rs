@@ -310,27 +310,12 @@ impl HttpServer {
     }
 }
 
-/// A self-signed certificate for 127.0.0.1 and its key, made anew.
+/// A self-signed certificate for 127.0.0.1 and its key, made anew (as
+/// the TLS tests make theirs).
 fn bench_certificate() -> Result<(PathBuf, PathBuf)> {
     let dir = target().join("bench/tls");
     fs::create_dir_all(&dir)?;
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    run(Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null()))?;
-    Ok((cert, key))
+    mcpscope_e2e::self_signed_certificate(&dir).map_err(anyhow::Error::msg)
 }
 
 /// Runs the bench scenario; returns the truth header (pids, calls/s).
