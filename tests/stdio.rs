@@ -309,7 +309,7 @@ fn kernel_without_btf_fails_with_one_line_naming_the_kernel_option() {
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
 
-/// An agent started by `cmd` (stderr piped), up to its readiness line:
+/// An agent started by `cmd` (stdin null, stderr piped, stdout as `cmd` has it), up to its readiness line:
 /// the child, its stderr's further lines, the lines so far and whether it
 /// became ready (else its stderr ended first).
 fn until_ready(
@@ -322,7 +322,6 @@ fn until_ready(
 ) {
     let mut child = cmd
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting the agent");
@@ -436,6 +435,84 @@ fn agent_whose_stderr_is_closed_goes_on_and_stops_cleanly() {
     assert!(status.success(), "{status}");
     let stopped = mcpscope_e2e::Stopped {
         events: mcpscope_e2e::read_events(&events),
+        stderr: String::new(),
+        shutdown: std::time::Duration::ZERO,
+    };
+    assert_exactly_once(&stopped, &truth);
+}
+
+#[test]
+fn stdout_whose_reader_went_away_counts_each_event_lost_once_and_the_agent_goes_on() {
+    let Some(env) =
+        env("stdout_whose_reader_went_away_counts_each_event_lost_once_and_the_agent_goes_on")
+    else {
+        return;
+    };
+    let dir = env.tmpdir("stdout-closed");
+    let events = dir.join("events.jsonl");
+    let addr = format!("127.0.0.1:{}", mcpscope_e2e::free_port());
+    // `mcpscope run | head` after head has exited: the read end is closed
+    // before the agent starts, so its first write to stdout fails.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let (mut child, rest, seen, ready) = until_ready(
+        Command::new(&env.bin)
+            .args([
+                "run",
+                "--stdout",
+                "json",
+                "--metrics-addr",
+                &addr,
+                "--output",
+            ])
+            .arg(&events)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .stdout(writer),
+    );
+    assert!(ready, "never ready: {}", seen.join("\n"));
+    let stderr = std::thread::spawn(move || rest.collect::<Vec<_>>());
+    let truth = drive(
+        &env,
+        &dir,
+        "legacy",
+        "basic",
+        "python",
+        0,
+        &env.py_server_cmd(),
+    );
+    // The file output took every event (messages and flags) that stdout
+    // lost: the counter must come to exactly that many, however many ticks
+    // the agent flushed since the first write failed (it counted each
+    // failed flush, some 50 a second, before: never equal).
+    let lost_to_stdout = || {
+        let (_, body) = mcpscope_e2e::http_get(&addr, "/metrics")?;
+        body.lines().find_map(|l| {
+            l.strip_prefix("mcpscope_events_lost_total{reason=\"write_error\",stage=\"sink\"} ")
+                .and_then(|n| n.parse::<usize>().ok())
+        })
+    };
+    let written = || mcpscope_e2e::read_events(&events);
+    let settled = mcpscope_e2e::wait_for(
+        "every message in the file output, and stdout's loss counter at the number of events there",
+        30,
+        || {
+            let all = written();
+            let messages = all.iter().filter(|e| e["kind"] != "flag").count();
+            (messages >= truth.lines.len() && lost_to_stdout() == Some(all.len())).then_some(all)
+        },
+    );
+    let status = terminate(&mut child);
+    let log = stderr.join().unwrap().join("\n");
+    assert!(status.success(), "{status}: {log}");
+    assert_eq!(
+        log.matches("an output's reader went away (broken pipe)")
+            .count(),
+        1,
+        "said once: {log}"
+    );
+    let stopped = mcpscope_e2e::Stopped {
+        events: settled,
         stderr: String::new(),
         shutdown: std::time::Duration::ZERO,
     };

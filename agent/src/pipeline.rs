@@ -111,7 +111,9 @@ pub struct PipelineStats {
     pub streams_close_missed: u64,
     /// Data for streams already switched off (in flight when switched).
     pub ignored_bytes: u64,
-    /// Sink write errors.
+    /// Sink write errors: events and records a sink refused or failed to
+    /// take, events it lost from its buffer (its reader gone), failed
+    /// flushes and closes.
     pub sink_errors: u64,
     /// Sessions ended early by `max_sessions` (their state went).
     pub sessions_evicted: u64,
@@ -654,6 +656,7 @@ impl<C: StreamControl> Pipeline<C> {
             if s.close().is_err() {
                 self.core.stats.sink_errors += 1;
             }
+            self.core.stats.sink_errors += s.take_lost();
         }
     }
 }
@@ -1595,6 +1598,7 @@ impl Core {
             if s.flush().is_err() {
                 self.stats.sink_errors += 1;
             }
+            self.stats.sink_errors += s.take_lost();
         }
     }
 }

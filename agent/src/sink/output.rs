@@ -29,6 +29,12 @@ pub trait Sink {
     fn close(&mut self) -> io::Result<()> {
         self.flush()
     }
+    /// Events this sink took (its calls returned `Ok`) and then lost since
+    /// it was last asked: those in its buffer when its reader went away.
+    /// An event a call returned an error for is the caller's to count.
+    fn take_lost(&mut self) -> u64 {
+        0
+    }
 }
 
 /// Format of events on stdout.
@@ -43,10 +49,22 @@ pub enum StdoutMode {
 }
 
 /// JSONL into any writer (a file, or stdout).
+///
+/// A reader that went away (a broken pipe: `mcpscope run | head`) closes
+/// the output for good: the events in the buffer are counted lost
+/// ([`Sink::take_lost`]), every later one is refused (an error, which the
+/// pipeline counts), and nothing more is written or retried. Other write
+/// errors leave the buffer to be written at the next flush.
 pub struct JsonlWriter<W: Write> {
     out: BufWriter<W>,
     pretty: bool,
     line: Vec<u8>,
+    /// Events in `out`'s buffer, not yet written.
+    buffered: u64,
+    /// Events lost with the buffer, not yet taken.
+    lost: u64,
+    /// The reader went away.
+    closed: bool,
 }
 
 impl JsonlWriter<File> {
@@ -69,12 +87,55 @@ impl<W: Write> JsonlWriter<W> {
             out: BufWriter::with_capacity(64 * 1024, w),
             pretty,
             line: Vec::with_capacity(1024),
+            buffered: 0,
+            lost: 0,
+            closed: false,
         }
+    }
+
+    /// Writes `self.line`, one event, through the buffer.
+    fn write_line(&mut self) -> io::Result<()> {
+        self.line.push(b'\n');
+        let held = self.out.buffer().len();
+        match self.out.write_all(&self.line) {
+            Ok(()) => {
+                // The buffer holds the line alone once it was written out
+                // to make room, and nothing once the line went straight
+                // through.
+                self.buffered = match self.out.buffer().len() {
+                    0 => 0,
+                    n if n == held + self.line.len() => self.buffered + 1,
+                    _ => 1,
+                };
+                Ok(())
+            }
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    /// Takes note of a write error: a broken pipe closes the output.
+    fn failed(&mut self, e: io::Error) -> io::Error {
+        if e.kind() == io::ErrorKind::BrokenPipe && !self.closed {
+            self.closed = true;
+            self.lost += std::mem::take(&mut self.buffered);
+            crate::say!(
+                "mcpscope: an output's reader went away (broken pipe): its events are counted lost from now on (mcpscope_events_lost_total{{stage=\"sink\"}})"
+            );
+        }
+        e
+    }
+
+    /// The error for an event refused by a closed output.
+    fn refused() -> io::Error {
+        io::Error::new(io::ErrorKind::BrokenPipe, "the output's reader went away")
     }
 }
 
 impl<W: Write> Sink for JsonlWriter<W> {
     fn flag(&mut self, flag: &serde_json::Value) -> io::Result<()> {
+        if self.closed {
+            return Err(Self::refused());
+        }
         self.line.clear();
         if self.pretty {
             let time = flag["ts"]
@@ -91,23 +152,41 @@ impl<W: Write> Sink for JsonlWriter<W> {
         } else {
             serde_json::to_writer(&mut self.line, flag)?;
         }
-        self.line.push(b'\n');
-        self.out.write_all(&self.line)
+        self.write_line()
     }
 
     fn emit(&mut self, ev: &McpEvent) -> io::Result<()> {
+        if self.closed {
+            return Err(Self::refused());
+        }
         self.line.clear();
         if self.pretty {
             self.line.extend_from_slice(format_pretty(ev).as_bytes());
         } else {
             ev.write_json(&mut self.line)?;
         }
-        self.line.push(b'\n');
-        self.out.write_all(&self.line)
+        self.write_line()
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+        if self.closed {
+            return Ok(()); // nothing more is written: the loss is counted
+        }
+        match self.out.flush() {
+            Ok(()) => {
+                self.buffered = 0;
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.failed(e);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn take_lost(&mut self) -> u64 {
+        std::mem::take(&mut self.lost)
     }
 }
 
@@ -170,4 +249,83 @@ pub fn format_pretty(ev: &McpEvent) -> String {
         s.push_str(" TRUNCATED");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::Cell, rc::Rc};
+
+    use super::*;
+    use crate::sink::sample;
+
+    /// A pipe whose reader goes away when told: then every write fails
+    /// with a broken pipe. Counts the lines it took.
+    #[derive(Clone, Default)]
+    struct Pipe {
+        gone: Rc<Cell<bool>>,
+        lines: Rc<Cell<usize>>,
+    }
+
+    impl Write for Pipe {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            if self.gone.get() {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            self.lines
+                .set(self.lines.get() + b.iter().filter(|&&c| c == b'\n').count());
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_reader_gone_counts_the_buffered_events_lost_then_refuses_each_later_one() {
+        let pipe = Pipe::default();
+        let mut w = JsonlWriter::new(pipe.clone(), false);
+        let ev = sample::event(true);
+        w.emit(&ev).unwrap();
+        w.flush().unwrap();
+        assert_eq!((pipe.lines.get(), w.take_lost()), (1, 0));
+        for _ in 0..3 {
+            w.emit(&ev).unwrap();
+        }
+        w.flag(&serde_json::json!({"flag": "loop"})).unwrap();
+        pipe.gone.set(true);
+        // The tick's flush meets the closed pipe: four events lost, once.
+        w.flush().unwrap();
+        assert_eq!(w.take_lost(), 4);
+        w.flush().unwrap();
+        assert_eq!(w.take_lost(), 0, "a closed output is not retried");
+        // Later events are refused, one error each (the pipeline counts them).
+        assert_eq!(w.emit(&ev).unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+        assert!(w.flag(&serde_json::json!({})).is_err());
+        w.close().unwrap();
+        assert_eq!((w.take_lost(), pipe.lines.get()), (0, 1));
+    }
+
+    #[test]
+    fn a_reader_gone_while_an_event_makes_room_loses_that_event_and_the_buffer() {
+        let pipe = Pipe::default();
+        let mut w = JsonlWriter::new(pipe.clone(), false);
+        let ev = sample::event(true);
+        // Fill the 64 KiB buffer, so that some later event has to write it out.
+        let mut taken = 0;
+        while w.out.buffer().len() + 2048 < w.out.capacity() {
+            w.emit(&ev).unwrap();
+            taken += 1;
+        }
+        assert_eq!(w.buffered, taken);
+        pipe.gone.set(true);
+        // Events go on into the buffer while they fit; the first that does
+        // not meets the closed pipe: it is refused, and the buffered ones
+        // are lost with the buffer.
+        while w.emit(&ev).is_ok() {
+            taken += 1;
+            assert!(w.out.buffer().len() <= w.out.capacity());
+        }
+        assert_eq!(w.take_lost(), taken);
+        assert_eq!(pipe.lines.get(), 0);
+    }
 }
