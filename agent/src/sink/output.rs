@@ -54,7 +54,10 @@ pub enum StdoutMode {
 /// the output for good: the events in the buffer are counted lost
 /// ([`Sink::take_lost`]), every later one is refused (an error, which the
 /// pipeline counts), and nothing more is written or retried. Other write
-/// errors leave the buffer to be written at the next flush.
+/// errors (a full disk) leave the buffer to be written at a later flush;
+/// meanwhile an event that does not fit is refused, and what is still
+/// buffered at close is counted lost. Failed flushes lose nothing by
+/// themselves, and are not counted as lost events.
 pub struct JsonlWriter<W: Write> {
     out: BufWriter<W>,
     pretty: bool,
@@ -65,6 +68,8 @@ pub struct JsonlWriter<W: Write> {
     lost: u64,
     /// The reader went away.
     closed: bool,
+    /// The last flush failed otherwise (said once until one succeeds).
+    stalled: bool,
 }
 
 impl JsonlWriter<File> {
@@ -90,6 +95,7 @@ impl<W: Write> JsonlWriter<W> {
             buffered: 0,
             lost: 0,
             closed: false,
+            stalled: false,
         }
     }
 
@@ -175,14 +181,34 @@ impl<W: Write> Sink for JsonlWriter<W> {
         match self.out.flush() {
             Ok(()) => {
                 self.buffered = 0;
+                self.stalled = false;
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
                 self.failed(e);
                 Ok(())
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                // Nothing is lost yet: the buffer is kept and written at a
+                // later flush; an event that does not fit meanwhile is
+                // refused (and counted), and what is left at close is lost.
+                if !std::mem::replace(&mut self.stalled, true) {
+                    crate::say!(
+                        "mcpscope: writing an output failed ({e}); its events wait in the buffer, those that do not fit are counted lost"
+                    );
+                }
+                Ok(())
+            }
         }
+    }
+
+    fn close(&mut self) -> io::Result<()> {
+        self.flush()?;
+        if self.buffered > 0 {
+            // The last flush failed: what it held will not be written.
+            self.lost += std::mem::take(&mut self.buffered);
+        }
+        Ok(())
     }
 
     fn take_lost(&mut self) -> u64 {
@@ -263,6 +289,7 @@ mod tests {
     #[derive(Clone, Default)]
     struct Pipe {
         gone: Rc<Cell<bool>>,
+        full: Rc<Cell<bool>>,
         lines: Rc<Cell<usize>>,
     }
 
@@ -270,6 +297,9 @@ mod tests {
         fn write(&mut self, b: &[u8]) -> io::Result<usize> {
             if self.gone.get() {
                 return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            if self.full.get() {
+                return Err(io::ErrorKind::StorageFull.into());
             }
             self.lines
                 .set(self.lines.get() + b.iter().filter(|&&c| c == b'\n').count());
@@ -327,5 +357,29 @@ mod tests {
         }
         assert_eq!(w.take_lost(), taken);
         assert_eq!(pipe.lines.get(), 0);
+    }
+
+    #[test]
+    fn a_full_disk_keeps_the_buffer_refuses_what_does_not_fit_and_loses_the_rest_at_close() {
+        let pipe = Pipe::default();
+        let mut w = JsonlWriter::new(pipe.clone(), false);
+        let ev = sample::event(false);
+        pipe.full.set(true);
+        w.emit(&ev).unwrap();
+        w.emit(&ev).unwrap();
+        // Failed flushes lose nothing: no error, nothing counted.
+        for _ in 0..3 {
+            w.flush().unwrap();
+            assert_eq!(w.take_lost(), 0);
+        }
+        // Space again: the held events are written, in order, once.
+        pipe.full.set(false);
+        w.flush().unwrap();
+        assert_eq!((pipe.lines.get(), w.take_lost()), (2, 0));
+        // Full again until close: what is held then is lost, counted once.
+        w.emit(&ev).unwrap();
+        pipe.full.set(true);
+        w.close().unwrap();
+        assert_eq!((w.take_lost(), pipe.lines.get()), (1, 2));
     }
 }
