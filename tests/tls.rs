@@ -365,3 +365,35 @@ fn a_tls_call_whose_thread_state_is_evicted_before_it_returns_is_counted_lost() 
     let default = tls_calls_lost_with(&env, &env.tmpdir("tls-evict-default"), None, 200);
     assert_eq!(default, 0, "nothing evicted, nothing lost");
 }
+
+/// The agent's "TLS: …" placement lines: where each probe went.
+fn placements(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter_map(|l| l.split_once("] TLS: ").map(|(_, p)| p.to_owned()))
+        .collect()
+}
+
+#[test]
+fn a_second_agent_places_its_tls_probes_as_the_first_despite_the_firsts_breakpoints() {
+    let Some(env) =
+        env("a_second_agent_places_its_tls_probes_as_the_first_despite_the_firsts_breakpoints")
+    else {
+        return;
+    };
+    // The first agent's uprobes put `int3` into every private mapping of
+    // libssl that may execute, a read-only one too: an agent starting while
+    // another (or an earlier instance still stopping, or any tracer) has
+    // probes there must read the file's own bytes.
+    let first = Agent::start(&env, &env.tmpdir("tls-first"), &[]);
+    let second = Agent::start(&env, &env.tmpdir("tls-second"), &[]).stop();
+    let first = first.stop();
+    let (a, b) = (placements(&first.stderr), placements(&second.stderr));
+    assert!(
+        a.iter().any(|p| p.starts_with("ssl_write_ex on ")
+            && p.contains("libssl.so.3")
+            && p.ends_with("the function its wrapper calls (no single-step there)")),
+        "{a:#?}"
+    );
+    assert_eq!(a, b, "the second agent's placements");
+}

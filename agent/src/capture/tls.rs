@@ -275,14 +275,21 @@ impl Mapped {
         if len < 64 || !f.metadata().ok()?.is_file() {
             return None;
         }
-        // SAFETY: a private read-only mapping of a file we opened; the
-        // mapping outlives the fd legitimately and is unmapped on drop.
+        // Shared, not private: the kernel writes the breakpoint of every
+        // uprobe registered on this file (another agent's, an earlier
+        // instance's still stopping, any tracer's) into each private
+        // mapping that may execute — a private read-only one may — so the
+        // code read there would show `int3` at their offsets. A shared
+        // mapping shows the page cache: the file's own bytes.
+        // SAFETY: a shared read-only mapping of a file we opened (read
+        // only, so it cannot write the file); the mapping outlives the fd
+        // legitimately and is unmapped on drop.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ,
-                libc::MAP_PRIVATE,
+                libc::MAP_SHARED,
                 f.as_raw_fd(),
                 0,
             )
