@@ -309,17 +309,11 @@ fn kernel_without_btf_fails_with_one_line_naming_the_kernel_option() {
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
 
-/// An agent started by `cmd` (stdin null, stderr piped, stdout as `cmd` has it), up to its readiness line:
-/// the child, its stderr's further lines, the lines so far and whether it
-/// became ready (else its stderr ended first).
-fn until_ready(
-    cmd: &mut Command,
-) -> (
-    std::process::Child,
-    impl Iterator<Item = String>,
-    Vec<String>,
-    bool,
-) {
+/// An agent started by `cmd` (stdin null, stderr piped, stdout as `cmd`
+/// has it), up to its readiness line: the agent, its stderr's further
+/// lines, the lines so far and whether it became ready (else its stderr
+/// ended first).
+fn until_ready(cmd: &mut Command) -> (Running, impl Iterator<Item = String>, Vec<String>, bool) {
     let mut child = cmd
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
@@ -333,14 +327,27 @@ fn until_ready(
         seen.push(line);
         ready
     });
-    (child, lines, seen, ready)
+    (Running(child), lines, seen, ready)
 }
 
-/// SIGTERM to `child` (the agent itself: unshare and sh exec it).
-fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+/// An agent [`until_ready`] started: killed if a failed assertion leaves
+/// it running (its probes would stay, and weigh on the tests after it).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// SIGTERM to the agent (itself: unshare and sh exec it); its exit status.
+fn terminate(agent: &mut Running) -> std::process::ExitStatus {
     // SAFETY: a plain signal to a child of this process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait().unwrap()
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
+    agent.0.wait().unwrap()
 }
 
 #[test]
