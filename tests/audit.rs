@@ -5,7 +5,7 @@
 
 use std::process::{Command, Stdio};
 
-use mcpscope_e2e::{drive, env, mcpscope, pid, Agent};
+use mcpscope_e2e::{drive, drive_basic, env, mcpscope, pid, Agent};
 use serde_json::Value;
 
 #[test]
@@ -17,15 +17,7 @@ fn a_real_sessions_trail_verifies_and_answers_sessions_timeline_and_calls() {
     let audit = dir.join("audit");
     let a = audit.to_str().unwrap();
     let agent = Agent::start(&env, &dir, &["--audit-dir", a]);
-    let truth = drive(
-        &env,
-        &dir,
-        "legacy",
-        "basic",
-        "python",
-        0,
-        &env.py_server_cmd(),
-    );
+    let truth = drive_basic(&env, &dir);
     agent.stop();
 
     let (code, out, _) = mcpscope(&env, &["verify", a]);
@@ -192,15 +184,7 @@ fn kill_9_mid_write_leaves_a_verifiable_trail_that_resumes() {
     );
     // Restart: a new segment linked to the last good record.
     let agent = Agent::start(&env, &dir, &args);
-    drive(
-        &env,
-        &dir,
-        "legacy",
-        "basic",
-        "python",
-        0,
-        &env.py_server_cmd(),
-    );
+    drive_basic(&env, &dir);
     agent.stop();
     let (code, out, _) = mcpscope(&env, &["verify", a]);
     assert_eq!(code, 0, "{out}");

@@ -14,7 +14,7 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use mcpscope_e2e::{drive, env, http_get, tool, urlencode, wait_for, Agent, Env};
+use mcpscope_e2e::{drive_basic, env, http_get, tool, urlencode, wait_for, Agent, Env};
 use serde_json::Value;
 
 fn free_port() -> u16 {
@@ -23,19 +23,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// Drives one real session (official Python SDK client and server).
-fn real_session(env: &Env, dir: &Path) {
-    drive(
-        env,
-        dir,
-        "legacy",
-        "basic",
-        "python",
-        0,
-        &env.py_server_cmd(),
-    );
 }
 
 fn scrape(addr: &str) -> String {
@@ -54,7 +41,7 @@ fn promtool_check_metrics_is_clean_on_a_live_scrape_after_real_traffic() {
     };
     let dir = env.tmpdir("promtool");
     let agent = Agent::start(&env, &dir, &[]);
-    real_session(&env, &dir);
+    drive_basic(&env, &dir);
     let body = wait_for("tools/call in /metrics", 10, || {
         Some(scrape(&agent.addr)).filter(|b| b.contains("gen_ai_tool_name=\"echo\""))
     });
@@ -152,7 +139,7 @@ fn real_prometheus_scrapes_the_agent_and_promql_returns_the_series() {
     wait_for("prometheus /-/ready", 60, || {
         http_get(&prom_addr, "/-/ready").filter(|(c, _)| *c == 200)
     });
-    real_session(&env, &dir);
+    drive_basic(&env, &dir);
     let q = r#"mcp_messages_total{kind="request",mcp_method_name="tools/call"}"#;
     let result = wait_for("the tools/call series in Prometheus", 60, || {
         let v = query(&prom_addr, q);
@@ -498,7 +485,7 @@ fn podman_image_with_the_daemonsets_capabilities_and_mounts_reports_a_host_sessi
     wait_for("the container's /readyz", 120, || {
         http_get(&addr, "/readyz").filter(|(c, _)| *c == 200)
     });
-    real_session(&env, &dir);
+    drive_basic(&env, &dir);
     let body = wait_for("the host session in the container's /metrics", 15, || {
         http_get(&addr, "/metrics")
             .map(|(_, b)| b)

@@ -536,6 +536,21 @@ pub fn drive(
     drive_with_env(env, dir, mode, scenario, server_kind, count, server, &[])
 }
 
+/// [`drive`] of the basic scenario (tools/list; echo, add, a failing tool
+/// and an unknown one; a resource and a prompt) against the Python SDK
+/// server, in legacy mode.
+pub fn drive_basic(env: &Env, dir: &Path) -> Truth {
+    drive(
+        env,
+        dir,
+        "legacy",
+        "basic",
+        "python",
+        0,
+        &env.py_server_cmd(),
+    )
+}
+
 /// [`drive`], with `KEY=VALUE` environment for the server.
 #[allow(clippy::too_many_arguments)]
 pub fn drive_with_env(

@@ -4,7 +4,7 @@
 
 use std::process::{Command, Stdio};
 
-use mcpscope_e2e::{assert_exactly_once, capture, drive, env, pid, Agent};
+use mcpscope_e2e::{assert_exactly_once, capture, drive, drive_basic, env, pid, Agent};
 
 #[test]
 fn python_sdk_legacy_mode_every_message_once_with_pairing() {
@@ -427,15 +427,7 @@ fn agent_whose_stderr_is_closed_goes_on_and_stops_cleanly() {
     );
     assert!(ready, "never ready: {}", seen.join("\n"));
     drop(rest); // the read end of its stderr: its next line meets a closed pipe
-    let truth = drive(
-        &env,
-        &dir,
-        "legacy",
-        "basic",
-        "python",
-        0,
-        &env.py_server_cmd(),
-    );
+    let truth = drive_basic(&env, &dir);
     let status = terminate(&mut child);
     // It logged its summary into the closed pipe, and exited 0 all the same
     // (a panic there exits 101), with every message of the session written.
@@ -479,15 +471,7 @@ fn stdout_whose_reader_went_away_counts_each_event_lost_once_and_the_agent_goes_
     );
     assert!(ready, "never ready: {}", seen.join("\n"));
     let stderr = std::thread::spawn(move || rest.collect::<Vec<_>>());
-    let truth = drive(
-        &env,
-        &dir,
-        "legacy",
-        "basic",
-        "python",
-        0,
-        &env.py_server_cmd(),
-    );
+    let truth = drive_basic(&env, &dir);
     // The file output took every event (messages and flags) that stdout
     // lost: the counter must come to exactly that many, however many ticks
     // the agent flushed since the first write failed (it counted each
