@@ -30,8 +30,9 @@ pub trait Sink {
         self.flush()
     }
     /// Events this sink took (its calls returned `Ok`) and then lost since
-    /// it was last asked: those in its buffer when its reader went away.
-    /// An event a call returned an error for is the caller's to count.
+    /// it was last asked: those in its buffer when its reader went away,
+    /// or that its close could not write. An event a call returned an
+    /// error for is the caller's to count.
     fn take_lost(&mut self) -> u64 {
         0
     }
@@ -62,7 +63,8 @@ pub struct JsonlWriter<W: Write> {
     out: BufWriter<W>,
     pretty: bool,
     line: Vec<u8>,
-    /// Events in `out`'s buffer, not yet written.
+    /// Events in `out`'s buffer, not yet written (all of them counted,
+    /// should a failed write have written part of the buffer first).
     buffered: u64,
     /// Events lost with the buffer, not yet taken.
     lost: u64,
