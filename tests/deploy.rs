@@ -9,21 +9,12 @@
 
 use std::{
     io::Write,
-    net::TcpListener,
     path::Path,
     process::{Child, Command, Stdio},
 };
 
-use mcpscope_e2e::{drive_basic, env, http_get, tool, urlencode, wait_for, Agent, Env};
+use mcpscope_e2e::{drive_basic, env, free_port, http_get, tool, urlencode, wait_for, Agent, Env};
 use serde_json::Value;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn scrape(addr: &str) -> String {
     let (code, body) = http_get(addr, "/metrics").expect("metrics endpoint answers");

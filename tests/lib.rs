@@ -142,6 +142,16 @@ pub struct Stopped {
 }
 
 impl Stopped {
+    /// The events of an agent started outside [`Agent`] (its stderr and
+    /// shutdown time not kept).
+    pub fn of_events(events: Vec<Value>) -> Stopped {
+        Stopped {
+            events,
+            stderr: String::new(),
+            shutdown: Duration::ZERO,
+        }
+    }
+
     /// A `key=value` counter from the agent's closing summary line.
     pub fn counter(&self, key: &str) -> u64 {
         let line = self

@@ -206,10 +206,9 @@ impl<W: Write> Sink for JsonlWriter<W> {
 
     fn close(&mut self) -> io::Result<()> {
         self.flush()?;
-        if self.buffered > 0 {
-            // The last flush failed: what it held will not be written.
-            self.lost += std::mem::take(&mut self.buffered);
-        }
+        // Still buffered after the last flush: it failed, and what it held
+        // will not be written.
+        self.lost += std::mem::take(&mut self.buffered);
         Ok(())
     }
 
