@@ -527,10 +527,24 @@ impl Detectors {
         if let Some(tools) = listed {
             self.drift(server, tools, me.clone(), out);
         }
-        if !flagged {
-            self.stats.flags += (out.len() - before) as u64;
-            return;
+        if flagged {
+            self.payload_flags(ev, (caller, server, tool), &me, facts, out);
         }
+        self.stats.flags += (out.len() - before) as u64;
+    }
+
+    /// secret_in_payload and injection_marker, for a message whose facts
+    /// hold what they look for (rare: out of the per-message path).
+    #[cold]
+    #[inline(never)]
+    fn payload_flags(
+        &mut self,
+        ev: &McpEvent,
+        (caller, server, tool): (&Name, &Name, &Name),
+        me: &Evidence,
+        facts: &MessageFacts,
+        out: &mut Vec<Flag>,
+    ) {
         if self.cfg.secret_in_payload.enabled && !facts.secrets().is_empty() {
             let kinds: Vec<&str> = facts.secrets().iter().map(|s| s.kind).collect();
             let place = if ev.kind == Kind::Request {
@@ -584,7 +598,6 @@ impl Detectors {
                 details: json!({ "found": facts.markers(), "heuristic": true }),
             }));
         }
-        self.stats.flags += (out.len() - before) as u64;
     }
 
     /// A tools/call request's checks.
@@ -987,6 +1000,8 @@ impl Detectors {
         }
     }
 
+    #[cold]
+    #[inline(never)]
     fn drift(&mut self, server: &str, tools: &[ToolDef], me: Evidence, out: &mut Vec<Flag>) {
         let Some(old) = self.baselines.get(server) else {
             self.list(server, tools);
