@@ -1,11 +1,15 @@
 //! End-to-end audit trail: the real agent records a real session; the
 //! investigation commands answer from the directory alone; a crash (kill -9)
 //! leaves a trail that verifies and is resumed; a recorded capture replays
-//! to the same events as the live run.
+//! to the same events as the live run; a full disk loses whole records,
+//! counted and acknowledged in the chain, never a torn or broken trail.
 
-use std::process::{Command, Stdio};
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
 
-use mcpscope_e2e::{drive, drive_basic, env, mcpscope, pid, Agent};
+use mcpscope_e2e::{drive, drive_basic, env, mcpscope, pid, wait_for, Agent};
 use serde_json::Value;
 
 #[test]
@@ -284,4 +288,162 @@ fn a_gap_in_capture_is_itself_on_the_record() {
     assert!(cut >= 1, "{loss:?}");
     let (code, out, _) = mcpscope(&env, &["verify", audit.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
+}
+
+/// A tmpfs of a given size at a path, unmounted when dropped: a disk that
+/// fills up for real.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, size: &str) -> SmallDisk {
+        // A mount left by an earlier run of this test.
+        let _ = Command::new("umount")
+            .arg(at)
+            .stderr(Stdio::null())
+            .status();
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "mounting a {size} tmpfs at {} (needs root)",
+            at.display()
+        );
+        SmallDisk(at.to_owned())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The records of the trail in `dir`, every segment, in order.
+fn trail_records(dir: &Path) -> Vec<Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "jsonl"));
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect()
+}
+
+/// The sum of a field of the `write_failed` records' `lost`.
+fn acknowledged(records: &[Value], field: &str) -> u64 {
+    records
+        .iter()
+        .filter(|r| r["kind"] == "write_failed")
+        .map(|r| r["data"]["lost"][field].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn a_full_disk_loses_whole_audit_records_each_counted_once_and_acknowledged_and_the_trail_verifies()
+{
+    let Some(env) = env("audit_full_disk") else {
+        return;
+    };
+    let dir = env.tmpdir("audit-full-disk");
+    // 512 KiB, of which ballast takes 320: the trail fills the rest within
+    // a few hundred real calls, and has room again once the ballast goes.
+    let disk = SmallDisk::mount(&dir.join("disk"), "512k");
+    let ballast = disk.0.join("ballast");
+    std::fs::write(&ballast, vec![0u8; 320 << 10]).unwrap();
+    let trail = disk.0.join("trail");
+    let agent = Agent::start(&env, &dir, &["--audit-dir", trail.to_str().unwrap()]);
+    let lost = |addr: &str| {
+        let (_, body) = mcpscope_e2e::http_get(addr, "/metrics")?;
+        body.lines().find_map(|l| {
+            l.strip_prefix("mcpscope_events_lost_total{reason=\"write_error\",stage=\"sink\"} ")
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+    };
+    drive(
+        &env,
+        &dir,
+        "legacy",
+        "repeat",
+        "python",
+        600,
+        &env.py_server_cmd(),
+    );
+    wait_for(
+        "the audit trail losing records to the full disk",
+        30,
+        || lost(&agent.addr).filter(|n| *n > 0),
+    );
+    // Room again: the next records written acknowledge the losses first.
+    std::fs::remove_file(&ballast).unwrap();
+    drive_basic(&env, &dir);
+    let counted = wait_for(
+        "every record counted lost acknowledged by a write_failed record on disk",
+        30,
+        || {
+            let n = lost(&agent.addr)?;
+            (acknowledged(&trail_records(&trail), "records") == n).then_some(n)
+        },
+    );
+    let stopped = agent.stop();
+    assert!(counted > 100, "the disk filled: {counted} records lost");
+    let records = trail_records(&trail);
+    assert_eq!(
+        acknowledged(&records, "records"),
+        counted,
+        "nothing lost at stop, once there was room"
+    );
+    // Each event the JSONL file took is in the trail or acknowledged lost.
+    let (messages, flags) = stopped.events.iter().fold((0, 0), |(m, f), e| {
+        if e["kind"] == "flag" {
+            (m, f + 1)
+        } else {
+            (m + 1, f)
+        }
+    });
+    let kept = |kind: &str| records.iter().filter(|r| r["kind"] == kind).count() as u64;
+    assert_eq!(
+        messages,
+        kept("message") + acknowledged(&records, "messages"),
+        "messages"
+    );
+    assert_eq!(
+        flags,
+        kept("flag") + acknowledged(&records, "flags"),
+        "flags"
+    );
+    // One notice per episode, each ended by its acknowledgement.
+    let episodes = records
+        .iter()
+        .filter(|r| r["kind"] == "write_failed")
+        .count();
+    let notices = stopped.stderr.matches("writing the audit trail in").count();
+    assert!(
+        episodes >= 1 && notices == episodes,
+        "{notices} notices, {episodes} episodes:\n{}",
+        stopped.stderr
+    );
+    assert!(
+        stopped.stderr.contains("No space left on device"),
+        "{}",
+        stopped.stderr
+    );
+    let (code, out, _) = mcpscope(&env, &["verify", trail.to_str().unwrap()]);
+    assert_eq!(
+        code, 0,
+        "whole records only: no torn line, no gap in the chain: {out}"
+    );
+    assert!(out.starts_with("OK"), "{out}");
 }

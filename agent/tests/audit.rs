@@ -199,6 +199,23 @@ fn a_torn_last_line_is_reported_then_acknowledged_on_resume() {
 }
 
 #[test]
+fn a_segment_left_empty_by_a_failed_header_write_is_resumed_past() {
+    let d = dir("empty-segment");
+    write_trail(&d, 20, 1 << 20, None);
+    // The next run's header never reached the full disk: its segment is
+    // an empty file. The run after it continues the last record there is.
+    let last = *segments(&d).unwrap().last().unwrap();
+    fs::File::create(d.join(segment_name(last + 1))).unwrap();
+    write_trail(&d, 20, 1 << 20, None);
+    assert_eq!(segments(&d).unwrap().len(), 3);
+    let v = verify(&d, None).unwrap();
+    assert!(
+        matches!(v, Verdict::Ok { records, .. } if records == 42),
+        "{v}"
+    );
+}
+
+#[test]
 fn a_keyed_chain_needs_its_key() {
     let d = dir("keyed");
     let key = b"0123456789abcdef0123456789abcdef";

@@ -3,7 +3,7 @@
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::{self, BufRead, BufReader, BufWriter, Write},
+    io::{self, BufRead, BufReader, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
@@ -85,12 +85,34 @@ fn index_view(ev: &McpEvent) -> serde_json::Value {
     })
 }
 
+/// Bytes of records held before they are written to the segment.
+const PENDING_BYTES: usize = 256 << 10;
+
 /// An open audit trail.
+///
+/// Records reach the segment whole or not at all. They are held in
+/// `pending` and written together; a write that fails (a full disk) is
+/// cut back off the file, and the chain goes back to the last record the
+/// file holds, so that what is on disk always verifies. The records that
+/// were pending are lost, counted (see [`AuditLog::take_lost`]), and
+/// acknowledged in the chain by a `write_failed` record, the first record
+/// written once the trail can write again.
 pub struct AuditLog {
     cfg: AuditConfig,
     hasher: Hasher,
     segment: u64,
-    out: BufWriter<File>,
+    out: File,
+    /// Whole records not yet written to `out`.
+    pending: Vec<u8>,
+    /// The records in `pending`, by kind (the `write_failed` record not
+    /// among them).
+    pending_count: Lost,
+    /// The chain at the end of what `out` holds.
+    written: Written,
+    /// Records lost since the last `write_failed` record reached the file.
+    gap: Gap,
+    /// Records lost and not yet taken by [`AuditLog::take_lost`].
+    lost: u64,
     segment_bytes: u64,
     segment_opened: Instant,
     seq: u64,
@@ -99,6 +121,49 @@ pub struct AuditLog {
     last_sync: Instant,
     index: SegmentIndex,
     line: Vec<u8>,
+}
+
+/// The chain at the end of what the segment file holds: where a failed
+/// write goes back to.
+struct Written {
+    seq: u64,
+    last_hash: String,
+    file_len: u64,
+}
+
+/// Records lost, by kind (a `write_failed` record's `lost`).
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+struct Lost {
+    /// All records.
+    records: u64,
+    /// Message events.
+    messages: u64,
+    /// Flags.
+    flags: u64,
+}
+
+impl Lost {
+    fn add(&mut self, kind: &str) {
+        self.records += 1;
+        self.messages += u64::from(kind == "message");
+        self.flags += u64::from(kind == "flag");
+    }
+
+    fn merge(&mut self, o: Lost) {
+        self.records += o.records;
+        self.messages += o.messages;
+        self.flags += o.flags;
+    }
+}
+
+/// Losses not yet acknowledged in the chain.
+#[derive(Default)]
+struct Gap {
+    lost: Lost,
+    /// The last write error.
+    error: String,
+    /// A `write_failed` record for `lost` is in `pending`.
+    pending: bool,
 }
 
 /// What was found at the end of the previous run's last segment.
@@ -170,7 +235,15 @@ impl AuditLog {
         let (segment, seq, last_hash, resume) = match existing.last() {
             None => (1, 0, GENESIS.to_owned(), None),
             Some(&last) => {
-                let (good, torn_at) = scan_tail(&cfg.dir.join(segment_name(last)))?;
+                let (mut good, torn_at) = scan_tail(&cfg.dir.join(segment_name(last)))?;
+                // A segment left empty (its header's write failed: a full
+                // disk) continues the one before it.
+                for &before in existing.iter().rev().skip(1) {
+                    if good.is_some() {
+                        break;
+                    }
+                    good = scan_tail(&cfg.dir.join(segment_name(before)))?.0;
+                }
                 let (seq, hash) = good.unwrap_or((0, GENESIS.to_owned()));
                 (
                     last + 1,
@@ -184,14 +257,20 @@ impl AuditLog {
                 )
             }
         };
-        let out = BufWriter::with_capacity(
-            256 << 10,
-            create_file(&cfg.dir.join(segment_name(segment)))?,
-        );
+        let out = create_file(&cfg.dir.join(segment_name(segment)))?;
         let mut log = Self {
             hasher,
             segment,
             out,
+            pending: Vec::with_capacity(PENDING_BYTES),
+            pending_count: Lost::default(),
+            written: Written {
+                seq,
+                last_hash: last_hash.clone(),
+                file_len: 0,
+            },
+            gap: Gap::default(),
+            lost: 0,
             segment_bytes: 0,
             segment_opened: Instant::now(),
             seq,
@@ -231,7 +310,11 @@ impl AuditLog {
             keyed: self.hasher.keyed(),
             resumed,
         };
-        self.append("segment", &now_rfc3339(), &h)
+        // First in its segment, ahead of any acknowledgement of losses.
+        self.pending_count.add("segment");
+        self.seal("segment", &now_rfc3339(), |line| {
+            serde_json::to_writer(line, &h)
+        })
     }
 
     /// Appends one record of `kind` with `data`.
@@ -241,6 +324,41 @@ impl AuditLog {
 
     /// Appends one record of `kind` whose data `write` writes.
     fn append_with(
+        &mut self,
+        kind: &str,
+        ts: &str,
+        write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>,
+    ) -> io::Result<()> {
+        if self.gap.lost.records > 0 && !self.gap.pending {
+            self.acknowledge_gap()?;
+        }
+        self.pending_count.add(kind);
+        self.seal(kind, ts, write)
+    }
+
+    /// Chains the records lost since the last acknowledgement: a
+    /// `write_failed` record, ahead of the record about to be appended.
+    #[cold]
+    fn acknowledge_gap(&mut self) -> io::Result<()> {
+        #[derive(Serialize)]
+        struct WriteFailed<'a> {
+            lost: Lost,
+            error: &'a str,
+        }
+        self.gap.pending = true;
+        let data = WriteFailed {
+            lost: self.gap.lost,
+            error: &self.gap.error,
+        };
+        let data = serde_json::to_vec(&data)?;
+        self.seal("write_failed", &now_rfc3339(), |line| {
+            line.extend_from_slice(&data);
+            Ok(())
+        })
+    }
+
+    /// Seals one record into `pending`, written out when it is full.
+    fn seal(
         &mut self,
         kind: &str,
         ts: &str,
@@ -262,8 +380,13 @@ impl AuditLog {
         self.line.push(b'}');
         self.last_hash = chain::seal(&mut self.line, &self.hasher);
         self.line.push(b'\n');
-        self.out.write_all(&self.line)?;
+        self.pending.extend_from_slice(&self.line);
         self.segment_bytes += self.line.len() as u64;
+        if self.pending.len() >= PENDING_BYTES {
+            // Written (or dropped, counted) with the record just sealed:
+            // never a record chained to ones a failed write took back.
+            self.write_pending();
+        }
         self.index.note(self.seq, ts, kind);
         self.unsynced += 1;
         if self.cfg.fsync_every > 0 && self.unsynced >= self.cfg.fsync_every {
@@ -298,10 +421,72 @@ impl AuditLog {
         self.append(kind, ts, data)
     }
 
-    /// Writes buffered records and fsyncs the segment.
+    /// Writes the pending records to the segment, whole: if the write
+    /// fails, what part of them reached the file is cut off again, the
+    /// chain goes back to the last record written, and they are counted
+    /// lost. Returns whether they were written.
+    fn write_pending(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        let written = self.out.write_all(&self.pending);
+        match written {
+            Ok(()) => {
+                self.written = Written {
+                    seq: self.seq,
+                    last_hash: self.last_hash.clone(),
+                    file_len: self.written.file_len + self.pending.len() as u64,
+                };
+                if self.gap.pending {
+                    crate::say!(
+                        "mcpscope: the audit trail in {} writes again; {} records were lost (a write_failed record in the trail says so)",
+                        self.cfg.dir.display(),
+                        self.gap.lost.records
+                    );
+                    self.gap = Gap::default();
+                }
+            }
+            Err(ref e) => self.drop_pending(e),
+        }
+        self.pending.clear();
+        self.pending_count = Lost::default();
+        written.is_ok()
+    }
+
+    /// A failed write of the pending records: see [`AuditLog::write_pending`].
+    #[cold]
+    fn drop_pending(&mut self, e: &io::Error) {
+        // The file is opened to append: the next write goes to its new end.
+        if let Err(t) = self.out.set_len(self.written.file_len) {
+            crate::say!(
+                "mcpscope: the audit trail in {}: cutting a failed write off the segment failed too ({t}): its last line may be torn",
+                self.cfg.dir.display()
+            );
+        }
+        if self.gap.lost.records == 0 {
+            crate::say!(
+                "mcpscope: writing the audit trail in {} failed ({e}): its records are dropped whole and counted (mcpscope_events_lost_total{{stage=\"sink\"}}) until it can write again",
+                self.cfg.dir.display()
+            );
+        }
+        self.segment_bytes -= self.pending.len() as u64;
+        self.seq = self.written.seq;
+        self.last_hash.clone_from(&self.written.last_hash);
+        self.lost += self.pending_count.records;
+        self.gap.lost.merge(self.pending_count);
+        self.gap.error = e.to_string();
+        self.gap.pending = false; // its record went with the others
+    }
+
+    /// Records lost since the last call (each counted once).
+    pub fn take_lost(&mut self) -> u64 {
+        std::mem::take(&mut self.lost)
+    }
+
+    /// Writes the pending records and fsyncs the segment.
     pub fn sync(&mut self) -> io::Result<()> {
-        self.out.flush()?;
-        self.out.get_ref().sync_data()?;
+        self.write_pending();
+        self.out.sync_data()?;
         self.unsynced = 0;
         self.last_sync = Instant::now();
         Ok(())
@@ -309,7 +494,7 @@ impl AuditLog {
 
     /// Time-based duties: fsync interval and segment age.
     pub fn tick(&mut self) -> io::Result<()> {
-        self.out.flush()?;
+        self.write_pending();
         if self.unsynced > 0
             && !self.cfg.fsync_interval.is_zero()
             && self.last_sync.elapsed() >= self.cfg.fsync_interval
@@ -328,17 +513,23 @@ impl AuditLog {
     fn close_segment(&mut self) -> io::Result<()> {
         self.sync()?;
         self.index.last_hash = self.last_hash.clone();
-        write_index(&self.cfg.dir, &self.index)
+        if let Err(e) = write_index(&self.cfg.dir, &self.index) {
+            // The index only speeds queries up: they build a missing one.
+            crate::say!(
+                "mcpscope: the audit trail in {}: writing segment {}'s index failed ({e}); queries will build it",
+                self.cfg.dir.display(),
+                self.segment
+            );
+        }
+        Ok(())
     }
 
     /// Closes the current segment (with its index) and starts the next.
     pub fn rotate(&mut self) -> io::Result<()> {
         self.close_segment()?;
         self.segment += 1;
-        self.out = BufWriter::with_capacity(
-            256 << 10,
-            create_file(&self.cfg.dir.join(segment_name(self.segment)))?,
-        );
+        self.out = create_file(&self.cfg.dir.join(segment_name(self.segment)))?;
+        self.written.file_len = 0;
         self.segment_bytes = 0;
         self.segment_opened = Instant::now();
         self.index = SegmentIndex {
@@ -396,9 +587,15 @@ impl AuditLog {
         // Written ahead, and on disk before any file goes: a crash between
         // the two leaves a segment the chain says was removed (still
         // verifiable; the next rotation removes it), never a removed one
-        // the chain does not vouch for (`verify`: broken).
+        // the chain does not vouch for (`verify`: broken). Nothing else is
+        // pending then, so that a failed write of it (the record lost,
+        // counted) deletes nothing.
+        self.write_pending();
         self.append("retention", &now_rfc3339(), &r)?;
-        self.sync()?;
+        if !self.write_pending() {
+            return Ok(());
+        }
+        self.out.sync_data()?;
         for s in removed {
             match fs::remove_file(self.cfg.dir.join(segment_name(s))) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -464,6 +661,10 @@ impl Sink for AuditSink {
 
     fn close(&mut self) -> io::Result<()> {
         self.log.close()
+    }
+
+    fn take_lost(&mut self) -> u64 {
+        self.log.take_lost()
     }
 }
 
