@@ -29,10 +29,11 @@ pub trait Sink {
     fn close(&mut self) -> io::Result<()> {
         self.flush()
     }
-    /// Events this sink took (its calls returned `Ok`) and then lost since
-    /// it was last asked: those in its buffer when its reader went away,
-    /// or that its close could not write. An event a call returned an
-    /// error for is the caller's to count.
+    /// Events (or records) this sink took (its calls returned `Ok`) and
+    /// then lost since it was last asked: those in its buffer when its
+    /// reader went away, those its close could not write, or the audit
+    /// trail's batch whose write failed. An event a call returned an error
+    /// for is the caller's to count.
     fn take_lost(&mut self) -> u64 {
         0
     }
