@@ -351,55 +351,45 @@ fn acknowledged(records: &[Value], field: &str) -> u64 {
         .sum()
 }
 
-#[test]
-fn a_full_disk_loses_whole_audit_records_each_counted_once_and_acknowledged_and_the_trail_verifies()
-{
-    let Some(env) = env("audit_full_disk") else {
-        return;
-    };
-    let dir = env.tmpdir("audit-full-disk");
-    // 512 KiB, of which ballast takes 320: the trail fills the rest within
-    // a few hundred real calls, and has room again once the ballast goes.
-    let disk = SmallDisk::mount(&dir.join("disk"), "512k");
-    let ballast = disk.0.join("ballast");
-    std::fs::write(&ballast, vec![0u8; 320 << 10]).unwrap();
-    let trail = disk.0.join("trail");
-    let agent = Agent::start(&env, &dir, &["--audit-dir", trail.to_str().unwrap()]);
-    let lost = |addr: &str| {
-        let (_, body) = mcpscope_e2e::http_get(addr, "/metrics")?;
-        body.lines().find_map(|l| {
-            l.strip_prefix("mcpscope_events_lost_total{reason=\"write_error\",stage=\"sink\"} ")
-                .and_then(|n| n.parse::<u64>().ok())
-        })
-    };
-    drive(
-        &env,
-        &dir,
-        "legacy",
-        "repeat",
-        "python",
-        600,
-        &env.py_server_cmd(),
-    );
+/// `mcpscope_events_lost_total{stage="sink",reason="write_error"}` of the
+/// agent serving metrics at `addr`.
+fn lost_by_sinks(addr: &str) -> Option<u64> {
+    let (_, body) = mcpscope_e2e::http_get(addr, "/metrics")?;
+    body.lines().find_map(|l| {
+        l.strip_prefix("mcpscope_events_lost_total{reason=\"write_error\",stage=\"sink\"} ")
+            .and_then(|n| n.parse::<u64>().ok())
+    })
+}
+
+/// Waits until the agent has lost records to the full disk under `trail`,
+/// frees the disk (removes `ballast`), drives a real session, waits until
+/// every record counted lost is acknowledged on disk, stops the agent, and
+/// checks the trail accounts for every event of its JSONL output.
+fn free_the_disk_and_check(
+    env: &mcpscope_e2e::Env,
+    dir: &Path,
+    agent: Agent,
+    ballast: &Path,
+    trail: &Path,
+) {
     wait_for(
         "the audit trail losing records to the full disk",
         30,
-        || lost(&agent.addr).filter(|n| *n > 0),
+        || lost_by_sinks(&agent.addr).filter(|n| *n > 0),
     );
     // Room again: the next records written acknowledge the losses first.
-    std::fs::remove_file(&ballast).unwrap();
-    drive_basic(&env, &dir);
+    std::fs::remove_file(ballast).unwrap();
+    drive_basic(env, dir);
     let counted = wait_for(
         "every record counted lost acknowledged by a write_failed record on disk",
         30,
         || {
-            let n = lost(&agent.addr)?;
-            (acknowledged(&trail_records(&trail), "records") == n).then_some(n)
+            let n = lost_by_sinks(&agent.addr)?;
+            (acknowledged(&trail_records(trail), "records") == n).then_some(n)
         },
     );
     let stopped = agent.stop();
-    assert!(counted > 100, "the disk filled: {counted} records lost");
-    let records = trail_records(&trail);
+    let records = trail_records(trail);
     assert_eq!(
         acknowledged(&records, "records"),
         counted,
@@ -440,10 +430,60 @@ fn a_full_disk_loses_whole_audit_records_each_counted_once_and_acknowledged_and_
         "{}",
         stopped.stderr
     );
-    let (code, out, _) = mcpscope(&env, &["verify", trail.to_str().unwrap()]);
+    assert_eq!(
+        records[0]["kind"], "segment",
+        "the trail opens with its header"
+    );
+    let (code, out, _) = mcpscope(env, &["verify", trail.to_str().unwrap()]);
     assert_eq!(
         code, 0,
         "whole records only: no torn line, no gap in the chain: {out}"
     );
     assert!(out.starts_with("OK"), "{out}");
+}
+
+#[test]
+fn a_full_disk_loses_whole_audit_records_each_counted_once_and_acknowledged_and_the_trail_verifies()
+{
+    let Some(env) = env("audit_full_disk") else {
+        return;
+    };
+    let dir = env.tmpdir("audit-full-disk");
+    // 512 KiB, of which ballast takes 320: the trail fills the rest within
+    // a few hundred real calls, and has room again once the ballast goes.
+    let disk = SmallDisk::mount(&dir.join("disk"), "512k");
+    let ballast = disk.0.join("ballast");
+    std::fs::write(&ballast, vec![0u8; 320 << 10]).unwrap();
+    let trail = disk.0.join("trail");
+    let agent = Agent::start(&env, &dir, &["--audit-dir", trail.to_str().unwrap()]);
+    drive(
+        &env,
+        &dir,
+        "legacy",
+        "repeat",
+        "python",
+        600,
+        &env.py_server_cmd(),
+    );
+    let lost = lost_by_sinks(&agent.addr).unwrap_or(0);
+    assert!(lost > 100, "600 calls filled the disk: {lost} records lost");
+    free_the_disk_and_check(&env, &dir, agent, &ballast, &trail);
+}
+
+#[test]
+fn an_agent_started_on_a_full_disk_opens_its_trail_with_the_header_once_there_is_room() {
+    let Some(env) = env("audit_full_disk_at_start") else {
+        return;
+    };
+    let dir = env.tmpdir("audit-full-disk-at-start");
+    let disk = SmallDisk::mount(&dir.join("disk"), "256k");
+    let ballast = disk.0.join("ballast");
+    // As much as fits: the write stops at the full disk.
+    let full = std::fs::write(&ballast, vec![0u8; 512 << 10]);
+    assert!(full.is_err(), "the ballast fills the disk");
+    let trail = disk.0.join("trail");
+    // Its header, agent_start and the session's records are all lost.
+    let agent = Agent::start(&env, &dir, &["--audit-dir", trail.to_str().unwrap()]);
+    drive_basic(&env, &dir);
+    free_the_disk_and_check(&env, &dir, agent, &ballast, &trail);
 }

@@ -113,6 +113,11 @@ pub struct AuditLog {
     gap: Gap,
     /// Records lost and not yet taken by [`AuditLog::take_lost`].
     lost: u64,
+    /// The segment's header was lost with a failed write (the file is
+    /// still empty): it is sealed again ahead of the next record.
+    headless: bool,
+    /// What the segment's header says of the previous run.
+    resumed: Option<Resume>,
     segment_bytes: u64,
     segment_opened: Instant,
     seq: u64,
@@ -167,7 +172,7 @@ struct Gap {
 }
 
 /// What was found at the end of the previous run's last segment.
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 struct Resume {
     segment: u64,
     last_seq: u64,
@@ -271,6 +276,8 @@ impl AuditLog {
             },
             gap: Gap::default(),
             lost: 0,
+            headless: false,
+            resumed: None,
             segment_bytes: 0,
             segment_opened: Instant::now(),
             seq,
@@ -296,6 +303,7 @@ impl AuditLog {
     }
 
     fn header(&mut self, resumed: Option<Resume>) -> io::Result<()> {
+        self.resumed.clone_from(&resumed);
         #[derive(Serialize)]
         struct Header {
             version: u32,
@@ -329,6 +337,10 @@ impl AuditLog {
         ts: &str,
         write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>,
     ) -> io::Result<()> {
+        if self.headless {
+            self.headless = false;
+            self.header(self.resumed.clone())?;
+        }
         if self.gap.lost.records > 0 && !self.gap.pending {
             self.acknowledge_gap()?;
         }
@@ -470,6 +482,9 @@ impl AuditLog {
             );
         }
         self.segment_bytes -= self.pending.len() as u64;
+        // A segment starts with its header (`verify` checks): one that
+        // went with the others is sealed again first.
+        self.headless = self.written.file_len == 0;
         self.seq = self.written.seq;
         self.last_hash.clone_from(&self.written.last_hash);
         self.lost += self.pending_count.records;
