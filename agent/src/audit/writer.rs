@@ -113,12 +113,8 @@ pub struct AuditLog {
     gap: Gap,
     /// Records lost and not yet taken by [`AuditLog::take_lost`].
     lost: u64,
-    /// The segment's header was lost with a failed write (the file is
-    /// still empty): it is sealed again ahead of the next record.
-    headless: bool,
     /// What the segment's header says of the previous run.
     resumed: Option<Resume>,
-    segment_bytes: u64,
     segment_opened: Instant,
     seq: u64,
     last_hash: String,
@@ -276,9 +272,7 @@ impl AuditLog {
             },
             gap: Gap::default(),
             lost: 0,
-            headless: false,
             resumed: None,
-            segment_bytes: 0,
             segment_opened: Instant::now(),
             seq,
             last_hash,
@@ -337,8 +331,7 @@ impl AuditLog {
         ts: &str,
         write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>,
     ) -> io::Result<()> {
-        if self.headless {
-            self.headless = false;
+        if self.headless() {
             self.header(self.resumed.clone())?;
         }
         if self.gap.lost.records > 0 && !self.gap.pending {
@@ -393,7 +386,6 @@ impl AuditLog {
         self.last_hash = chain::seal(&mut self.line, &self.hasher);
         self.line.push(b'\n');
         self.pending.extend_from_slice(&self.line);
-        self.segment_bytes += self.line.len() as u64;
         if self.pending.len() >= PENDING_BYTES {
             // Written (or dropped, counted) with the record just sealed:
             // never a record chained to ones a failed write took back.
@@ -404,7 +396,7 @@ impl AuditLog {
         if self.cfg.fsync_every > 0 && self.unsynced >= self.cfg.fsync_every {
             self.sync()?;
         }
-        if self.segment_bytes >= self.cfg.max_segment_bytes {
+        if self.segment_bytes() >= self.cfg.max_segment_bytes {
             self.rotate()?;
         }
         Ok(())
@@ -481,16 +473,25 @@ impl AuditLog {
                 self.cfg.dir.display()
             );
         }
-        self.segment_bytes -= self.pending.len() as u64;
-        // A segment starts with its header (`verify` checks): one that
-        // went with the others is sealed again first.
-        self.headless = self.written.file_len == 0;
         self.seq = self.written.seq;
         self.last_hash.clone_from(&self.written.last_hash);
         self.lost += self.pending_count.records;
         self.gap.lost.merge(self.pending_count);
         self.gap.error = e.to_string();
         self.gap.pending = false; // its record went with the others
+    }
+
+    /// The segment's bytes, written and pending.
+    fn segment_bytes(&self) -> u64 {
+        self.written.file_len + self.pending.len() as u64
+    }
+
+    /// Whether the segment lacks its header: it went with a failed write
+    /// (the file is still empty, and nothing is pending). A segment starts
+    /// with its header (`verify` checks), so it is sealed again ahead of
+    /// the next record.
+    fn headless(&self) -> bool {
+        self.written.file_len == 0 && self.pending.is_empty()
     }
 
     /// Records lost since the last call (each counted once).
@@ -545,7 +546,6 @@ impl AuditLog {
         self.segment += 1;
         self.out = create_file(&self.cfg.dir.join(segment_name(self.segment)))?;
         self.written.file_len = 0;
-        self.segment_bytes = 0;
         self.segment_opened = Instant::now();
         self.index = SegmentIndex {
             segment: self.segment,
