@@ -35,7 +35,7 @@ const EXIT_RET: usize = 16;
 /// `di`, `si`, `dx`.
 const REGS_DX: usize = 12;
 const REGS_SI: usize = 13;
-const REGS_DI: usize = 14;
+pub(crate) const REGS_DI: usize = 14;
 
 /// x86_64 `struct user_msghdr`: msg_iov at 16, msg_iovlen at 24.
 const MSGHDR_IOV: u64 = 16;
@@ -87,7 +87,7 @@ syscall_exit!(exit_sendmsg, Syscall::Sendmsg);
 
 /// The saved registers of the current task's syscall, as u64 slots.
 #[inline(always)]
-fn saved_regs() -> *const u64 {
+pub(crate) fn saved_regs() -> *const u64 {
     // SAFETY: both helpers take and return BTF pointers of the current
     // task, valid for the whole program. Verifier: the result is a
     // PTR_TO_BTF_ID of `struct pt_regs`, so loads from it are checked

@@ -33,7 +33,7 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("exit_sendto", "syscalls", "sys_exit_sendto"),
     ("exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
     ("exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
-    ("enter_close", "syscalls", "sys_enter_close"),
+    ("exit_close", "syscalls", "sys_exit_close"),
     ("sched_exec", "sched", "sched_process_exec"),
     ("sched_exit", "sched", "sched_process_exit"),
 ];
