@@ -6,6 +6,9 @@
 //! `mcp-pingpong client SECONDS [PAYLOAD_BYTES [ROUND_TRIPS_PER_S]]` spawns
 //! `mcp-pingpong server` and prints `{"round_trips":N,"seconds":S,"syscalls":K}`;
 //! with a rate, it paces itself to it (0, the default: as fast as it can).
+//! `mcp-pingpong syscalls SECONDS` makes `getpid` syscalls, none of which
+//! the agent captures, and prints `{"syscalls":N,"seconds":S}`: the tax
+//! its tracepoints put on every other syscall of the host.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -22,6 +25,7 @@ fn main() {
             args.get(3).and_then(|s| s.parse().ok()).unwrap_or(2.0),
         ),
         Some("sink") => sink(),
+        Some("syscalls") => uncaptured(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2.0)),
         Some("fan") => fan(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1000)),
         Some("client") => {
             let secs: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2.0);
@@ -30,7 +34,7 @@ fn main() {
             client(Duration::from_secs_f64(secs), payload, rate);
         }
         _ => {
-            eprintln!("usage: mcp-pingpong client SECONDS [PAYLOAD_BYTES [ROUND_TRIPS_PER_S]] | fan N | flood RATE SECONDS | server");
+            eprintln!("usage: mcp-pingpong client SECONDS [PAYLOAD_BYTES [ROUND_TRIPS_PER_S]] | syscalls SECONDS | fan N | flood RATE SECONDS | server");
             std::process::exit(2);
         }
     }
@@ -99,6 +103,26 @@ fn client(duration: Duration, payload: usize, rate: f64) {
         n * 4,
         std::process::id(),
         child.id()
+    );
+}
+
+/// `getpid` syscalls for `secs` (the clock read every 4096 of them), then
+/// `{"syscalls":N,"seconds":S}`. The agent hooks no `getpid` tracepoint:
+/// what it adds here is the syscall slow path its `sys_exit` tracepoints
+/// switch on for every task, paid by every syscall on the host.
+fn uncaptured(secs: f64) {
+    let start = Instant::now();
+    let mut n: u64 = 0;
+    while start.elapsed().as_secs_f64() < secs {
+        for _ in 0..4096 {
+            // SAFETY: getpid takes no arguments and cannot fail.
+            unsafe { libc::syscall(libc::SYS_getpid) };
+        }
+        n += 4096;
+    }
+    println!(
+        "{{\"syscalls\":{n},\"seconds\":{}}}",
+        start.elapsed().as_secs_f64()
     );
 }
 

@@ -459,6 +459,33 @@ fn worst_case(r: &mut Report) -> Result<()> {
         "(for comparison)",
         None,
     );
+    uncaptured_syscalls(r)
+}
+
+/// What the agent adds to a syscall it does not capture (`getpid`, made
+/// in a loop on CPU 0): its `sys_exit` tracepoints send every syscall of
+/// every task on the host through the kernel's slow path.
+fn uncaptured_syscalls(r: &mut Report) -> Result<()> {
+    step("uncaptured syscalls: a getpid loop, the tax on every other syscall");
+    let o = overhead("getpid loop", ROUNDS, |strace| {
+        let mut cmd = on_cpu0();
+        if strace {
+            cmd.args(STRACE);
+        }
+        let out = output(cmd.arg(pingpong_bin()).args(["syscalls", PINGPONG_SECS]))?;
+        Ok(json_number(&out, "syscalls")? / json_number(&out, "seconds")?)
+    })?;
+    let added_ns = (1.0 / o.ratio.0 - 1.0) / o.without.0 * 1e9;
+    r.add(
+        "uncaptured syscall (getpid), added cost",
+        format!(
+            "{added_ns:.0} ns ({:.0} ns without, ratio {})",
+            1e9 / o.without.0,
+            ratio_spread(o.ratio)
+        ),
+        "",
+        None,
+    );
     Ok(())
 }
 
