@@ -305,3 +305,24 @@ fn server_closing_mid_sse_event_keeps_whole_events_and_counts_the_cut_one() {
     assert_eq!(kinds(&events), pairs(&[7]), "{events:?}");
     assert!(s.counter("sse_cut_events") >= 1, "{}", s.stderr);
 }
+
+#[test]
+fn a_closed_fd_ends_its_stream_so_its_reused_number_starts_a_new_one() {
+    let Some((s, info)) = run_case("fd_reused") else {
+        return;
+    };
+    let second = [
+        info["writer"].as_u64().unwrap(),
+        info["second_reader"].as_u64().unwrap(),
+    ];
+    let ids: Vec<String> = s
+        .between(&second)
+        .iter()
+        .map(|e| e["id"].to_string())
+        .collect();
+    // The half message before the close is not glued to the whole one after.
+    assert_eq!(ids, ["2"], "{}", s.stderr);
+    // The kernel reported the close (`sys_exit_close`): userspace did not
+    // have to find the reuse by the fd's new inode.
+    assert_eq!(s.counter("close_missed"), 0, "{}", s.stderr);
+}

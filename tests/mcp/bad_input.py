@@ -70,6 +70,23 @@ def run(case):
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
         out["writer"] = child
+    elif case == "fd_reused":
+        # Half a message on one pipe, then the fd closed and its number
+        # reused (dup2) for a pipe to a second reader, which gets a whole
+        # message. The close must end the first stream: its half message
+        # is dropped, not glued to the front of the second pipe's.
+        fd = w.fileno()
+        os.write(fd, b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"cut')
+        reader2 = subprocess.Popen(READER, stdin=subprocess.PIPE)
+        w.close()  # the fd's number is free now
+        reader.wait()
+        os.dup2(reader2.stdin.fileno(), fd)
+        reader2.stdin.close()
+        os.write(fd, msg(2, name="echo"))
+        os.close(fd)
+        reader2.wait()
+        out["fd"] = fd
+        out["second_reader"] = reader2.pid
     elif case == "binary_first":
         # This pipe's first bytes hold a NUL: no JSON-RPC text ever does, so
         # the kernel rules the fd out for good and the valid lines after it
