@@ -21,8 +21,11 @@ use crate::maps::{wakeup_flags, AGENT_TGID, EVENTS, EXIT_GROUP_DEAD_OFFSET, STRE
 /// tracepoint, the kernel's `sys_enter` hook has no probe, and every
 /// syscall on the host (a Python client makes ~240 a call, most of them
 /// getpid and epoll_wait) skips it: ~15 ns each here. At the exit the fd
-/// is closed already, so a thread racing to reuse its number can only see
-/// the old decision until this program removes it, never leave it behind.
+/// is closed already: another thread that reuses its number in between
+/// may be judged by the old entry, or have its own new entry removed
+/// (decided again at its next syscall), but no entry outlives the close.
+/// At the entry, a racing syscall on the old fd could put its entry back
+/// after the removal, and the next file at that number inherited it.
 #[tracepoint]
 pub fn exit_close(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
