@@ -372,6 +372,9 @@ struct Overhead {
     with: (f64, f64, f64),
     ratio: (f64, f64, f64),
     strace_ratio: (f64, f64, f64),
+    /// The ratio with the syscall slow path alone (see
+    /// [`slow_path_only`]), where it was measured.
+    slow_path_ratio: Option<(f64, f64, f64)>,
 }
 
 /// `once` run with the agent (its defaults, output discarded) running.
@@ -412,6 +415,7 @@ fn overhead(
         with: stats(&with),
         ratio: paired(&with, &without),
         strace_ratio: paired(&strace, &without),
+        slow_path_ratio: None,
     })
 }
 
@@ -587,15 +591,16 @@ fn realistic(r: &mut Report) -> Result<()> {
             .to_string(),
         dir.display().to_string(),
     ];
-    for (name, server, kind) in [
-        ("Python SDK server, echo", &py, "python"),
+    for (name, server, kind, slow_path) in [
+        ("Python SDK server, echo", &py, "python", SLOW_PATH_CYCLES),
         (
             "server-filesystem, read_text_file 4 KB",
             &fs_server,
             "filesystem",
+            0,
         ),
     ] {
-        let o = timeline_overhead(name, kind, &file, Client::Stdio(server))?;
+        let o = timeline_overhead(name, kind, &file, Client::Stdio(server), slow_path)?;
         realistic_rows(r, name, &o);
     }
     step("realistic: the official Python SDK client and server over Streamable HTTP and HTTPS");
@@ -604,7 +609,7 @@ fn realistic(r: &mut Report) -> Result<()> {
         ("Python SDK over HTTPS (TLS uprobes), echo", true),
     ] {
         let server = HttpServer::start(tls)?;
-        let o = timeline_overhead(name, "python", &file, Client::Http(&server))?;
+        let o = timeline_overhead(name, "python", &file, Client::Http(&server), 0)?;
         realistic_rows(r, name, &o);
     }
     Ok(())
@@ -625,6 +630,10 @@ fn realistic(r: &mut Report) -> Result<()> {
 /// are seconds further apart.
 const CYCLES: usize = 48;
 const STRACE_CYCLES: usize = 5;
+/// Cycles without and with the syscall slow path alone (no agent), for
+/// the Python SDK echo over stdio: how much of the agent's cost there is
+/// the kernel's, paid before any program runs.
+const SLOW_PATH_CYCLES: usize = 16;
 const WINDOW: Duration = Duration::from_secs(2);
 const SETTLE: Duration = Duration::from_millis(500);
 
@@ -648,7 +657,16 @@ enum Client<'a> {
 /// without and with `strace` attached to the client and its server. Each
 /// window's rate is the calls completed in it, from the client's own
 /// timeline; ratios pair the two windows of a cycle, taken seconds apart.
-fn timeline_overhead(name: &str, kind: &str, file: &Path, to: Client) -> Result<Overhead> {
+/// With `slow_path_cycles`, as many pairs without and with the syscall
+/// slow path alone ([`slow_path_only`]) come between the agent's and
+/// strace's.
+fn timeline_overhead(
+    name: &str,
+    kind: &str,
+    file: &Path,
+    to: Client,
+    slow_path_cycles: usize,
+) -> Result<Overhead> {
     let timeline = target().join("bench/timeline.txt");
     let _ = fs::remove_file(&timeline);
     let mut cmd = on_cpu0();
@@ -720,6 +738,22 @@ fn timeline_overhead(name: &str, kind: &str, file: &Path, to: Client) -> Result<
             (window(), b)
         });
     }
+    let mut slow_path_pairs = Vec::new();
+    for cycle in 0..slow_path_cycles {
+        let with = || -> Result<Window> {
+            let perf = slow_path_only()?;
+            let w = window();
+            perf.stop()?;
+            Ok(w)
+        };
+        slow_path_pairs.push(if cycle % 2 == 0 {
+            let a = window();
+            (a, with()?)
+        } else {
+            let b = with()?;
+            (window(), b)
+        });
+    }
     let mut strace_pairs = Vec::new();
     for _ in 0..STRACE_CYCLES {
         let a = window();
@@ -758,11 +792,13 @@ fn timeline_overhead(name: &str, kind: &str, file: &Path, to: Client) -> Result<
     };
     let (without, with) = rates(&agent_pairs, "with mcpscope");
     let (strace_base, strace) = rates(&strace_pairs, "under strace");
+    let (slow_base, slow) = rates(&slow_path_pairs, "with the slow path alone");
     Ok(Overhead {
         without: stats(&without),
         with: stats(&with),
         ratio: paired(&with, &without),
         strace_ratio: paired(&strace, &strace_base),
+        slow_path_ratio: (!slow.is_empty()).then(|| paired(&slow, &slow_base)),
     })
 }
 
@@ -826,7 +862,38 @@ fn strace_attach(pids: &[u32]) -> Result<Strace> {
     })
 }
 
-/// An attached `strace`; its stderr stays open (closed, strace would die
+/// `perf stat` counting `sys_exit_close` host-wide (on CPU 1, printing
+/// every 100 ms): a perf event on a syscall tracepoint and no program.
+/// While it exists, every task's syscalls take the kernel's slow path, as
+/// they do under the agent's `sys_exit_*` programs: what the agent costs
+/// before any of its programs runs. Ready at its first interval line (the
+/// event is open and counting).
+fn slow_path_only() -> Result<Strace> {
+    let mut child = Command::new("taskset")
+        .args(["-c", "1", "perf", "stat", "-a", "-x", ",", "-I", "100"])
+        .args(["-e", "syscalls:sys_exit_close"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting perf stat (Debian's linux-perf)")?;
+    let mut said = BufReader::new(child.stderr.take().context("perf stderr")?);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if said.read_line(&mut line)? == 0 {
+            bail!("perf stat exited before counting sys_exit_close");
+        }
+        if line.contains("sys_exit_close") {
+            break;
+        }
+    }
+    Ok(Strace {
+        child: Reaped(child),
+        _said: said,
+    })
+}
+
+/// An attached `strace` (or [`slow_path_only`]'s perf); its stderr stays open (closed, strace would die
 /// of SIGPIPE on its next message).
 struct Strace {
     child: Reaped,
@@ -895,6 +962,14 @@ fn realistic_rows(r: &mut Report, name: &str, o: &Overhead) {
         "≥ 0.97",
         Some(o.ratio.0 >= 0.97),
     );
+    if let Some(slow) = o.slow_path_ratio {
+        r.add(
+            &format!("{name}: ratio with the syscall slow path alone (no agent; perf counting sys_exit_close) ÷ without"),
+            ratio_spread(slow),
+            "(the kernel's share)",
+            None,
+        );
+    }
     r.add(
         &format!("{name}: ratio under strace ÷ without"),
         ratio_spread(o.strace_ratio),
@@ -1609,6 +1684,15 @@ pub fn all(only: Option<&str>) -> Result<()> {
     }
     setup::test_software()?;
     setup::system_packages(&["strace", "valgrind"])?;
+    // `perf` (the syscall slow path alone) comes in Debian's linux-perf.
+    if !Command::new("sh")
+        .args(["-c", "command -v perf"])
+        .stdout(Stdio::null())
+        .status()?
+        .success()
+    {
+        setup::system_packages(&["linux-perf"])?;
+    }
     run(Command::new("cargo").current_dir(root()).args([
         "build",
         "--release",
