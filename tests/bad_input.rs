@@ -30,9 +30,15 @@ fn run_case(case: &str) -> Option<(Stopped, Value)> {
 }
 
 fn ids_between(s: &Stopped, info: &Value) -> Vec<String> {
+    ids_from_writer_to(s, info, "reader")
+}
+
+/// The ids of the messages between the case's writer and the reader whose
+/// pid the case printed under `reader`.
+fn ids_from_writer_to(s: &Stopped, info: &Value, reader: &str) -> Vec<String> {
     let pids = [
         info["writer"].as_u64().unwrap(),
-        info["reader"].as_u64().unwrap(),
+        info[reader].as_u64().unwrap(),
     ];
     s.between(&pids)
         .iter()
@@ -55,16 +61,10 @@ fn pipe_starting_with_binary_bytes_is_ruled_out_in_the_kernel_and_a_text_pipe_is
         return;
     };
     assert_eq!(ids_between(&s, &info), Vec::<String>::new(), "{}", s.stderr);
-    let control = [
-        info["writer"].as_u64().unwrap(),
-        info["control_reader"].as_u64().unwrap(),
-    ];
-    let ids: Vec<String> = s
-        .between(&control)
-        .iter()
-        .map(|e| e["id"].to_string())
-        .collect();
-    assert_eq!(ids, ["4", "5", "6"]);
+    assert_eq!(
+        ids_from_writer_to(&s, &info, "control_reader"),
+        ["4", "5", "6"]
+    );
 }
 
 #[test]
@@ -311,17 +311,13 @@ fn a_closed_fd_ends_its_stream_so_its_reused_number_starts_a_new_one() {
     let Some((s, info)) = run_case("fd_reused") else {
         return;
     };
-    let second = [
-        info["writer"].as_u64().unwrap(),
-        info["second_reader"].as_u64().unwrap(),
-    ];
-    let ids: Vec<String> = s
-        .between(&second)
-        .iter()
-        .map(|e| e["id"].to_string())
-        .collect();
     // The half message before the close is not glued to the whole one after.
-    assert_eq!(ids, ["2"], "{}", s.stderr);
+    assert_eq!(
+        ids_from_writer_to(&s, &info, "second_reader"),
+        ["2"],
+        "{}",
+        s.stderr
+    );
     // The kernel reported the close (`sys_exit_close`): userspace did not
     // have to find the reuse by the fd's new inode.
     assert_eq!(s.counter("close_missed"), 0, "{}", s.stderr);

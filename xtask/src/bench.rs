@@ -730,29 +730,16 @@ fn timeline_overhead(
             agent.stop()?;
             Ok(w)
         };
-        agent_pairs.push(if cycle % 2 == 0 {
-            let a = window();
-            (a, with()?)
-        } else {
-            let b = with()?;
-            (window(), b)
-        });
+        agent_pairs.push(window_pair(cycle, with)?);
     }
     let mut slow_path_pairs = Vec::new();
     for cycle in 0..slow_path_cycles {
-        let with = || -> Result<Window> {
+        slow_path_pairs.push(window_pair(cycle, || {
             let perf = slow_path_only()?;
             let w = window();
             perf.stop()?;
             Ok(w)
-        };
-        slow_path_pairs.push(if cycle % 2 == 0 {
-            let a = window();
-            (a, with()?)
-        } else {
-            let b = with()?;
-            (window(), b)
-        });
+        })?);
     }
     let mut strace_pairs = Vec::new();
     for _ in 0..STRACE_CYCLES {
@@ -819,6 +806,18 @@ impl Drop for Reaped {
 
 /// A window of a timeline: its start and end (CLOCK_MONOTONIC, s).
 type Window = (f64, f64);
+
+/// A pair of windows, (without, `with`), the one without first in even
+/// cycles and last in odd ones.
+fn window_pair(cycle: usize, with: impl FnOnce() -> Result<Window>) -> Result<(Window, Window)> {
+    Ok(if cycle.is_multiple_of(2) {
+        let a = window();
+        (a, with()?)
+    } else {
+        let b = with()?;
+        (window(), b)
+    })
+}
 
 /// One window of a timeline, opened after [`SETTLE`].
 fn window() -> Window {
