@@ -483,9 +483,10 @@ fn uncaptured_syscalls(r: &mut Report) -> Result<()> {
     r.add(
         "uncaptured syscall (getpid), added cost",
         format!(
-            "{added_ns:.0} ns ({:.0} ns without, ratio {})",
+            "{added_ns:.0} ns ({:.0} ns without, ratio {}; under strace, ratio {})",
             1e9 / o.without.0,
-            ratio_spread(o.ratio)
+            ratio_spread(o.ratio),
+            ratio_spread(o.strace_ratio)
         ),
         "",
         None,
@@ -829,7 +830,7 @@ fn window() -> Window {
 
 /// `strace`, as the overhead figures run it, attached to `pids` (and their
 /// threads); ready once it says each is attached.
-fn strace_attach(pids: &[u32]) -> Result<Strace> {
+fn strace_attach(pids: &[u32]) -> Result<Tracer> {
     let mut cmd = Command::new(STRACE[0]);
     cmd.args(&STRACE[1..]);
     for p in pids {
@@ -855,7 +856,7 @@ fn strace_attach(pids: &[u32]) -> Result<Strace> {
             attached += 1;
         }
     }
-    Ok(Strace {
+    Ok(Tracer {
         child: Reaped(child),
         _said: said,
     })
@@ -867,7 +868,7 @@ fn strace_attach(pids: &[u32]) -> Result<Strace> {
 /// they do under the agent's `sys_exit_*` programs: what the agent costs
 /// before any of its programs runs. Ready at its first interval line (the
 /// event is open and counting).
-fn slow_path_only() -> Result<Strace> {
+fn slow_path_only() -> Result<Tracer> {
     let mut child = Command::new("taskset")
         .args(["-c", "1", "perf", "stat", "-a", "-x", ",", "-I", "100"])
         .args(["-e", "syscalls:sys_exit_close"])
@@ -886,20 +887,21 @@ fn slow_path_only() -> Result<Strace> {
             break;
         }
     }
-    Ok(Strace {
+    Ok(Tracer {
         child: Reaped(child),
         _said: said,
     })
 }
 
-/// An attached `strace` (or [`slow_path_only`]'s perf); its stderr stays
-/// open (closed, strace would die of SIGPIPE on its next message).
-struct Strace {
+/// A tracing process: an attached `strace`, or [`slow_path_only`]'s perf.
+/// Its stderr stays open (closed, it would die of SIGPIPE on its next
+/// message).
+struct Tracer {
     child: Reaped,
     _said: BufReader<std::process::ChildStderr>,
 }
 
-impl Strace {
+impl Tracer {
     /// Detaches (SIGINT) and waits.
     fn stop(mut self) -> Result<()> {
         // SAFETY: signalling our own child.
