@@ -1684,16 +1684,12 @@ pub fn all(only: Option<&str>) -> Result<()> {
         }
     }
     setup::test_software()?;
-    setup::system_packages(&["strace", "valgrind"])?;
     // `perf` (the syscall slow path alone) comes in Debian's linux-perf.
-    if !Command::new("sh")
-        .args(["-c", "command -v perf"])
-        .stdout(Stdio::null())
-        .status()?
-        .success()
-    {
-        setup::system_packages(&["linux-perf"])?;
-    }
+    setup::system_packages(&[
+        ("strace", "strace"),
+        ("valgrind", "valgrind"),
+        ("perf", "linux-perf"),
+    ])?;
     run(Command::new("cargo").current_dir(root()).args([
         "build",
         "--release",

@@ -26,7 +26,7 @@ pub fn build_image() -> Result<()> {
 
 /// Builds the static binary and the image (the kernel object is built).
 pub fn image_only() -> Result<()> {
-    setup::system_packages(&["podman", "runc"])?;
+    setup::system_packages(&[("podman", "podman"), ("runc", "runc")])?;
     step("building a static target/x86_64-unknown-linux-gnu/release/mcpscope (+crt-static)");
     run(Command::new("cargo")
         .current_dir(root())

