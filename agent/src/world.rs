@@ -50,6 +50,8 @@ pub trait World: Send {
 pub struct LiveWorld {
     recorder: Option<Arc<Mutex<Recorder>>>,
     pods: Option<Arc<PodDirectory>>,
+    /// Processes' pipes, sockets and children, kept briefly for `holder`.
+    tables: fdinfo::ProcTables,
 }
 
 impl LiveWorld {
@@ -57,7 +59,7 @@ impl LiveWorld {
     pub fn recording(recorder: Arc<Mutex<Recorder>>) -> Self {
         Self {
             recorder: Some(recorder),
-            pods: None,
+            ..Self::default()
         }
     }
 
@@ -100,7 +102,7 @@ impl World for LiveWorld {
         // as `npx` or `sh -c`, keeps the pipe open too): nobody is named
         // now, and the message waits for the reading end's own copy, which
         // names the process that really read it.
-        let v = match fdinfo::holders(end, writer).as_slice() {
+        let v = match fdinfo::holders(end, writer, &mut self.tables).as_slice() {
             [one] => Some(*one),
             _ => None,
         };

@@ -9,7 +9,11 @@
 //! its first message cannot be resolved; its stream then keeps kind
 //! `unknown` and both ends are reported separately (see the README).
 
-use std::{collections::HashSet, fs};
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    time::{Duration, Instant},
+};
 
 /// Kind of an fd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -123,53 +127,178 @@ pub enum OtherEnd {
     Socket(u64),
 }
 
+/// How long a process's pipes and sockets, and its children, as read for
+/// [`holders`], are used again before they are read anew.
+const TABLE_TTL: Duration = Duration::from_millis(500);
+
+/// Processes whose tables [`ProcTables`] keeps at most (past it, all go).
+const MAX_TABLES: usize = 16_384;
+
+/// Processes' fd tables (only their pipes and sockets) and children, read
+/// from /proc for [`holders`] and kept for [`TABLE_TTL`]. A burst of new
+/// streams asks about the same processes again and again: a client that
+/// spawned 1,000 stdio servers holds 2,000 pipe ends, and each server's
+/// first message read all of them (and the client's 1,000 children's
+/// fds for each of its own): O(n²) readlinks, a minute of one core
+/// during which the agent's metrics went unanswered. A kept table can
+/// miss a pipe opened since it was read: a search that finds no holder
+/// reads its tables again before it gives up, and a holder found in a
+/// kept table is checked with one readlink.
+#[derive(Default)]
+pub struct ProcTables {
+    /// pid → when read, and its (end, fd) pairs.
+    fds: HashMap<u32, (Instant, Vec<(OtherEndKey, u32)>)>,
+    /// pid → when read, and its children (every thread's).
+    children: HashMap<u32, (Instant, Vec<u32>)>,
+}
+
+/// A pipe or socket an fd refers to: (is a pipe, inode).
+type OtherEndKey = (bool, u64);
+
+impl ProcTables {
+    /// `pid`'s pipes and sockets: kept, unless older than [`TABLE_TTL`] or
+    /// `fresh`; `None` if the process is gone.
+    fn fds(&mut self, pid: u32, fresh: bool) -> Option<&[(OtherEndKey, u32)]> {
+        let stale = self
+            .fds
+            .get(&pid)
+            .is_none_or(|(at, _)| fresh || at.elapsed() > TABLE_TTL);
+        if stale {
+            let table = read_fd_table(pid)?;
+            self.bound();
+            self.fds.insert(pid, (Instant::now(), table));
+        }
+        self.fds.get(&pid).map(|(_, t)| t.as_slice())
+    }
+
+    /// `pid`'s children, as [`ProcTables::fds`] keeps them.
+    fn children(&mut self, pid: u32, fresh: bool) -> Vec<u32> {
+        match self.children.get(&pid) {
+            Some((at, c)) if !fresh && at.elapsed() <= TABLE_TTL => c.clone(),
+            _ => {
+                let c = children(pid);
+                self.bound();
+                self.children.insert(pid, (Instant::now(), c.clone()));
+                c
+            }
+        }
+    }
+
+    fn bound(&mut self) {
+        if self.fds.len() >= MAX_TABLES || self.children.len() >= MAX_TABLES {
+            self.fds.clear();
+            self.children.clear();
+        }
+    }
+}
+
+/// The pipes and sockets among `pid`'s fds, read from /proc.
+fn read_fd_table(pid: u32) -> Option<Vec<(OtherEndKey, u32)>> {
+    let dir = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Ok(link) = fs::read_link(entry.path()) else {
+            continue;
+        };
+        let (Some(key), Some(fd)) = (
+            end_key(&link.to_string_lossy()),
+            entry.file_name().to_str().and_then(|f| f.parse().ok()),
+        ) else {
+            continue;
+        };
+        out.push((key, fd));
+    }
+    Some(out)
+}
+
+/// The pipe or socket of an fd's link text (`pipe:[12]`, `socket:[34]`).
+fn end_key(link: &str) -> Option<OtherEndKey> {
+    let (pipe, rest) = match link.strip_prefix("pipe:[") {
+        Some(rest) => (true, rest),
+        None => (false, link.strip_prefix("socket:[")?),
+    };
+    Some((pipe, rest.strip_suffix(']')?.parse().ok()?))
+}
+
 /// Processes holding `end`, searching the likely peers first (the writer's
 /// parent and children: stdio servers are spawned by their client) and the
-/// whole of /proc only if they do not hold it.
-pub fn holders(end: OtherEnd, writer: u32) -> Vec<u32> {
+/// whole of /proc only if they do not hold it; each in the tables kept in
+/// `tables` first, then read anew (see [`ProcTables`]).
+pub fn holders(end: OtherEnd, writer: u32, tables: &mut ProcTables) -> Vec<u32> {
     let (target, read_end) = match end {
-        OtherEnd::PipeReader(ino) => (format!("pipe:[{ino}]"), true),
-        OtherEnd::Socket(ino) => (format!("socket:[{ino}]"), false),
+        OtherEnd::PipeReader(ino) => ((true, ino), true),
+        OtherEnd::Socket(ino) => ((false, ino), false),
     };
-    let mut seen = HashSet::new();
-    let mut found = scan(&target, read_end, &related(writer), writer, &mut seen);
-    if found.is_empty() {
-        found = scan(&target, read_end, &all_pids(), writer, &mut seen);
+    let mut related_pids = Vec::new();
+    for fresh in [false, true] {
+        related_pids = related(writer, tables, fresh);
+        let none = HashSet::new();
+        let found = scan(
+            target,
+            read_end,
+            &related_pids,
+            writer,
+            &none,
+            tables,
+            fresh,
+        );
+        if !found.is_empty() {
+            return found;
+        }
     }
-    found
+    let all = all_pids();
+    let related_pids: HashSet<u32> = related_pids.into_iter().collect();
+    for fresh in [false, true] {
+        let found = scan(target, read_end, &all, writer, &related_pids, tables, fresh);
+        if !found.is_empty() {
+            return found;
+        }
+    }
+    Vec::new()
 }
 
 /// Processes holding the read end of pipe `ino` (see [`holders`]).
 pub fn pipe_readers(ino: u64, writer: u32) -> Vec<u32> {
-    holders(OtherEnd::PipeReader(ino), writer)
+    holders(
+        OtherEnd::PipeReader(ino),
+        writer,
+        &mut ProcTables::default(),
+    )
 }
 
+/// The processes among `pids` (but `writer` and those in `skip`) that hold
+/// `target` (its read end, where `read_end`).
 fn scan(
-    target: &str,
+    target: OtherEndKey,
     read_end: bool,
     pids: &[u32],
     writer: u32,
-    seen: &mut HashSet<u32>,
+    skip: &HashSet<u32>,
+    tables: &mut ProcTables,
+    fresh: bool,
 ) -> Vec<u32> {
     let mut out = Vec::new();
+    let mut seen = HashSet::new();
     for &pid in pids {
-        if pid == writer || !seen.insert(pid) {
+        if pid == writer || skip.contains(&pid) || !seen.insert(pid) {
             continue;
         }
-        let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        let Some(table) = tables.fds(pid, fresh) else {
             continue;
         };
-        for entry in dir.flatten() {
-            let Ok(link) = fs::read_link(entry.path()) else {
-                continue;
-            };
-            if link.as_os_str() == target {
-                let fd = entry.file_name();
-                if !read_end || access_mode(pid, &fd.to_string_lossy()) != Some(1) {
-                    out.push(pid);
-                    break;
-                }
-            }
+        let fds: Vec<u32> = table
+            .iter()
+            .filter(|(key, _)| *key == target)
+            .map(|&(_, fd)| fd)
+            .collect();
+        // Checked now: the table may be up to TABLE_TTL old.
+        let holds = |fd: u32| {
+            let now = fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok();
+            now.and_then(|l| end_key(&l.to_string_lossy())) == Some(target)
+                && (!read_end || access_mode(pid, &fd.to_string()) != Some(1))
+        };
+        if fds.into_iter().any(holds) {
+            out.push(pid);
         }
     }
     out
@@ -177,14 +306,17 @@ fn scan(
 
 /// Parent and descendants (three generations) of `pid`: a wrapper that
 /// forks (`npx`, `sh -c`) puts the real server below its child.
-fn related(pid: u32) -> Vec<u32> {
+fn related(pid: u32, tables: &mut ProcTables, fresh: bool) -> Vec<u32> {
     let mut v = Vec::new();
     if let Some(ppid) = crate::identity::process::parent_pid(pid) {
         v.push(ppid);
     }
     let mut generation = vec![pid];
     for _ in 0..3 {
-        let next: Vec<u32> = generation.iter().flat_map(|p| children(*p)).collect();
+        let next: Vec<u32> = generation
+            .iter()
+            .flat_map(|p| tables.children(*p, fresh))
+            .collect();
         v.extend(&next);
         generation = next;
     }
@@ -245,5 +377,41 @@ mod tests {
         child.kill().ok();
         child.wait().ok();
         assert_eq!(readers, vec![pid]);
+    }
+
+    #[test]
+    fn kept_tables_still_find_a_reader_spawned_after_they_were_read() {
+        let me = std::process::id();
+        let mut tables = ProcTables::default();
+        let spawn_reader = || {
+            let (r, w) = std::io::pipe().unwrap();
+            let FdKind::Pipe(ino) = resolve(me, w.as_raw_fd() as u32) else {
+                panic!("not a pipe")
+            };
+            let child = std::process::Command::new("sleep")
+                .arg("30")
+                .stdin(r)
+                .spawn()
+                .unwrap();
+            (ino, child, w)
+        };
+        let (first, mut a, _wa) = spawn_reader();
+        assert_eq!(
+            holders(OtherEnd::PipeReader(first), me, &mut tables),
+            vec![a.id()]
+        );
+        // Within TABLE_TTL: this process's children and the first reader's
+        // fds are kept, and neither names the second pipe's reader yet.
+        let (second, mut b, _wb) = spawn_reader();
+        let found = holders(OtherEnd::PipeReader(second), me, &mut tables);
+        let again = holders(OtherEnd::PipeReader(first), me, &mut tables);
+        for c in [&mut a, &mut b] {
+            c.kill().ok();
+            c.wait().ok();
+        }
+        assert_eq!(found, vec![b.id()]);
+        assert_eq!(again, vec![a.id()]);
+        // A reader that has gone is not named from a kept table.
+        assert!(holders(OtherEnd::PipeReader(first), me, &mut tables).is_empty());
     }
 }
