@@ -213,11 +213,10 @@ fn read_fd_table(pid: u32) -> Option<Vec<(OtherEndKey, u32)>> {
 
 /// The pipe or socket of an fd's link text (`pipe:[12]`, `socket:[34]`).
 fn end_key(link: &str) -> Option<OtherEndKey> {
-    let (pipe, rest) = match link.strip_prefix("pipe:[") {
-        Some(rest) => (true, rest),
-        None => (false, link.strip_prefix("socket:[")?),
-    };
-    Some((pipe, rest.strip_suffix(']')?.parse().ok()?))
+    match bracketed(link, "pipe:[") {
+        Some(ino) => Some((true, ino)),
+        None => Some((false, bracketed(link, "socket:[")?)),
+    }
 }
 
 /// Processes holding `end`, searching the likely peers first (the writer's
@@ -229,10 +228,10 @@ pub fn holders(end: OtherEnd, writer: u32, tables: &mut ProcTables) -> Vec<u32> 
         OtherEnd::PipeReader(ino) => ((true, ino), true),
         OtherEnd::Socket(ino) => ((false, ino), false),
     };
+    let none = HashSet::new();
     let mut related_pids = Vec::new();
     for fresh in [false, true] {
         related_pids = related(writer, tables, fresh);
-        let none = HashSet::new();
         let found = scan(
             target,
             read_end,
@@ -257,15 +256,6 @@ pub fn holders(end: OtherEnd, writer: u32, tables: &mut ProcTables) -> Vec<u32> 
     Vec::new()
 }
 
-/// Processes holding the read end of pipe `ino` (see [`holders`]).
-pub fn pipe_readers(ino: u64, writer: u32) -> Vec<u32> {
-    holders(
-        OtherEnd::PipeReader(ino),
-        writer,
-        &mut ProcTables::default(),
-    )
-}
-
 /// The processes among `pids` (but `writer` and those in `skip`) that hold
 /// `target` (its read end, where `read_end`).
 fn scan(
@@ -286,18 +276,14 @@ fn scan(
         let Some(table) = tables.fds(pid, fresh) else {
             continue;
         };
-        let fds: Vec<u32> = table
-            .iter()
-            .filter(|(key, _)| *key == target)
-            .map(|&(_, fd)| fd)
-            .collect();
         // Checked now: the table may be up to TABLE_TTL old.
-        let holds = |fd: u32| {
-            let now = fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok();
-            now.and_then(|l| end_key(&l.to_string_lossy())) == Some(target)
+        let holds = |&(key, fd): &(OtherEndKey, u32)| {
+            let now = || fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok();
+            key == target
+                && now().and_then(|l| end_key(&l.to_string_lossy())) == Some(target)
                 && (!read_end || access_mode(pid, &fd.to_string()) != Some(1))
         };
-        if fds.into_iter().any(holds) {
+        if table.iter().any(holds) {
             out.push(pid);
         }
     }
@@ -371,7 +357,7 @@ mod tests {
             .stdin(r)
             .spawn()
             .unwrap();
-        let readers = pipe_readers(ino, me);
+        let readers = holders(OtherEnd::PipeReader(ino), me, &mut ProcTables::default());
         let pid = child.id();
         let mut child = child;
         child.kill().ok();
@@ -399,6 +385,10 @@ mod tests {
         assert_eq!(
             holders(OtherEnd::PipeReader(first), me, &mut tables),
             vec![a.id()]
+        );
+        assert!(
+            tables.fds.contains_key(&a.id()) && tables.children.contains_key(&me),
+            "the tables read are kept"
         );
         // Within TABLE_TTL: this process's children and the first reader's
         // fds are kept, and neither names the second pipe's reader yet.
