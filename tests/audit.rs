@@ -2,7 +2,8 @@
 //! investigation commands answer from the directory alone; a crash (kill -9)
 //! leaves a trail that verifies and is resumed; a recorded capture replays
 //! to the same events as the live run; a full disk loses whole records,
-//! counted and acknowledged in the chain, never a torn or broken trail.
+//! counted and acknowledged in the chain, never a torn or broken trail; a
+//! disk whose writeback fails is counted and named in the chain.
 
 use std::{
     path::{Path, PathBuf},
@@ -479,4 +480,185 @@ fn an_agent_started_on_a_full_disk_opens_its_trail_with_the_header_once_there_is
     let agent = Agent::start(&env, &dir, &["--audit-dir", trail.to_str().unwrap()]);
     drive_basic(&env, &dir);
     free_the_disk_and_check(&env, &dir, agent, &ballast, &trail);
+}
+
+/// An ext4 filesystem (no journal) on a loop device whose backing file is
+/// sparse, on a tmpfs: thin provisioning. While `fill` keeps the tmpfs
+/// full, writes to the filesystem still succeed (into the page cache) and
+/// its writeback fails (ENOSPC from the loop device): a real failed fsync.
+/// Unmounted and detached when dropped.
+struct ThinDisk {
+    backing: SmallDisk,
+    mnt: PathBuf,
+    device: String,
+}
+
+impl ThinDisk {
+    fn create(at: &Path) -> ThinDisk {
+        let run = |c: &mut Command| {
+            let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
+            assert!(
+                out.status.success(),
+                "{c:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        let backing = SmallDisk::mount(&at.join("backing"), "16m");
+        let image = backing.0.join("image");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let device = run(Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&image));
+        let mnt = at.join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let disk = ThinDisk {
+            backing,
+            mnt,
+            device,
+        };
+        run(Command::new("mkfs.ext4").args([
+            "-q",
+            "-O",
+            "^has_journal",
+            "-E",
+            "lazy_itable_init=1",
+            &disk.device,
+        ]));
+        run(Command::new("mount")
+            .args(["-t", "ext4", "-o", "errors=continue", &disk.device])
+            .arg(&disk.mnt));
+        disk
+    }
+
+    /// Fills the backing tmpfs: writeback fails from now on.
+    fn fill(&self) {
+        let full = std::fs::write(self.backing.0.join("ballast"), vec![0u8; 32 << 20]);
+        assert!(full.is_err(), "the ballast fills the backing store");
+    }
+
+    /// Frees the backing tmpfs: writeback succeeds again.
+    fn free(&self) {
+        std::fs::remove_file(self.backing.0.join("ballast")).unwrap();
+    }
+}
+
+impl Drop for ThinDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+    }
+}
+
+/// `mcpscope_audit_sync_failures_total` of the agent serving metrics at `addr`.
+fn sync_failures(addr: &str) -> Option<u64> {
+    let (_, body) = mcpscope_e2e::http_get(addr, "/metrics")?;
+    body.lines().find_map(|l| {
+        l.strip_prefix("mcpscope_audit_sync_failures_total ")
+            .and_then(|n| n.parse::<u64>().ok())
+    })
+}
+
+#[test]
+fn a_disk_whose_writeback_fails_counts_each_failed_fsync_and_names_the_records_in_doubt_in_the_chain(
+) {
+    let Some(env) = env("audit_failed_fsync") else {
+        return;
+    };
+    let dir = env.tmpdir("audit-failed-fsync");
+    let disk = ThinDisk::create(&dir.join("disk"));
+    let trail = disk.mnt.join("trail");
+    let agent = Agent::start(
+        &env,
+        &dir,
+        &[
+            "--audit-dir",
+            trail.to_str().unwrap(),
+            "--audit-fsync-ms",
+            "50",
+        ],
+    );
+    assert_eq!(sync_failures(&agent.addr), Some(0));
+    disk.fill();
+    drive_basic(&env, &dir);
+    wait_for("an fsync of the audit trail failing", 30, || {
+        sync_failures(&agent.addr).filter(|n| *n > 0)
+    });
+    // Writeback works again: the next record is preceded by a sync_failed
+    // record naming those written meanwhile.
+    disk.free();
+    drive_basic(&env, &dir);
+    wait_for("a sync_failed record in the trail", 30, || {
+        trail_records(&trail)
+            .iter()
+            .any(|r| r["kind"] == "sync_failed")
+            .then_some(())
+    });
+    let failed_fsyncs = sync_failures(&agent.addr).unwrap();
+    assert_eq!(
+        lost_by_sinks(&agent.addr).unwrap_or(0),
+        0,
+        "the records were written: none counted lost"
+    );
+    let stopped = agent.stop();
+    let records = trail_records(&trail);
+    // Each record in doubt is named once, by a record that follows it.
+    let mut named = Vec::new();
+    let mut failures = 0;
+    for r in records.iter().filter(|r| r["kind"] == "sync_failed") {
+        let d = &r["data"];
+        let (first, last) = (
+            d["first_seq"].as_u64().unwrap(),
+            d["last_seq"].as_u64().unwrap(),
+        );
+        assert!(first <= last && last < r["seq"].as_u64().unwrap(), "{r}");
+        assert!(
+            named.last().is_none_or(|&(_, l)| l < first),
+            "named twice: {r}"
+        );
+        assert!(
+            d["error"].as_str().unwrap().contains("No space left"),
+            "{d}"
+        );
+        named.push((first, last));
+        failures += d["failures"].as_u64().unwrap();
+    }
+    assert!(!named.is_empty());
+    assert!(
+        failures >= 1 && failures <= failed_fsyncs,
+        "{failures} failures named, {failed_fsyncs} counted"
+    );
+    // Messages of the session driven while writeback failed are among them.
+    let in_doubt = records
+        .iter()
+        .filter(|r| r["kind"] == "message")
+        .filter(|r| {
+            let seq = r["seq"].as_u64().unwrap();
+            named.iter().any(|(f, l)| (f..=l).contains(&&seq))
+        })
+        .count();
+    assert!(in_doubt > 0, "messages named in doubt: {named:?}");
+    // Nothing was taken back: every message event of the JSONL output is in
+    // the trail.
+    let messages = stopped
+        .events
+        .iter()
+        .filter(|e| e["kind"] != "flag")
+        .count();
+    let kept = records.iter().filter(|r| r["kind"] == "message").count();
+    assert_eq!(messages, kept);
+    // One notice when fsyncs start failing, one when they work again.
+    let (failing, again) = (
+        stopped
+            .stderr
+            .matches("fsync of the audit trail in")
+            .count(),
+        stopped.stderr.matches("succeeds again").count(),
+    );
+    assert!(again >= 1 && failing == 2 * again, "{}", stopped.stderr);
+    let (code, out, _) = mcpscope(&env, &["verify", trail.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
 }

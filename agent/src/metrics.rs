@@ -105,6 +105,10 @@ pub const COUNTERS: &[(&str, &str)] = &[
         "JSON-RPC errors made from 4xx/5xx HTTP answers without a JSON-RPC body.",
     ),
     (
+        "mcpscope_audit_sync_failures_total",
+        "fsyncs of the audit trail that failed: the records written since the last good one may not be on disk (a sync_failed record in the trail names them).",
+    ),
+    (
         "mcpscope_kube_watch_events_total",
         "Pod watch events applied (Kubernetes enrichment).",
     ),

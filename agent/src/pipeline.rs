@@ -115,6 +115,8 @@ pub struct PipelineStats {
     /// take, events it lost from its buffer (its reader gone), failed
     /// flushes and closes.
     pub sink_errors: u64,
+    /// fsyncs of a sink (the audit trail) that failed.
+    pub sink_sync_failures: u64,
     /// Sessions ended early by `max_sessions` (their state went).
     pub sessions_evicted: u64,
     /// Bytes of MCP messages by direction: [egress captures, ingress captures].
@@ -467,6 +469,7 @@ impl<C: StreamControl> Pipeline<C> {
         m.set_total("mcpscope_sse_empty_events_total", e.empty_events);
         m.set_total("mcpscope_http_status_errors_total", http.status_errors);
         m.set_total("mcpscope_ringbuf_records_total", s.records);
+        m.set_total("mcpscope_audit_sync_failures_total", s.sink_sync_failures);
         m.set_total("mcpscope_truncated_messages_total", s.truncated_messages);
         m.set_total(
             "mcpscope_streams_ignored_total",
@@ -657,6 +660,7 @@ impl<C: StreamControl> Pipeline<C> {
                 self.core.stats.sink_errors += 1;
             }
             self.core.stats.sink_errors += s.take_lost();
+            self.core.stats.sink_sync_failures += s.take_sync_failures();
         }
     }
 }
@@ -1599,6 +1603,7 @@ impl Core {
                 self.stats.sink_errors += 1;
             }
             self.stats.sink_errors += s.take_lost();
+            self.stats.sink_sync_failures += s.take_sync_failures();
         }
     }
 }

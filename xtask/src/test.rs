@@ -17,6 +17,8 @@ pub fn all(filter: Option<&str>) -> Result<()> {
     build::all()?;
     setup::test_software()?;
     setup::deploy_tools()?;
+    // The failed-fsync test makes a thin-provisioned ext4 on a loop device.
+    setup::system_packages(&[("mkfs.ext4", "e2fsprogs"), ("losetup", "mount")])?;
     // The podman test runs the image built from this very tree.
     image::image_only()?;
     step("unit tests");

@@ -97,6 +97,13 @@ const PENDING_BYTES: usize = 256 << 10;
 /// were pending are lost, counted (see [`AuditLog::take_lost`]), and
 /// acknowledged in the chain by a `write_failed` record, the first record
 /// written once the trail can write again.
+///
+/// A failed fsync is not a loss of what was written, but it puts it in
+/// doubt: Linux reports a failed writeback once, and the pages it could
+/// not write may be gone after a crash or power loss. The records written
+/// since the last fsync that succeeded are counted (see
+/// [`AuditLog::take_sync_failures`]) and named by a `sync_failed` record,
+/// chained ahead of the next record.
 pub struct AuditLog {
     cfg: AuditConfig,
     hasher: Hasher,
@@ -120,8 +127,32 @@ pub struct AuditLog {
     last_hash: String,
     unsynced: u64,
     last_sync: Instant,
+    /// The last record on disk: written before an fsync that succeeded.
+    synced_seq: u64,
+    /// Records whose fsync failed, not yet named in the chain.
+    at_risk: Option<AtRisk>,
+    /// fsyncs that failed, not yet taken by [`AuditLog::take_sync_failures`].
+    sync_failures: u64,
+    /// The last fsync failed (said once, until one succeeds).
+    sync_failing: bool,
     index: SegmentIndex,
     line: Vec<u8>,
+}
+
+/// Records written to the trail whose fsync failed (a `sync_failed`
+/// record's data): they may be missing from the disk after a crash.
+#[derive(Serialize)]
+struct AtRisk {
+    /// The first and last of them (`seq`).
+    first_seq: u64,
+    last_seq: u64,
+    /// fsyncs that failed over them.
+    failures: u64,
+    /// The last fsync error.
+    error: String,
+    /// Its record is in `pending` (not in the record itself).
+    #[serde(skip)]
+    pending: bool,
 }
 
 /// The chain at the end of what the segment file holds: where a failed
@@ -278,6 +309,10 @@ impl AuditLog {
             last_hash,
             unsynced: 0,
             last_sync: Instant::now(),
+            synced_seq: seq,
+            at_risk: None,
+            sync_failures: 0,
+            sync_failing: false,
             index: SegmentIndex {
                 segment,
                 ..SegmentIndex::default()
@@ -337,6 +372,9 @@ impl AuditLog {
         if self.gap.lost.records > 0 && !self.gap.pending {
             self.acknowledge_gap()?;
         }
+        if self.at_risk.as_ref().is_some_and(|r| !r.pending) {
+            self.acknowledge_at_risk()?;
+        }
         self.pending_count.add(kind);
         self.seal(kind, ts, write)
     }
@@ -357,6 +395,22 @@ impl AuditLog {
         };
         let data = serde_json::to_vec(&data)?;
         self.seal("write_failed", &now_rfc3339(), |line| {
+            line.extend_from_slice(&data);
+            Ok(())
+        })
+    }
+
+    /// Chains the records whose fsync failed: a `sync_failed` record, ahead
+    /// of the record about to be appended. Kept until it is written (a
+    /// failed write takes it back with the others, and it is sealed again).
+    #[cold]
+    fn acknowledge_at_risk(&mut self) -> io::Result<()> {
+        let Some(r) = &mut self.at_risk else {
+            return Ok(());
+        };
+        r.pending = true;
+        let data = serde_json::to_vec(&*r)?;
+        self.seal("sync_failed", &now_rfc3339(), |line| {
             line.extend_from_slice(&data);
             Ok(())
         })
@@ -394,7 +448,7 @@ impl AuditLog {
         self.index.note(self.seq, ts, kind);
         self.unsynced += 1;
         if self.cfg.fsync_every > 0 && self.unsynced >= self.cfg.fsync_every {
-            self.sync()?;
+            self.sync();
         }
         if self.segment_bytes() >= self.cfg.max_segment_bytes {
             self.rotate()?;
@@ -449,6 +503,9 @@ impl AuditLog {
                     );
                     self.gap = Gap::default();
                 }
+                if self.at_risk.as_ref().is_some_and(|r| r.pending) {
+                    self.at_risk = None; // its sync_failed record is written
+                }
             }
             Err(ref e) => self.drop_pending(e),
         }
@@ -479,6 +536,9 @@ impl AuditLog {
         self.gap.lost.merge(self.pending_count);
         self.gap.error = e.to_string();
         self.gap.pending = false; // its record went with the others
+        if let Some(r) = &mut self.at_risk {
+            r.pending = false; // so did a sync_failed record
+        }
     }
 
     /// The segment's bytes, written and pending.
@@ -499,13 +559,80 @@ impl AuditLog {
         std::mem::take(&mut self.lost)
     }
 
-    /// Writes the pending records and fsyncs the segment.
-    pub fn sync(&mut self) -> io::Result<()> {
+    /// fsyncs that failed since the last call (each counted once).
+    pub fn take_sync_failures(&mut self) -> u64 {
+        std::mem::take(&mut self.sync_failures)
+    }
+
+    /// Writes the pending records and fsyncs the segment (a failure is
+    /// counted and named in the chain, see [`AuditLog::fsync`]: the records
+    /// were written, so it is not an error of the record being appended).
+    pub fn sync(&mut self) {
         self.write_pending();
-        self.out.sync_data()?;
+        self.fsync();
         self.unsynced = 0;
         self.last_sync = Instant::now();
-        Ok(())
+    }
+
+    /// fsyncs the segment; whether it succeeded. A failure puts the records
+    /// written since the last fsync that succeeded at risk: they are
+    /// counted, and a `sync_failed` record names them ahead of the next
+    /// record. A later fsync that succeeds does not clear them: the
+    /// kernel reports a failed writeback once, and what it failed to write
+    /// may be gone from the page cache too.
+    fn fsync(&mut self) -> bool {
+        match self.out.sync_data() {
+            Ok(()) => {
+                if self.sync_failing {
+                    crate::say!(
+                        "mcpscope: fsync of the audit trail in {} succeeds again",
+                        self.cfg.dir.display()
+                    );
+                    self.sync_failing = false;
+                }
+                self.synced_seq = self.written.seq;
+                true
+            }
+            Err(e) => {
+                self.sync_failed(&e);
+                false
+            }
+        }
+    }
+
+    /// A failed fsync: see [`AuditLog::fsync`].
+    #[cold]
+    fn sync_failed(&mut self, e: &io::Error) {
+        if !self.sync_failing {
+            crate::say!(
+                "mcpscope: fsync of the audit trail in {} failed ({e}): records written since the last good one may not be on disk; counted (mcpscope_audit_sync_failures_total) and named in the trail by a sync_failed record",
+                self.cfg.dir.display()
+            );
+            self.sync_failing = true;
+        }
+        self.sync_failures += 1;
+        let (first, last) = (self.synced_seq + 1, self.written.seq);
+        self.synced_seq = last; // each record is named once
+                                // Nothing is pending at an fsync (it follows a write of what was),
+                                // so a sync_failed record is never waiting in `pending` here.
+        match &mut self.at_risk {
+            // Not yet in the chain: the range grows.
+            Some(r) => {
+                r.last_seq = r.last_seq.max(last);
+                r.failures += 1;
+                r.error = e.to_string();
+            }
+            None if first <= last => {
+                self.at_risk = Some(AtRisk {
+                    first_seq: first,
+                    last_seq: last,
+                    failures: 1,
+                    error: e.to_string(),
+                    pending: false,
+                })
+            }
+            None => {} // nothing written since the last fsync
+        }
     }
 
     /// Time-based duties: fsync interval and segment age.
@@ -515,7 +642,7 @@ impl AuditLog {
             && !self.cfg.fsync_interval.is_zero()
             && self.last_sync.elapsed() >= self.cfg.fsync_interval
         {
-            self.sync()?;
+            self.sync();
         }
         if !self.cfg.max_segment_age.is_zero()
             && self.segment_opened.elapsed() >= self.cfg.max_segment_age
@@ -527,7 +654,7 @@ impl AuditLog {
     }
 
     fn close_segment(&mut self) -> io::Result<()> {
-        self.sync()?;
+        self.sync();
         self.index.last_hash = self.last_hash.clone();
         if let Err(e) = write_index(&self.cfg.dir, &self.index) {
             // The index only speeds queries up: they build a missing one.
@@ -607,10 +734,10 @@ impl AuditLog {
         // counted) deletes nothing.
         self.write_pending();
         self.append("retention", &now_rfc3339(), &r)?;
-        if !self.write_pending() {
+        // Removed only once the record is known to be on disk.
+        if !self.write_pending() || !self.fsync() {
             return Ok(());
         }
-        self.out.sync_data()?;
         for s in removed {
             match fs::remove_file(self.cfg.dir.join(segment_name(s))) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -681,6 +808,10 @@ impl Sink for AuditSink {
     fn take_lost(&mut self) -> u64 {
         self.log.take_lost()
     }
+
+    fn take_sync_failures(&mut self) -> u64 {
+        self.log.take_sync_failures()
+    }
 }
 
 #[cfg(test)]
@@ -724,6 +855,83 @@ mod tests {
         for (r, ev) in stored.iter().zip(&events) {
             assert_eq!(r["data"], serde_json::to_value(ev).unwrap());
         }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// The trail's records, in order.
+    fn records(dir: &Path) -> Vec<serde_json::Value> {
+        segments(dir)
+            .unwrap()
+            .iter()
+            .flat_map(|&n| {
+                let text = fs::read_to_string(dir.join(segment_name(n))).unwrap();
+                text.lines().map(String::from).collect::<Vec<_>>()
+            })
+            .map(|l| serde_json::from_str(&l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_fsync_is_counted_and_the_records_it_put_in_doubt_are_named_once_in_the_chain() {
+        let dir = std::env::temp_dir().join(format!("mcpscope-audit-sync-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut cfg = AuditConfig::new(dir.clone());
+        (cfg.fsync_every, cfg.fsync_interval) = (0, Duration::ZERO); // fsyncs by hand
+        let mut log = AuditLog::open(cfg).unwrap();
+        log.append("note", "t", &1).unwrap(); // seq 2, after the header
+        log.sync();
+        log.append("note", "t", &2).unwrap();
+        log.append("note", "t", &3).unwrap();
+        assert!(log.write_pending());
+        // fsync of a character device fails (EINVAL), as a disk's failed
+        // writeback would (EIO): the records stay in the segment.
+        let segment = std::mem::replace(&mut log.out, File::open("/dev/null").unwrap());
+        log.sync();
+        log.sync(); // again, with nothing new written: counted, names nothing more
+        log.out = segment;
+        assert_eq!(log.take_sync_failures(), 2);
+        assert_eq!(log.take_lost(), 0, "nothing was lost");
+        log.append("note", "t", &4).unwrap();
+        log.sync();
+        log.append("note", "t", &5).unwrap();
+        log.close().unwrap();
+        assert_eq!(log.take_sync_failures(), 0);
+        let kinds: Vec<_> = records(&dir)
+            .iter()
+            .map(|r| {
+                (
+                    r["seq"].as_u64().unwrap(),
+                    r["kind"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let expected = [(1, "segment"), (2, "note"), (3, "note"), (4, "note")]
+            .into_iter()
+            .chain([(5, "sync_failed"), (6, "note"), (7, "note")])
+            .map(|(n, k)| (n, k.to_owned()))
+            .collect::<Vec<_>>();
+        assert_eq!(
+            kinds, expected,
+            "one sync_failed record, ahead of the next record"
+        );
+        let failed = &records(&dir)[4]["data"];
+        assert_eq!(
+            (
+                &failed["first_seq"],
+                &failed["last_seq"],
+                &failed["failures"]
+            ),
+            (&3.into(), &4.into(), &2.into()),
+            "{failed}"
+        );
+        assert!(
+            failed["error"].as_str().unwrap().contains("nvalid"),
+            "{failed}"
+        );
+        assert!(matches!(
+            verify::verify(&dir, None).unwrap(),
+            verify::Verdict::Ok { .. }
+        ));
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -37,6 +37,11 @@ pub trait Sink {
     fn take_lost(&mut self) -> u64 {
         0
     }
+    /// fsyncs that failed since it was last asked (the audit trail's: its
+    /// records were written, but may not be on disk).
+    fn take_sync_failures(&mut self) -> u64 {
+        0
+    }
 }
 
 /// Format of events on stdout.
