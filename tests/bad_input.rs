@@ -1,10 +1,10 @@
 //! End-to-end bad input on a real pipe between real processes: the agent
 //! must not crash, must report the valid messages around the bad ones, and
-//! must count what it could not parse or had to cut.
+//! must count what it could not parse, had to cut, or could not read.
 
 use std::process::Command;
 
-use mcpscope_e2e::{env, Agent, Env, Stopped};
+use mcpscope_e2e::{env, pid, Agent, Env, Stopped};
 use serde_json::Value;
 
 fn produce(env: &Env, case: &str) -> Value {
@@ -321,4 +321,35 @@ fn a_closed_fd_ends_its_stream_so_its_reused_number_starts_a_new_one() {
     // The kernel reported the close (`sys_exit_close`): userspace did not
     // have to find the reuse by the fd's new inode.
     assert_eq!(s.counter("close_missed"), 0, "{}", s.stderr);
+}
+
+#[test]
+fn a_write_whose_buffer_is_unmapped_before_it_returns_is_counted_as_a_read_fault_and_the_stream_goes_on(
+) {
+    let Some((s, info)) = run_case("read_fault") else {
+        return;
+    };
+    assert_eq!(info["written_from_unmapped"], 65536, "{info}");
+    assert!(s.counter("read_faults") >= 1, "{}", s.stderr);
+    assert!(
+        s.counter("gap_bytes") >= 65536,
+        "the bytes it could not read are a gap: {}",
+        s.stderr
+    );
+    // The pipe the fault happened on: the process writes and reads it.
+    let writer = info["writer"].as_u64().unwrap();
+    let own: Vec<String> = s
+        .between(&[writer])
+        .iter()
+        .map(|e| e["id"].to_string())
+        .collect();
+    assert_eq!(own, ["1", "3"], "{}", s.stderr);
+    let reader = info["reader"].as_u64().unwrap();
+    let control: Vec<String> = s
+        .between(&[writer, reader])
+        .iter()
+        .filter(|e| pid(&e["to"]) == reader)
+        .map(|e| e["id"].to_string())
+        .collect();
+    assert_eq!(control, ["4"], "the control pipe");
 }

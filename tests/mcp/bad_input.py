@@ -22,6 +22,67 @@ def valid(ids):
     return b"".join(msg(i, name="echo") for i in ids)
 
 
+def read_fault(w):
+    """A write whose buffer is unmapped before it returns: the kernel
+    program, which copies a write's bytes when it returns, cannot read
+    them. A 128 KiB write into an empty pipe (64 KiB) copies 64 KiB and
+    blocks; another thread unmaps its buffer and drains the pipe; the write
+    returns 64 KiB, the bytes it copied, from a buffer no longer mapped.
+    The pipe then carries a newline and valid messages: the stream goes on."""
+    import ctypes
+    import fcntl
+    import time
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.write.restype = ctypes.c_ssize_t
+    libc.write.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+    r, wp = os.pipe()
+    capacity = fcntl.fcntl(wp, 1032)  # F_GETPIPE_SZ
+    size = 2 * capacity
+    buf = libc.mmap(None, size, 0x3, 0x22, -1, 0)  # PROT_READ|WRITE, MAP_PRIVATE|ANONYMOUS
+    assert buf not in (None, ctypes.c_void_p(-1).value)
+    text = b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"x","arguments":{"x":"'
+    ctypes.memmove(buf, text + b"x" * (size - len(text)), size)
+    os.write(wp, msg(1, name="echo"))  # text first: the kernel keeps the pipe
+    assert os.read(r, 65536) == msg(1, name="echo")
+    result = {}
+
+    def writer():
+        result["tid"] = threading.get_native_id()
+        result["n"] = libc.write(wp, buf, size)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    # Readiness: the writer sleeps in write(2) (syscall 1) with a full pipe.
+    deadline = time.monotonic() + 10
+    while True:
+        tid = result.get("tid")
+        if tid:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            with open(f"/proc/self/task/{tid}/syscall") as f:
+                call = f.read().split()[0]
+            if state == "S" and call == "1":
+                break
+        assert time.monotonic() < deadline, "the writer never blocked"
+        time.sleep(0.001)
+    assert libc.munmap(buf, size) == 0
+    got = 0
+    while got < capacity:
+        got += len(os.read(r, capacity))
+    t.join()
+    assert result["n"] == capacity, result  # the bytes copied before the unmapped page
+    os.write(wp, b"\n" + valid([3]))
+    assert os.read(r, 65536) == b"\n" + valid([3])
+    os.close(wp)
+    os.close(r)
+    w.write(valid([4]))  # the reader's pipe, a control
+    return {"written_from_unmapped": result["n"]}
+
+
 def run(case):
     reader = subprocess.Popen(READER, stdin=subprocess.PIPE)
     w = reader.stdin
@@ -100,6 +161,8 @@ def run(case):
         control.stdin.close()
         control.wait()
         out["control_reader"] = control.pid
+    elif case == "read_fault":
+        out.update(read_fault(w))
     else:
         raise SystemExit(f"unknown case {case}")
     w.close()
