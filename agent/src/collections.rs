@@ -94,7 +94,7 @@ impl<K: Hash + Eq + Copy, V> Lru<K, V> {
 
     /// The slot number of `k`, made if absent (as [`Lru::get_or`]);
     /// touches `k`. Kept, it saves a later lookup of `k`: see
-    /// [`Lru::find`] and [`Lru::find_or`].
+    /// [`Lru::at`] and [`Lru::get_kept`].
     pub fn slot(&mut self, k: K, make: impl FnOnce() -> V, evicted: &mut u64) -> u32 {
         self.slot_of(k, make, evicted).0
     }

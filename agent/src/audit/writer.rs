@@ -565,7 +565,7 @@ impl AuditLog {
     }
 
     /// Writes the pending records and fsyncs the segment (a failure is
-    /// counted and named in the chain, see [`AuditLog::fsync`]: the records
+    /// counted and named in the chain, see `fsync`: the records
     /// were written, so it is not an error of the record being appended).
     pub fn sync(&mut self) {
         self.write_pending();
@@ -600,7 +600,7 @@ impl AuditLog {
         }
     }
 
-    /// A failed fsync: see [`AuditLog::fsync`].
+    /// A failed fsync: see `fsync`.
     #[cold]
     fn sync_failed(&mut self, e: &io::Error) {
         if !self.sync_failing {
@@ -841,15 +841,9 @@ mod tests {
             verify::verify(&dir, None).unwrap(),
             verify::Verdict::Ok { .. }
         ));
-        let stored: Vec<serde_json::Value> = segments(&dir)
-            .unwrap()
-            .iter()
-            .flat_map(|&n| {
-                let text = fs::read_to_string(dir.join(segment_name(n))).unwrap();
-                text.lines().map(String::from).collect::<Vec<_>>()
-            })
-            .map(|l| serde_json::from_str(&l).unwrap())
-            .filter(|r: &serde_json::Value| r["kind"] == "message")
+        let stored: Vec<serde_json::Value> = records(&dir)
+            .into_iter()
+            .filter(|r| r["kind"] == "message")
             .collect();
         assert_eq!(stored.len(), 2);
         for (r, ev) in stored.iter().zip(&events) {

@@ -58,7 +58,7 @@ const PAIRS: [(&str, &str, &str, &str); 2] = [
 ///
 /// A uprobe replaces a function's first instruction with a breakpoint;
 /// after the probe the kernel either emulates that instruction (branches,
-/// nops, `push`: see [`emulated`]) or single-steps a copy of it, a second
+/// nops, `push`: see `emulated`) or single-steps a copy of it, a second
 /// trap. On this machine kind that second trap costs ~8.5 µs per call
 /// (the Python client's `SSL_write_ex` plus `SSL_read_ex` went from 2.3 to
 /// 24 µs a round with bare tracefs probes at their entries, and to 4.9 µs

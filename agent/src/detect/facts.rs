@@ -61,7 +61,7 @@ pub struct MessageFacts {
     pub found: Option<Box<Found>>,
 }
 
-/// The facts of a message that only an anchored one (see [`Anchors`]) can
+/// The facts of a message that only an anchored one (see `Anchors`) can
 /// have.
 #[derive(Debug, Clone, Default)]
 pub struct Found {
@@ -365,7 +365,7 @@ impl Anchors {
 
 /// What the detectors' one pass over a message's bytes found, taken
 /// before the message is parsed: whether an anchor is there (see
-/// [`Anchors`]), and whether every byte is ASCII. The second spares the
+/// `Anchors`), and whether every byte is ASCII. The second spares the
 /// parser its own UTF-8 check (ASCII is valid UTF-8): the anchor search
 /// reads every byte anyway, and keeps their largest. It borrows the bytes
 /// it read, so they cannot change before it is used.

@@ -255,7 +255,7 @@ fn ancestors(mut ppid: u32) -> Vec<Ancestor> {
 }
 
 impl ProcessInfo {
-    /// Reads /proc/<pid>; `None` when the process is gone.
+    /// Reads `/proc/<pid>`; `None` when the process is gone.
     pub fn read(pid: u32) -> Option<Self> {
         let (comm, ppid, start_ticks) = read_stat(pid)?;
         let exe = read_exe(pid);

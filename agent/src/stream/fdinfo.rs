@@ -4,7 +4,7 @@
 //! Why userspace and not the kernel: Rust eBPF has no CO-RE, so reading
 //! `task->files->fdt->fd[fd]->f_inode` needs five BTF-derived offsets and
 //! five dependent probe reads per first sighting; a readlink of
-//! /proc/<pid>/fd/<fd> gives the same answer once per stream, off the
+//! `/proc/<pid>/fd/<fd>` gives the same answer once per stream, off the
 //! kernel's hot path. The cost: a process that exits within microseconds of
 //! its first message cannot be resolved; its stream then keeps kind
 //! `unknown` and both ends are reported separately (see the README).
@@ -135,7 +135,7 @@ const TABLE_TTL: Duration = Duration::from_millis(500);
 const MAX_TABLES: usize = 16_384;
 
 /// Processes' fd tables (only their pipes and sockets) and children, read
-/// from /proc for [`holders`] and kept for [`TABLE_TTL`]. A burst of new
+/// from /proc for [`holders`] and kept for `TABLE_TTL` (500 ms). A burst of new
 /// streams asks about the same processes again and again: a client that
 /// spawned 1,000 stdio servers holds 2,000 pipe ends, and each server's
 /// first message read all of them (and the client's 1,000 children's
