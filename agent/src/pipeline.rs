@@ -656,11 +656,8 @@ impl<C: StreamControl> Pipeline<C> {
         }
         self.core.expire(u64::MAX);
         for s in &mut self.core.sinks {
-            if s.close().is_err() {
-                self.core.stats.sink_errors += 1;
-            }
-            self.core.stats.sink_errors += s.take_lost();
-            self.core.stats.sink_sync_failures += s.take_sync_failures();
+            let closed = s.close();
+            tally_sink(&mut self.core.stats, s.as_mut(), closed);
         }
     }
 }
@@ -1599,13 +1596,17 @@ impl Core {
 
     fn flush(&mut self) {
         for s in &mut self.sinks {
-            if s.flush().is_err() {
-                self.stats.sink_errors += 1;
-            }
-            self.stats.sink_errors += s.take_lost();
-            self.stats.sink_sync_failures += s.take_sync_failures();
+            let flushed = s.flush();
+            tally_sink(&mut self.stats, s.as_mut(), flushed);
         }
     }
+}
+
+/// Counts what a sink's flush or close (`done`) and what it lost or could
+/// not fsync since it was last asked.
+fn tally_sink(stats: &mut PipelineStats, s: &mut dyn Sink, done: std::io::Result<()>) {
+    stats.sink_errors += u64::from(done.is_err()) + s.take_lost();
+    stats.sink_sync_failures += s.take_sync_failures();
 }
 
 /// RFC 3339 UTC timestamps with microseconds, as events carry them. The

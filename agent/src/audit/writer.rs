@@ -117,7 +117,7 @@ pub struct AuditLog {
     /// The chain at the end of what `out` holds.
     written: Written,
     /// Records lost since the last `write_failed` record reached the file.
-    gap: Gap,
+    gap: Owed<WriteFailed>,
     /// Records lost and not yet taken by [`AuditLog::take_lost`].
     lost: u64,
     /// What the segment's header says of the previous run.
@@ -130,7 +130,7 @@ pub struct AuditLog {
     /// The last record on disk: written before an fsync that succeeded.
     synced_seq: u64,
     /// Records whose fsync failed, not yet named in the chain.
-    at_risk: Option<AtRisk>,
+    at_risk: Owed<AtRisk>,
     /// fsyncs that failed, not yet taken by [`AuditLog::take_sync_failures`].
     sync_failures: u64,
     /// The last fsync failed (said once, until one succeeds).
@@ -150,9 +150,59 @@ struct AtRisk {
     failures: u64,
     /// The last fsync error.
     error: String,
-    /// Its record is in `pending` (not in the record itself).
-    #[serde(skip)]
-    pending: bool,
+}
+
+/// Records lost (a `write_failed` record's data).
+#[derive(Default, Serialize)]
+struct WriteFailed {
+    lost: Lost,
+    /// The last write error.
+    error: String,
+}
+
+/// An acknowledgement the chain owes: a `write_failed` record (records
+/// lost) or a `sync_failed` record (records in doubt). It is sealed ahead
+/// of the next record, and owed until the batch holding it is written: a
+/// failed write takes it back with the others, and it is sealed again.
+struct Owed<T> {
+    what: Option<T>,
+    /// Its record is in `pending`.
+    sealed: bool,
+}
+
+impl<T: Serialize> Owed<T> {
+    const NONE: Self = Self {
+        what: None,
+        sealed: false,
+    };
+
+    /// Owed and not yet sealed.
+    fn due(&self) -> bool {
+        self.what.is_some() && !self.sealed
+    }
+
+    /// The record's data, if [`Owed::due`] (it is then sealed).
+    fn seal(&mut self) -> serde_json::Result<Option<Vec<u8>>> {
+        match &self.what {
+            Some(w) if !self.sealed => {
+                self.sealed = true;
+                serde_json::to_vec(w).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The batch holding its record was written: owed no more; what it was.
+    fn written(&mut self) -> Option<T> {
+        std::mem::take(&mut self.sealed)
+            .then(|| self.what.take())
+            .flatten()
+    }
+
+    /// The batch holding its record was dropped: it is sealed again.
+    fn dropped(&mut self) {
+        self.sealed = false;
+    }
 }
 
 /// The chain at the end of what the segment file holds: where a failed
@@ -186,16 +236,6 @@ impl Lost {
         self.messages += o.messages;
         self.flags += o.flags;
     }
-}
-
-/// Losses not yet acknowledged in the chain.
-#[derive(Default)]
-struct Gap {
-    lost: Lost,
-    /// The last write error.
-    error: String,
-    /// A `write_failed` record for `lost` is in `pending`.
-    pending: bool,
 }
 
 /// What was found at the end of the previous run's last segment.
@@ -301,7 +341,7 @@ impl AuditLog {
                 last_hash: last_hash.clone(),
                 file_len: 0,
             },
-            gap: Gap::default(),
+            gap: Owed::NONE,
             lost: 0,
             resumed: None,
             segment_opened: Instant::now(),
@@ -310,7 +350,7 @@ impl AuditLog {
             unsynced: 0,
             last_sync: Instant::now(),
             synced_seq: seq,
-            at_risk: None,
+            at_risk: Owed::NONE,
             sync_failures: 0,
             sync_failing: false,
             index: SegmentIndex {
@@ -369,49 +409,33 @@ impl AuditLog {
         if self.headless() {
             self.header(self.resumed.clone())?;
         }
-        if self.gap.lost.records > 0 && !self.gap.pending {
-            self.acknowledge_gap()?;
-        }
-        if self.at_risk.as_ref().is_some_and(|r| !r.pending) {
-            self.acknowledge_at_risk()?;
+        if self.gap.due() || self.at_risk.due() {
+            self.acknowledge()?;
         }
         self.pending_count.add(kind);
         self.seal(kind, ts, write)
     }
 
-    /// Chains the records lost since the last acknowledgement: a
-    /// `write_failed` record, ahead of the record about to be appended.
+    /// Chains what the trail owes, ahead of the record about to be
+    /// appended: the records lost since the last acknowledgement (a
+    /// `write_failed` record), then those whose fsync failed (`sync_failed`).
     #[cold]
-    fn acknowledge_gap(&mut self) -> io::Result<()> {
-        #[derive(Serialize)]
-        struct WriteFailed<'a> {
-            lost: Lost,
-            error: &'a str,
+    fn acknowledge(&mut self) -> io::Result<()> {
+        // One after the other: sealing the first may write the batch (and a
+        // failed write takes it back, to be owed again).
+        if let Some(data) = self.gap.seal()? {
+            self.seal_data("write_failed", &data)?;
         }
-        self.gap.pending = true;
-        let data = WriteFailed {
-            lost: self.gap.lost,
-            error: &self.gap.error,
-        };
-        let data = serde_json::to_vec(&data)?;
-        self.seal("write_failed", &now_rfc3339(), |line| {
-            line.extend_from_slice(&data);
-            Ok(())
-        })
+        if let Some(data) = self.at_risk.seal()? {
+            self.seal_data("sync_failed", &data)?;
+        }
+        Ok(())
     }
 
-    /// Chains the records whose fsync failed: a `sync_failed` record, ahead
-    /// of the record about to be appended. Kept until it is written (a
-    /// failed write takes it back with the others, and it is sealed again).
-    #[cold]
-    fn acknowledge_at_risk(&mut self) -> io::Result<()> {
-        let Some(r) = &mut self.at_risk else {
-            return Ok(());
-        };
-        r.pending = true;
-        let data = serde_json::to_vec(&*r)?;
-        self.seal("sync_failed", &now_rfc3339(), |line| {
-            line.extend_from_slice(&data);
+    /// Seals a record of `kind` whose data is `data`, serialized.
+    fn seal_data(&mut self, kind: &str, data: &[u8]) -> io::Result<()> {
+        self.seal(kind, &now_rfc3339(), |line| {
+            line.extend_from_slice(data);
             Ok(())
         })
     }
@@ -495,17 +519,14 @@ impl AuditLog {
                     last_hash: self.last_hash.clone(),
                     file_len: self.written.file_len + self.pending.len() as u64,
                 };
-                if self.gap.pending {
+                if let Some(gap) = self.gap.written() {
                     crate::say!(
                         "mcpscope: the audit trail in {} writes again; {} records were lost (a write_failed record in the trail says so)",
                         self.cfg.dir.display(),
-                        self.gap.lost.records
+                        gap.lost.records
                     );
-                    self.gap = Gap::default();
                 }
-                if self.at_risk.as_ref().is_some_and(|r| r.pending) {
-                    self.at_risk = None; // its sync_failed record is written
-                }
+                self.at_risk.written();
             }
             Err(ref e) => self.drop_pending(e),
         }
@@ -524,7 +545,7 @@ impl AuditLog {
                 self.cfg.dir.display()
             );
         }
-        if self.gap.lost.records == 0 {
+        if self.gap.what.is_none() {
             crate::say!(
                 "mcpscope: writing the audit trail in {} failed ({e}): its records are dropped whole and counted (mcpscope_events_lost_total{{stage=\"sink\"}}) until it can write again",
                 self.cfg.dir.display()
@@ -533,12 +554,12 @@ impl AuditLog {
         self.seq = self.written.seq;
         self.last_hash.clone_from(&self.written.last_hash);
         self.lost += self.pending_count.records;
-        self.gap.lost.merge(self.pending_count);
-        self.gap.error = e.to_string();
-        self.gap.pending = false; // its record went with the others
-        if let Some(r) = &mut self.at_risk {
-            r.pending = false; // so did a sync_failed record
-        }
+        let gap = self.gap.what.get_or_insert_default();
+        gap.lost.merge(self.pending_count);
+        gap.error = e.to_string();
+        // Their acknowledgements went with the others.
+        self.gap.dropped();
+        self.at_risk.dropped();
     }
 
     /// The segment's bytes, written and pending.
@@ -612,10 +633,11 @@ impl AuditLog {
         }
         self.sync_failures += 1;
         let (first, last) = (self.synced_seq + 1, self.written.seq);
-        self.synced_seq = last; // each record is named once
-                                // Nothing is pending at an fsync (it follows a write of what was),
-                                // so a sync_failed record is never waiting in `pending` here.
-        match &mut self.at_risk {
+        // Each record is named once.
+        self.synced_seq = last;
+        // Nothing is pending at an fsync (it follows a write of what was),
+        // so a sync_failed record is never sealed and waiting here.
+        match &mut self.at_risk.what {
             // Not yet in the chain: the range grows.
             Some(r) => {
                 r.last_seq = r.last_seq.max(last);
@@ -623,12 +645,11 @@ impl AuditLog {
                 r.error = e.to_string();
             }
             None if first <= last => {
-                self.at_risk = Some(AtRisk {
+                self.at_risk.what = Some(AtRisk {
                     first_seq: first,
                     last_seq: last,
                     failures: 1,
                     error: e.to_string(),
-                    pending: false,
                 })
             }
             None => {} // nothing written since the last fsync
