@@ -463,7 +463,8 @@ fn read_key(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     Ok(key)
 }
 
-/// Exit 0 OK, 1 broken, 2 torn by a crash (not yet resumed), 3 usage error.
+/// Exit 0 OK, 1 broken, 2 torn by a crash (not yet resumed), 3 usage error,
+/// 4 records lost by the disk, as the trail had named them in doubt.
 fn verify(dir: &std::path::Path, key: Option<&std::path::Path>) -> ExitCode {
     let key = match key.map(read_key).transpose() {
         Ok(k) => k,
@@ -481,6 +482,7 @@ fn verify(dir: &std::path::Path, key: Option<&std::path::Path>) -> ExitCode {
                 Verdict::Ok { .. } => ExitCode::SUCCESS,
                 Verdict::Broken { .. } => ExitCode::from(1),
                 Verdict::Torn { .. } => ExitCode::from(2),
+                Verdict::Lost { .. } => ExitCode::from(4),
             }
         }
         Err(e) => {

@@ -31,6 +31,21 @@ pub enum Verdict {
         /// Records verified before it.
         records: u64,
     },
+    /// Every record there verified, but the disk lost some: zero-filled
+    /// bytes stand where records were, and the trail itself had named
+    /// each of them in doubt (`sync_failed` and `sync_recovered`: written,
+    /// but an fsync failed over them). The chain cannot be checked across
+    /// them.
+    Lost {
+        /// Records verified.
+        records: u64,
+        /// Segments verified.
+        segments: usize,
+        /// The stretches lost, in order.
+        lost: Vec<Lost>,
+        /// Notes, as for [`Verdict::Ok`].
+        notes: Vec<String>,
+    },
     /// The first broken record, and what broke.
     Broken {
         /// Where (segment, line, seq).
@@ -54,8 +69,101 @@ impl std::fmt::Display for Verdict {
                 f,
                 "TORN: {records} records verified; the last line ({at}) is incomplete — the agent stopped mid-write (crash); it resumes after it on restart"
             ),
+            Verdict::Lost {
+                records,
+                segments,
+                lost,
+                notes,
+            } => {
+                write!(f, "LOST: {records} records in {segments} segments verified; the disk lost ")?;
+                for (i, l) in lost.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { "; and " };
+                    write!(
+                        f,
+                        "{sep}records seq {}..{} ({}: zero-filled), named in doubt by record seq {} ({})",
+                        l.first, l.last, l.at, l.named_by, l.error
+                    )?;
+                }
+                write!(f, ". The chain cannot be checked across them.")?;
+                for n in notes {
+                    write!(f, "\nnote: {n}")?;
+                }
+                Ok(())
+            }
             Verdict::Broken { at, what } => write!(f, "BROKEN at {at}: {what}"),
         }
+    }
+}
+
+/// Records a disk lost (see [`Verdict::Lost`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Lost {
+    /// The first and last of them (`seq`).
+    pub first: u64,
+    /// See `first`.
+    pub last: u64,
+    /// Where the zero-filled bytes start (segment, line, byte).
+    pub at: String,
+    /// The `sync_failed` or `sync_recovered` record that named the first
+    /// of them in doubt.
+    pub named_by: u64,
+    /// Its fsync error.
+    pub error: String,
+}
+
+/// Records the trail named in doubt: one `sync_failed` or
+/// `sync_recovered` record's range.
+struct InDoubt {
+    first: u64,
+    last: u64,
+    named_by: u64,
+    error: String,
+}
+
+/// Zero-filled bytes where records were: where they start, and the seq
+/// of the first record missing.
+struct Zeroed {
+    at: String,
+    first: u64,
+}
+
+/// What a disk that drops pages it failed to write back leaves in a
+/// line: NUL bytes, which no record holds (JSON escapes control
+/// characters).
+fn zero_filled(line: &[u8]) -> bool {
+    memchr::memchr(0, line).is_some()
+}
+
+/// The stretch `z` up to `last`, if every record of it was named in doubt
+/// by `doubts`; else why it is broken.
+fn lost(z: Zeroed, last: u64, doubts: &[InDoubt]) -> Result<Lost, Verdict> {
+    // Named by the first record of the chain that named its first record.
+    let by = (doubts.iter())
+        .filter(|d| (d.first..=d.last).contains(&z.first))
+        .min_by_key(|d| d.named_by);
+    let mut next = z.first; // the first seq not yet found named
+    let mut ranges: Vec<&InDoubt> = doubts.iter().collect();
+    ranges.sort_by_key(|d| d.first);
+    for d in ranges {
+        if d.first <= next && next <= d.last {
+            next = d.last + 1;
+        }
+    }
+    match by {
+        Some(d) if next > last => Ok(Lost {
+            first: z.first,
+            last,
+            at: z.at,
+            named_by: d.named_by,
+            error: d.error.clone(),
+        }),
+        _ => Err(Verdict::Broken {
+            at: z.at,
+            what: format!(
+                "zero-filled bytes where records seq {}..{last} were, which no sync_failed or sync_recovered record names in doubt (overwritten, or lost by a disk the agent did not see fail)",
+                z.first
+            ),
+        }),
     }
 }
 
@@ -101,6 +209,15 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> io::Result<Verdict> {
     // A first segment other than 1 must be vouched for by a retention record.
     let mut unvouched_start: Option<(u64, String)> = None;
     let mut pending_torn: Option<(u64, String)> = None;
+    // The torn line's first byte and whether it is zero-filled.
+    let mut torn_zeroed: Option<Zeroed> = None;
+    // Zero-filled lines not yet followed by a record; then each such
+    // stretch with the seq of the last record it lost; and the ranges the
+    // trail named in doubt. A stretch is judged at the end, by the
+    // `sync_failed` records that follow it.
+    let mut zeroed: Option<Zeroed> = None;
+    let mut holes: Vec<(Zeroed, u64)> = Vec::new();
+    let mut doubts: Vec<InDoubt> = Vec::new();
     for (i, &seg) in segs.iter().enumerate() {
         if i > 0 && seg != segs[i - 1] + 1 {
             return Ok(Verdict::Broken {
@@ -143,10 +260,27 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> io::Result<Verdict> {
             let parsed = parse(content, &hasher);
             let (line, hash) = match parsed {
                 Ok(p) => p,
+                Err(_) if complete && zero_filled(content) && expected_seq.is_some() => {
+                    // What a disk dropped after its writeback failed reads
+                    // back as zeros: judged once the chain goes on.
+                    zeroed.get_or_insert_with(|| Zeroed {
+                        at: format!("{name} line {lineno}, byte {offset}"),
+                        first: expected_seq.unwrap_or_default(),
+                    });
+                    offset += n as u64;
+                    continue;
+                }
                 Err(_) if !complete => {
                     // Torn last line: acknowledged if the next segment's
                     // header says the run resumed after it.
-                    pending_torn = Some((seg, format!("{name} line {lineno}, byte {offset}")));
+                    let at = format!("{name} line {lineno}, byte {offset}");
+                    if let Some(first) = expected_seq.filter(|_| zero_filled(content)) {
+                        torn_zeroed = Some(Zeroed {
+                            at: at.clone(),
+                            first,
+                        });
+                    }
+                    pending_torn = Some((seg, at));
                     break;
                 }
                 Err(e) if lineno == 1 && e.starts_with("edited") && key.is_none() => {
@@ -180,6 +314,19 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> io::Result<Verdict> {
                     if seg != 1 || line.prev != GENESIS {
                         unvouched_start = Some((seg, line.prev.clone()));
                     }
+                }
+                (Some(exp), Some(_)) if zeroed.is_some() => {
+                    // The record this one links to is gone: the link
+                    // cannot be checked, only that records are missing.
+                    let z = zeroed.take().expect("checked in the guard");
+                    if line.seq <= *exp {
+                        return Ok(Verdict::Broken {
+                            at: z.at,
+                            what: "zero-filled bytes where no record is missing (overwritten)"
+                                .into(),
+                        });
+                    }
+                    holes.push((z, line.seq - 1));
                 }
                 (Some(exp), Some(prev_hash)) => {
                     if line.prev != *prev_hash {
@@ -223,6 +370,18 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> io::Result<Verdict> {
                     }
                 }
             }
+            if line.kind == "sync_failed" || line.kind == "sync_recovered" {
+                let d = &line.data;
+                if let (Some(first), Some(last)) = (d["first_seq"].as_u64(), d["last_seq"].as_u64())
+                {
+                    doubts.push(InDoubt {
+                        first,
+                        last,
+                        named_by: line.seq,
+                        error: d["error"].as_str().unwrap_or_default().to_owned(),
+                    });
+                }
+            }
             if line.kind == "retention" {
                 if let Some((start, prev)) = &unvouched_start {
                     if line.data["last_removed_hash"].as_str() == Some(prev.as_str()) {
@@ -252,6 +411,13 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> io::Result<Verdict> {
                     });
                 if acknowledged {
                     pending_torn = None;
+                    torn_zeroed = None;
+                } else if let Some(z) = torn_zeroed.take() {
+                    // Not torn by a crash: the segment's last blocks read
+                    // back as zeros, and the next one goes on from a
+                    // record lost with them.
+                    zeroed.get_or_insert(z);
+                    pending_torn = None;
                 }
             }
         }
@@ -269,12 +435,38 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> io::Result<Verdict> {
             },
         });
     }
+    if let Some(z) = zeroed {
+        return Ok(Verdict::Broken {
+            at: z.at,
+            what: format!(
+                "zero-filled from here to the end of the trail: the records from seq {} on are missing (a disk failing at the agent's last fsync, which its counter and stderr alone report, or truncated and overwritten)",
+                z.first
+            ),
+        });
+    }
+    let mut lost_all = Vec::new();
+    for (z, last) in holes {
+        match lost(z, last, &doubts) {
+            Ok(l) => lost_all.push(l),
+            Err(broken) => return Ok(broken),
+        }
+    }
     if let Some((_, at)) = pending_torn {
         return Ok(Verdict::Torn { at, records });
     }
-    Ok(Verdict::Ok {
-        records,
-        segments: segs.len(),
-        notes,
+    let segments = segs.len();
+    Ok(if lost_all.is_empty() {
+        Verdict::Ok {
+            records,
+            segments,
+            notes,
+        }
+    } else {
+        Verdict::Lost {
+            records,
+            segments,
+            lost: lost_all,
+            notes,
+        }
     })
 }

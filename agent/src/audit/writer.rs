@@ -103,7 +103,11 @@ const PENDING_BYTES: usize = 256 << 10;
 /// not write may be gone after a crash or power loss. The records written
 /// since the last fsync that succeeded are counted (see
 /// [`AuditLog::take_sync_failures`]) and named by a `sync_failed` record,
-/// chained ahead of the next record.
+/// chained ahead of the next record. Those records may be lost with what
+/// they name, and a filesystem can lose more than that: blocks an earlier
+/// fsync had put on disk, and what is written after the failure. Once an
+/// fsync succeeds again, the segment is closed and the next one opens with
+/// a `sync_recovered` record naming every record of the segment.
 pub struct AuditLog {
     cfg: AuditConfig,
     hasher: Hasher,
@@ -135,6 +139,11 @@ pub struct AuditLog {
     sync_failures: u64,
     /// The last fsync failed (said once, until one succeeds).
     sync_failing: bool,
+    /// The records of this segment, once an fsync of it failed.
+    episode: Option<AtRisk>,
+    /// An fsync succeeded after `episode`: the segment is closed, and the
+    /// next opens with a `sync_recovered` record, ahead of the next record.
+    recovered: Option<AtRisk>,
     index: SegmentIndex,
     line: Vec<u8>,
 }
@@ -353,6 +362,8 @@ impl AuditLog {
             at_risk: Owed::NONE,
             sync_failures: 0,
             sync_failing: false,
+            episode: None,
+            recovered: None,
             index: SegmentIndex {
                 segment,
                 ..SegmentIndex::default()
@@ -409,6 +420,9 @@ impl AuditLog {
         if self.headless() {
             self.header(self.resumed.clone())?;
         }
+        if self.recovered.is_some() {
+            self.recover()?;
+        }
         if self.gap.due() || self.at_risk.due() {
             self.acknowledge()?;
         }
@@ -430,6 +444,22 @@ impl AuditLog {
             self.seal_data("sync_failed", &data)?;
         }
         Ok(())
+    }
+
+    /// Writeback works again after a failure: the segment it failed in is
+    /// closed (blocks a filesystem failed to write may read back as zeros,
+    /// even where later writes went: no more records go there), and the
+    /// next one opens with a `sync_recovered` record naming every record
+    /// of the closed one, in a file written only since.
+    #[cold]
+    fn recover(&mut self) -> io::Result<()> {
+        let Some(episode) = self.recovered.take() else {
+            return Ok(());
+        };
+        // What is still owed of it is in the statement.
+        self.at_risk = Owed::NONE;
+        self.rotate()?;
+        self.seal_data("sync_recovered", &serde_json::to_vec(&episode)?)
     }
 
     /// Seals a record of `kind` whose data is `data`, serialized.
@@ -611,6 +641,14 @@ impl AuditLog {
                     );
                     self.sync_failing = false;
                 }
+                if let Some(mut episode) = self.episode.take() {
+                    // Up to the last record written to this segment: see
+                    // `recover`.
+                    episode.last_seq = self.written.seq;
+                    if episode.first_seq <= episode.last_seq {
+                        self.recovered = Some(episode);
+                    }
+                }
                 self.synced_seq = self.written.seq;
                 true
             }
@@ -633,6 +671,24 @@ impl AuditLog {
         }
         self.sync_failures += 1;
         let (first, last) = (self.synced_seq + 1, self.written.seq);
+        if self.episode.is_none() {
+            // The whole segment: a filesystem whose writeback failed may
+            // lose blocks an earlier fsync had put on disk (ext4 did here,
+            // up to a block before the first record written since).
+            self.episode = Some(AtRisk {
+                first_seq: if self.index.records > 0 {
+                    self.index.first_seq.min(first)
+                } else {
+                    first
+                },
+                last_seq: last,
+                failures: 0,
+                error: String::new(),
+            });
+        }
+        let episode = self.episode.as_mut().expect("made above");
+        episode.failures += 1;
+        episode.error = e.to_string();
         // Each record is named once.
         self.synced_seq = last;
         // Nothing is pending at an fsync (it follows a write of what was),
@@ -886,11 +942,16 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_failed_fsync_is_counted_and_the_records_it_put_in_doubt_are_named_once_in_the_chain() {
-        let dir = std::env::temp_dir().join(format!("mcpscope-audit-sync-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let mut cfg = AuditConfig::new(dir.clone());
+    /// A trail in `dir` whose records 3 and 4 were written but not
+    /// synced (two fsyncs failed over them), as
+    /// [`a_failed_fsync_is_counted_and_the_records_it_put_in_doubt_are_named_once_in_the_chain`]
+    /// checks: segment 1 with a header, notes 2, 3 and 4, `sync_failed` 5
+    /// naming 3..=4 and note 6; then, the next fsync having succeeded,
+    /// segment 2 with a header (7), `sync_recovered` 8 naming 1..=6 (all
+    /// of segment 1), notes 9 and 10.
+    fn trail_with_records_in_doubt(dir: &Path) {
+        let _ = fs::remove_dir_all(dir);
+        let mut cfg = AuditConfig::new(dir.to_owned());
         (cfg.fsync_every, cfg.fsync_interval) = (0, Duration::ZERO); // fsyncs by hand
         let mut log = AuditLog::open(cfg).unwrap();
         log.append("note", "t", &1).unwrap(); // seq 2, after the header
@@ -909,8 +970,15 @@ mod tests {
         log.append("note", "t", &4).unwrap();
         log.sync();
         log.append("note", "t", &5).unwrap();
+        log.append("note", "t", &6).unwrap();
         log.close().unwrap();
         assert_eq!(log.take_sync_failures(), 0);
+    }
+
+    #[test]
+    fn a_failed_fsync_is_counted_and_the_records_it_put_in_doubt_are_named_once_in_the_chain() {
+        let dir = std::env::temp_dir().join(format!("mcpscope-audit-sync-{}", std::process::id()));
+        trail_with_records_in_doubt(&dir);
         let kinds: Vec<_> = records(&dir)
             .iter()
             .map(|r| {
@@ -922,12 +990,28 @@ mod tests {
             .collect();
         let expected = [(1, "segment"), (2, "note"), (3, "note"), (4, "note")]
             .into_iter()
-            .chain([(5, "sync_failed"), (6, "note"), (7, "note")])
+            .chain([(5, "sync_failed"), (6, "note")])
+            .chain([
+                (7, "segment"),
+                (8, "sync_recovered"),
+                (9, "note"),
+                (10, "note"),
+            ])
             .map(|(n, k)| (n, k.to_owned()))
             .collect::<Vec<_>>();
         assert_eq!(
             kinds, expected,
-            "one sync_failed record, ahead of the next record"
+            "one sync_failed record, ahead of the next record; once an fsync succeeds again, a new segment stating the episode"
+        );
+        let recovered = &records(&dir)[7]["data"];
+        assert_eq!(
+            (
+                &recovered["first_seq"],
+                &recovered["last_seq"],
+                &recovered["failures"]
+            ),
+            (&1.into(), &6.into(), &2.into()),
+            "{recovered}"
         );
         let failed = &records(&dir)[4]["data"];
         assert_eq!(
@@ -947,6 +1031,108 @@ mod tests {
             verify::verify(&dir, None).unwrap(),
             verify::Verdict::Ok { .. }
         ));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Zeroes segment `seg` of `dir` from the start of line `from` (1
+    /// is the first) up to `to` bytes into line `until` (its newline
+    /// kept, as the page after a dropped one keeps the rest of a record),
+    /// or to the last newline with `until` 0: what a disk shows once it
+    /// dropped the pages it failed to write back.
+    fn zero_lines(dir: &Path, seg: u64, from: usize, until: usize, to: usize) {
+        let path = dir.join(segment_name(seg));
+        let mut text = fs::read(&path).unwrap();
+        let starts: Vec<usize> = std::iter::once(0)
+            .chain(memchr::memchr_iter(b'\n', &text).map(|i| i + 1))
+            .collect();
+        let end = if until == 0 {
+            text.len() - 1
+        } else {
+            starts[until - 1] + to
+        };
+        text[starts[from - 1]..end].fill(0);
+        fs::write(&path, text).unwrap();
+    }
+
+    #[test]
+    fn records_a_disk_lost_after_the_trail_named_them_in_doubt_verify_as_lost_not_as_edited() {
+        let dir = std::env::temp_dir().join(format!("mcpscope-audit-lost-{}", std::process::id()));
+        trail_with_records_in_doubt(&dir);
+        // Records 3 and 4 read back as zeros, up to a page boundary in 4.
+        zero_lines(&dir, 1, 3, 4, 40);
+        let v = verify::verify(&dir, None).unwrap();
+        let verify::Verdict::Lost { records, lost, .. } = &v else {
+            panic!("{v}");
+        };
+        assert_eq!(*records, 8, "{v}");
+        assert_eq!(
+            (lost.len(), lost[0].first, lost[0].last, lost[0].named_by),
+            (1, 3, 4, 5),
+            "{v}"
+        );
+        assert!(lost[0].at.contains("line 3"), "{v}");
+        assert!(lost[0].error.contains("nvalid"), "{v}");
+        assert!(v.to_string().starts_with("LOST: 8 records"), "{v}");
+        // Synced record 2 to the end of the segment: the next segment goes
+        // on from a lost record, and sync_recovered names them all.
+        trail_with_records_in_doubt(&dir);
+        zero_lines(&dir, 1, 2, 0, 0);
+        let v = verify::verify(&dir, None).unwrap();
+        let verify::Verdict::Lost { records, lost, .. } = &v else {
+            panic!("{v}");
+        };
+        assert_eq!(
+            (
+                *records,
+                lost.len(),
+                lost[0].first,
+                lost[0].last,
+                lost[0].named_by
+            ),
+            (5, 1, 2, 6, 8),
+            "{v}"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn zeros_where_no_record_was_named_in_doubt_are_broken() {
+        let dir = std::env::temp_dir().join(format!("mcpscope-audit-zeros-{}", std::process::id()));
+        // Record 9 was synced: zeros there are not the disk's doing.
+        trail_with_records_in_doubt(&dir);
+        zero_lines(&dir, 2, 3, 3, 40);
+        let v = verify::verify(&dir, None).unwrap();
+        let verify::Verdict::Broken { at, what } = &v else {
+            panic!("{v}");
+        };
+        assert!(at.contains("audit-000002.jsonl line 3"), "{v}");
+        assert!(
+            what.contains("seq 9..9 were, which no sync_failed or"),
+            "{v}"
+        );
+        // Zeros from record 9 to the end: nothing after them vouches. (A
+        // zero-filled last line with no newline is a torn line, as a
+        // crash leaves.)
+        trail_with_records_in_doubt(&dir);
+        zero_lines(&dir, 2, 3, 0, 0);
+        let v = verify::verify(&dir, None).unwrap();
+        assert!(
+            matches!(&v, verify::Verdict::Broken { what, .. } if what.contains("to the end")),
+            "{v}"
+        );
+        // Zeros where a whole line was, then the next record in line: none
+        // is missing, the bytes were overwritten.
+        trail_with_records_in_doubt(&dir);
+        let path = dir.join(segment_name(1));
+        let mut text = fs::read(&path).unwrap();
+        let at = memchr::memchr(b'\n', &text).unwrap() + 1;
+        text.splice(at..at, [0, 0, b'\n']);
+        fs::write(&path, text).unwrap();
+        let v = verify::verify(&dir, None).unwrap();
+        assert!(
+            matches!(&v, verify::Verdict::Broken { what, .. } if what.contains("no record is missing")),
+            "{v}"
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 }
