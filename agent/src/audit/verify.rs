@@ -209,12 +209,13 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> io::Result<Verdict> {
     // A first segment other than 1 must be vouched for by a retention record.
     let mut unvouched_start: Option<(u64, String)> = None;
     let mut pending_torn: Option<(u64, String)> = None;
-    // The torn line's first byte and whether it is zero-filled.
+    // The torn line, if zero-filled: a segment whose last blocks read
+    // back as zeros, unless the next segment acknowledges a crash.
     let mut torn_zeroed: Option<Zeroed> = None;
     // Zero-filled lines not yet followed by a record; then each such
     // stretch with the seq of the last record it lost; and the ranges the
     // trail named in doubt. A stretch is judged at the end, by the
-    // `sync_failed` records that follow it.
+    // `sync_failed` and `sync_recovered` records that follow it.
     let mut zeroed: Option<Zeroed> = None;
     let mut holes: Vec<(Zeroed, u64)> = Vec::new();
     let mut doubts: Vec<InDoubt> = Vec::new();

@@ -1092,6 +1092,14 @@ mod tests {
             (5, 1, 2, 6, 8),
             "{v}"
         );
+        // The same with the segment's last newline zeroed too: its last
+        // line is not torn by a crash (the next segment does not say so).
+        let path = dir.join(segment_name(1));
+        let mut text = fs::read(&path).unwrap();
+        *text.last_mut().unwrap() = 0;
+        fs::write(&path, text).unwrap();
+        let again = verify::verify(&dir, None).unwrap();
+        assert_eq!(again, v, "{again}");
         let _ = fs::remove_dir_all(&dir);
     }
 
