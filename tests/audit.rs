@@ -716,4 +716,21 @@ fn a_disk_whose_writeback_fails_counts_each_failed_fsync_names_the_records_in_do
             "lost {f}..{l} outside {recovered:?}: {out}"
         );
     }
+    // A query over that trail answers from what it can read, and says
+    // that it could not read everything.
+    let (code, calls, err) = mcpscope(
+        &env,
+        &[
+            "calls",
+            "--dir",
+            trail.to_str().unwrap(),
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        calls.lines().count() > 0 && err.contains("could not be read"),
+        "{calls}\n{err}"
+    );
 }

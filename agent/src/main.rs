@@ -308,7 +308,7 @@ fn main() -> ExitCode {
         Command::Sessions { q, flagged } => q.filter().and_then(|mut f| {
             f.flagged = flagged;
             let rows = query::sessions(&q.dir, &f)?;
-            answer(&investigate::sessions(&rows, q.output))
+            answer_of(&rows, &q.dir, |r| investigate::sessions(r, q.output))
         }),
         Command::Timeline {
             session,
@@ -320,7 +320,9 @@ fn main() -> ExitCode {
                 "name a SESSION, --pid or --pod"
             );
             let recs = query::timeline_of(&q.dir, session.as_deref(), q.pid, q.pod.as_deref())?;
-            answer(&investigate::timeline(&recs, payloads, q.output))
+            answer_of(&recs, &q.dir, |r| {
+                investigate::timeline(r, payloads, q.output)
+            })
         })(),
         Command::Calls { q, tool, status } => q.filter().and_then(|common| {
             let recs = query::calls(
@@ -331,11 +333,11 @@ fn main() -> ExitCode {
                     status,
                 },
             )?;
-            answer(&investigate::calls(&recs, q.output))
+            answer_of(&recs, &q.dir, |r| investigate::calls(r, q.output))
         }),
         Command::Flags { q, kind, severity } => q.filter().and_then(|f| {
             let recs = query::flags(&q.dir, kind.as_deref(), severity.as_deref(), &f)?;
-            answer(&investigate::flags(&recs, q.output))
+            answer_of(&recs, &q.dir, |r| investigate::flags(r, q.output))
         }),
         Command::Replay {
             file,
@@ -443,6 +445,26 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
 /// Writes a command's answer to stdout. A reader that went away (`| head`)
 /// ends the answer there, as with ripgrep: not an error, and no panic
 /// (`print!` panics on a closed pipe, exit 101).
+/// Prints a query's answer, `render`ed, and says on stderr how many
+/// lines of the trail in `dir` it could not read: an answer that may lack
+/// records says so.
+fn answer_of<T>(
+    a: &query::Answer<T>,
+    dir: &std::path::Path,
+    render: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    answer(&render(&a.rows))?;
+    if a.unreadable > 0 {
+        mcpscope::say!(
+            "mcpscope: {} line(s) of the audit trail in {} could not be read (zero-filled by a disk that lost them, or edited): the answer may lack records; `mcpscope verify {}` says what happened",
+            a.unreadable,
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 fn answer(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();

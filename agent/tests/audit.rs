@@ -355,7 +355,9 @@ fn queries_over_a_million_records_are_correct() {
     let d = dir("million");
     let n = 1_000_000u64;
     write_trail(&d, n, 32 << 20, None);
-    let rows = query::sessions(&d, &Filter::default()).unwrap();
+    let answer = query::sessions(&d, &Filter::default()).unwrap();
+    assert_eq!(answer.unreadable, 0, "every line read");
+    let rows = answer.rows;
     assert_eq!(rows.len(), 7);
     assert_eq!(rows.iter().map(|r| r.summary.messages).sum::<u64>(), n);
     let s0 = rows.iter().find(|r| r.session == "stdio:0000").unwrap();
@@ -372,7 +374,8 @@ fn queries_over_a_million_records_are_correct() {
             ..CallFilter::default()
         },
     )
-    .unwrap();
+    .unwrap()
+    .rows;
     assert_eq!(
         echo.len() as u64,
         (0..n).filter(|i| i % 2 == 1 && i % 3 == 0).count() as u64
@@ -385,12 +388,15 @@ fn queries_over_a_million_records_are_correct() {
             ..CallFilter::default()
         },
     )
-    .unwrap();
+    .unwrap()
+    .rows;
     assert!(
         errors.is_empty(),
         "errors are on even (request-numbered) i only"
     );
     let tl = query::timeline(&d, Some("stdio:0003"), None).unwrap();
+    assert_eq!(tl.unreadable, 0, "every line read");
+    let tl = tl.rows;
     assert_eq!(
         tl.len() as u64,
         (0..n).filter(|i| i % 7 == 3).count() as u64
@@ -421,7 +427,7 @@ fn sessions_and_timeline_filter_by_kubernetes_namespace_and_pod() {
         namespace: Some("team-b".into()),
         ..Filter::default()
     };
-    let rows = query::sessions(&d, &f).unwrap();
+    let rows = query::sessions(&d, &f).unwrap().rows;
     assert_eq!(
         rows.iter().map(|r| r.session.as_str()).collect::<Vec<_>>(),
         ["stdio:k1"]
@@ -430,8 +436,10 @@ fn sessions_and_timeline_filter_by_kubernetes_namespace_and_pod() {
         pod: Some("agent-7d9f".into()),
         ..Filter::default()
     };
-    assert_eq!(query::sessions(&d, &f).unwrap()[0].session, "stdio:k0");
-    let tl = query::timeline_of(&d, None, None, Some("agent-55c1")).unwrap();
+    assert_eq!(query::sessions(&d, &f).unwrap().rows[0].session, "stdio:k0");
+    let tl = query::timeline_of(&d, None, None, Some("agent-55c1"))
+        .unwrap()
+        .rows;
     assert_eq!(tl.len(), 1);
     assert_eq!(tl[0]["data"]["session"], "stdio:k1");
 }

@@ -89,6 +89,14 @@ pub struct SegmentIndex {
     pub tools: BTreeSet<String>,
     /// Records by kind.
     pub kinds: BTreeMap<String, u64>,
+    /// Lines that are not records it could read, when the index was built
+    /// by scanning the segment (see `query::for_each_matching`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unreadable: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl SegmentIndex {

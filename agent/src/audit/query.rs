@@ -32,7 +32,7 @@ pub fn build_index(dir: &Path, seg: u64) -> io::Result<SegmentIndex> {
         segment: seg,
         ..SegmentIndex::default()
     };
-    for_each_record(dir, seg, None, &mut |v, hash| {
+    ix.unreadable = for_each_record(dir, seg, None, &mut |v, hash| {
         let seq = v["seq"].as_u64().unwrap_or(0);
         let kind = v["kind"].as_str().unwrap_or_default();
         ix.note(seq, v["ts"].as_str().unwrap_or_default(), kind);
@@ -47,43 +47,66 @@ pub fn build_index(dir: &Path, seg: u64) -> io::Result<SegmentIndex> {
 }
 
 /// Calls `visit` with every complete record of segment `seg` (and its hash)
-/// whose line contains `needle` (all records when `None`).
+/// whose line contains `needle` (all records when `None`); returns the
+/// unreadable lines it met (see [`for_each_matching`]).
 pub fn for_each_record(
     dir: &Path,
     seg: u64,
     needle: Option<&[u8]>,
     visit: &mut dyn FnMut(Value, &str),
-) -> io::Result<()> {
+) -> io::Result<u64> {
     for_each_matching(dir, seg, needle.as_slice(), visit)
 }
 
 /// Like [`for_each_record`], for lines containing every one of `needles`;
-/// lines that lack one are never parsed.
+/// lines that lack one are never parsed. Returns how many complete lines
+/// are not records it could read: those it parsed and could not, and
+/// those holding a NUL byte (zero-filled: blocks a disk lost), which no
+/// needle finds. An answer missing records says so (`mcpscope verify`
+/// says why); nothing is skipped silently.
 pub fn for_each_matching(
     dir: &Path,
     seg: u64,
     needles: &[&[u8]],
     visit: &mut dyn FnMut(Value, &str),
-) -> io::Result<()> {
+) -> io::Result<u64> {
     let mut data = Vec::new();
     File::open(dir.join(segment_name(seg)))?.read_to_end(&mut data)?;
     let finders: Vec<memchr::memmem::Finder<'_>> =
         needles.iter().map(memchr::memmem::Finder::new).collect();
+    // One pass over a whole segment; lines are looked at only if it finds
+    // a NUL (a segment whose disk lost blocks).
+    let zeroed = memchr::memchr(0, &data).is_some();
+    let mut unreadable = 0;
     let mut start = 0;
     for nl in memchr::memchr_iter(b'\n', &data) {
         let line = &data[start..nl];
         start = nl + 1;
+        if zeroed && memchr::memchr(0, line).is_some() {
+            unreadable += 1;
+            continue;
+        }
         if !finders.iter().all(|f| f.find(line).is_some()) {
             continue;
         }
-        let Some((body, hash)) = chain::unseal(line) else {
-            continue;
-        };
-        if let Ok(v) = serde_json::from_slice::<Value>(&body) {
-            visit(v, hash);
+        let record = chain::unseal(line)
+            .and_then(|(body, hash)| Some((serde_json::from_slice::<Value>(&body).ok()?, hash)));
+        match record {
+            Some((v, hash)) => visit(v, hash),
+            None => unreadable += 1,
         }
     }
-    Ok(())
+    Ok(unreadable)
+}
+
+/// A query's answer, and how many lines of the segments it read were not
+/// records it could read (see [`for_each_matching`]).
+#[derive(Debug)]
+pub struct Answer<T> {
+    /// The rows.
+    pub rows: T,
+    /// Lines not read.
+    pub unreadable: u64,
 }
 
 /// The index of every segment: read, or built for segments without one.
@@ -165,12 +188,14 @@ fn seconds_between(a: &str, b: &str) -> f64 {
 }
 
 /// `mcpscope sessions`: one row per session, from the indexes.
-pub fn sessions(dir: &Path, f: &Filter) -> io::Result<Vec<SessionRow>> {
+pub fn sessions(dir: &Path, f: &Filter) -> io::Result<Answer<Vec<SessionRow>>> {
     let mut all: BTreeMap<String, SessionSummary> = BTreeMap::new();
+    let mut unreadable = 0;
     for ix in indexes(dir)? {
         if !f.time_overlaps(&ix.min_ts, &ix.max_ts) {
             continue;
         }
+        unreadable += ix.unreadable;
         for (k, s) in ix.sessions {
             all.entry(k).or_default().merge(&s);
         }
@@ -208,12 +233,16 @@ pub fn sessions(dir: &Path, f: &Filter) -> io::Result<Vec<SessionRow>> {
         })
         .collect();
     rows.sort_by(|a, b| a.summary.start.cmp(&b.summary.start));
-    Ok(rows)
+    Ok(Answer { rows, unreadable })
 }
 
 /// `mcpscope timeline`: the ordered messages and flags of one session (or
 /// of every session a pid took part in).
-pub fn timeline(dir: &Path, session: Option<&str>, pid: Option<u32>) -> io::Result<Vec<Value>> {
+pub fn timeline(
+    dir: &Path,
+    session: Option<&str>,
+    pid: Option<u32>,
+) -> io::Result<Answer<Vec<Value>>> {
     timeline_of(dir, session, pid, None)
 }
 
@@ -223,8 +252,8 @@ pub fn timeline_of(
     session: Option<&str>,
     pid: Option<u32>,
     pod: Option<&str>,
-) -> io::Result<Vec<Value>> {
-    let mut out = Vec::new();
+) -> io::Result<Answer<Vec<Value>>> {
+    let (mut out, mut unreadable) = (Vec::new(), 0);
     for ix in indexes(dir)? {
         let wanted: Vec<&String> = ix
             .sessions
@@ -238,17 +267,21 @@ pub fn timeline_of(
             .collect();
         for key in wanted {
             let needle = format!("\"session\":\"{key}\"");
-            for_each_record(dir, ix.segment, Some(needle.as_bytes()), &mut |v, _| {
-                if matches!(v["kind"].as_str(), Some("message" | "flag"))
-                    && v["data"]["session"] == key.as_str()
-                {
-                    out.push(v);
-                }
-            })?;
+            unreadable +=
+                for_each_record(dir, ix.segment, Some(needle.as_bytes()), &mut |v, _| {
+                    if matches!(v["kind"].as_str(), Some("message" | "flag"))
+                        && v["data"]["session"] == key.as_str()
+                    {
+                        out.push(v);
+                    }
+                })?;
         }
     }
     out.sort_by_key(|v| v["seq"].as_u64().unwrap_or(0));
-    Ok(out)
+    Ok(Answer {
+        rows: out,
+        unreadable,
+    })
 }
 
 /// Filters of `mcpscope calls`.
@@ -264,8 +297,8 @@ pub struct CallFilter {
 
 /// `mcpscope calls`: completed tool calls (their responses carry the tool,
 /// latency and outcome).
-pub fn calls(dir: &Path, f: &CallFilter) -> io::Result<Vec<Value>> {
-    let mut out = Vec::new();
+pub fn calls(dir: &Path, f: &CallFilter) -> io::Result<Answer<Vec<Value>>> {
+    let (mut out, mut unreadable) = (Vec::new(), 0);
     // Byte needles for every filter the JSON writer renders verbatim.
     let mut owned: Vec<Vec<u8>> = vec![b"\"method\":\"tools/call\"".to_vec()];
     if let Some(t) = &f.tool {
@@ -285,7 +318,7 @@ pub fn calls(dir: &Path, f: &CallFilter) -> io::Result<Vec<Value>> {
         {
             continue;
         }
-        for_each_matching(dir, ix.segment, &needles, &mut |v, _| {
+        unreadable += for_each_matching(dir, ix.segment, &needles, &mut |v, _| {
             let e = &v["data"];
             if v["kind"] != "message"
                 || e["method"] != "tools/call"
@@ -320,7 +353,10 @@ pub fn calls(dir: &Path, f: &CallFilter) -> io::Result<Vec<Value>> {
         })?;
     }
     out.sort_by_key(|v| v["seq"].as_u64().unwrap_or(0));
-    Ok(out)
+    Ok(Answer {
+        rows: out,
+        unreadable,
+    })
 }
 
 /// `mcpscope flags`: flag records, by kind and severity.
@@ -329,13 +365,13 @@ pub fn flags(
     kind: Option<&str>,
     severity: Option<&str>,
     f: &Filter,
-) -> io::Result<Vec<Value>> {
-    let mut out = Vec::new();
+) -> io::Result<Answer<Vec<Value>>> {
+    let (mut out, mut unreadable) = (Vec::new(), 0);
     for ix in indexes(dir)? {
         if !ix.kinds.contains_key("flag") || !f.time_overlaps(&ix.min_ts, &ix.max_ts) {
             continue;
         }
-        for_each_record(dir, ix.segment, Some(b"\"kind\":\"flag\""), &mut |v, _| {
+        unreadable += for_each_record(dir, ix.segment, Some(b"\"kind\":\"flag\""), &mut |v, _| {
             let d = &v["data"];
             if v["kind"] == "flag"
                 && kind.is_none_or(|k| d["flag"] == k)
@@ -346,7 +382,10 @@ pub fn flags(
             }
         })?;
     }
-    Ok(out)
+    Ok(Answer {
+        rows: out,
+        unreadable,
+    })
 }
 
 #[cfg(test)]

@@ -1104,6 +1104,36 @@ mod tests {
     }
 
     #[test]
+    fn queries_count_the_lines_they_could_not_read() {
+        let dir =
+            std::env::temp_dir().join(format!("mcpscope-audit-unread-{}", std::process::id()));
+        trail_with_records_in_doubt(&dir);
+        let notes = |needle: Option<&[u8]>| {
+            let mut seen = 0;
+            let unreadable =
+                super::super::query::for_each_record(&dir, 1, needle, &mut |_, _| seen += 1)
+                    .unwrap();
+            (seen, unreadable)
+        };
+        assert_eq!(notes(None), (6, 0));
+        // Records 3 and 4 zero-filled: one line, unread whatever is asked.
+        zero_lines(&dir, 1, 3, 4, 40);
+        assert_eq!(notes(None), (4, 1));
+        assert_eq!(notes(Some(b"\"kind\":\"note\"")), (2, 1));
+        let ix = super::super::query::build_index(&dir, 1).unwrap();
+        assert_eq!((ix.records, ix.unreadable), (4, 1));
+        // A line edited into invalid JSON (no NUL): unread, and counted
+        // where it is parsed.
+        let path = dir.join(segment_name(1));
+        let mut bytes = fs::read(&path).unwrap();
+        let at = memchr::memmem::find(&bytes, b"\"kind\":\"note\"").unwrap();
+        bytes[at] = b'x';
+        fs::write(&path, bytes).unwrap();
+        assert_eq!(notes(None), (3, 2));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn zeros_where_no_record_was_named_in_doubt_are_broken() {
         let dir = std::env::temp_dir().join(format!("mcpscope-audit-zeros-{}", std::process::id()));
         // Record 9 was synced: zeros there are not the disk's doing.
