@@ -442,9 +442,6 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     rt.block_on(daemon::run(opts))
 }
 
-/// Writes a command's answer to stdout. A reader that went away (`| head`)
-/// ends the answer there, as with ripgrep: not an error, and no panic
-/// (`print!` panics on a closed pipe, exit 101).
 /// Prints a query's answer, `render`ed, and says on stderr how many
 /// lines of the trail in `dir` it could not read: an answer that may lack
 /// records says so.
@@ -465,6 +462,9 @@ fn answer_of<T>(
     Ok(())
 }
 
+/// Writes a command's answer to stdout. A reader that went away (`| head`)
+/// ends the answer there, as with ripgrep: not an error, and no panic
+/// (`print!` panics on a closed pipe, exit 101).
 fn answer(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();

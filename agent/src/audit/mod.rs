@@ -19,6 +19,13 @@ pub fn index_name(n: u64) -> String {
     format!("audit-{n:06}.idx.json")
 }
 
+/// Whether a line of a segment holds a NUL byte, which no record does (JSON
+/// escapes control characters): what a disk that dropped blocks it failed
+/// to write back reads as.
+pub fn zero_filled(line: &[u8]) -> bool {
+    memchr::memchr(0, line).is_some()
+}
+
 /// Segment numbers present in `dir`, ascending.
 pub fn segments(dir: &std::path::Path) -> std::io::Result<Vec<u64>> {
     let mut v: Vec<u64> = std::fs::read_dir(dir)?

@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::{
     chain,
     index::{SegmentIndex, SessionSummary},
-    index_name, segment_name, segments,
+    index_name, segment_name, segments, zero_filled,
 };
 
 /// Reads segment `seg`'s index sidecar.
@@ -76,13 +76,13 @@ pub fn for_each_matching(
         needles.iter().map(memchr::memmem::Finder::new).collect();
     // One pass over a whole segment; lines are looked at only if it finds
     // a NUL (a segment whose disk lost blocks).
-    let zeroed = memchr::memchr(0, &data).is_some();
+    let zeroed = zero_filled(&data);
     let mut unreadable = 0;
     let mut start = 0;
     for nl in memchr::memchr_iter(b'\n', &data) {
         let line = &data[start..nl];
         start = nl + 1;
-        if zeroed && memchr::memchr(0, line).is_some() {
+        if zeroed && zero_filled(line) {
             unreadable += 1;
             continue;
         }

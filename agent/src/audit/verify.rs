@@ -8,7 +8,7 @@ use std::{
 
 use super::{
     chain::{self, Hasher, GENESIS},
-    segment_name, segments,
+    segment_name, segments, zero_filled,
 };
 
 /// The result of a verification.
@@ -127,13 +127,6 @@ struct Zeroed {
     first: u64,
 }
 
-/// What a disk that drops pages it failed to write back leaves in a
-/// line: NUL bytes, which no record holds (JSON escapes control
-/// characters).
-fn zero_filled(line: &[u8]) -> bool {
-    memchr::memchr(0, line).is_some()
-}
-
 /// The stretch `z` up to `last`, if every record of it was named in doubt
 /// by `doubts`; else why it is broken.
 fn lost(z: Zeroed, last: u64, doubts: &[InDoubt]) -> Result<Lost, Verdict> {
@@ -208,10 +201,10 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> io::Result<Verdict> {
     let mut last_hash: Option<String> = None;
     // A first segment other than 1 must be vouched for by a retention record.
     let mut unvouched_start: Option<(u64, String)> = None;
-    let mut pending_torn: Option<(u64, String)> = None;
-    // The torn line, if zero-filled: a segment whose last blocks read
-    // back as zeros, unless the next segment acknowledges a crash.
-    let mut torn_zeroed: Option<Zeroed> = None;
+    // The torn line: its segment, where it is, and if it is zero-filled,
+    // the first record missing (a segment whose last blocks read back as
+    // zeros, unless the next segment acknowledges a crash).
+    let mut pending_torn: Option<(u64, String, Option<u64>)> = None;
     // Zero-filled lines not yet followed by a record; then each such
     // stretch with the seq of the last record it lost; and the ranges the
     // trail named in doubt. A stretch is judged at the end, by the
@@ -250,7 +243,7 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> io::Result<Verdict> {
             };
             let complete = buf.last() == Some(&b'\n');
             let content = if complete { &buf[..n - 1] } else { &buf[..] };
-            if let Some((tseg, tat)) = pending_torn.take() {
+            if let Some((tseg, tat, _)) = pending_torn.take() {
                 return Ok(Verdict::Broken {
                     at: tat,
                     what: format!(
@@ -274,14 +267,11 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> io::Result<Verdict> {
                 Err(_) if !complete => {
                     // Torn last line: acknowledged if the next segment's
                     // header says the run resumed after it.
-                    let at = format!("{name} line {lineno}, byte {offset}");
-                    if let Some(first) = expected_seq.filter(|_| zero_filled(content)) {
-                        torn_zeroed = Some(Zeroed {
-                            at: at.clone(),
-                            first,
-                        });
-                    }
-                    pending_torn = Some((seg, at));
+                    pending_torn = Some((
+                        seg,
+                        format!("{name} line {lineno}, byte {offset}"),
+                        expected_seq.filter(|_| zero_filled(content)),
+                    ));
                     break;
                 }
                 Err(e) if lineno == 1 && e.starts_with("edited") && key.is_none() => {
@@ -399,7 +389,7 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> io::Result<Verdict> {
             last_hash = Some(hash);
             offset += n as u64;
         }
-        if let Some((tseg, _)) = &pending_torn {
+        if let Some((tseg, _, _)) = &pending_torn {
             // Acknowledged by the next segment's header?
             if let Some(&next) = segs.get(i + 1) {
                 let mut first = String::new();
@@ -412,13 +402,11 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> io::Result<Verdict> {
                     });
                 if acknowledged {
                     pending_torn = None;
-                    torn_zeroed = None;
-                } else if let Some(z) = torn_zeroed.take() {
+                } else if let Some((_, at, Some(first))) = pending_torn.take() {
                     // Not torn by a crash: the segment's last blocks read
                     // back as zeros, and the next one goes on from a
                     // record lost with them.
-                    zeroed.get_or_insert(z);
-                    pending_torn = None;
+                    zeroed.get_or_insert(Zeroed { at, first });
                 }
             }
         }
@@ -452,7 +440,7 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> io::Result<Verdict> {
             Err(broken) => return Ok(broken),
         }
     }
-    if let Some((_, at)) = pending_torn {
+    if let Some((_, at, _)) = pending_torn {
         return Ok(Verdict::Torn { at, records });
     }
     let segments = segs.len();

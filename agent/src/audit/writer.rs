@@ -671,22 +671,19 @@ impl AuditLog {
         }
         self.sync_failures += 1;
         let (first, last) = (self.synced_seq + 1, self.written.seq);
-        if self.episode.is_none() {
-            // The whole segment: a filesystem whose writeback failed may
-            // lose blocks an earlier fsync had put on disk (ext4 did here,
-            // up to a block before the first record written since).
-            self.episode = Some(AtRisk {
-                first_seq: if self.index.records > 0 {
-                    self.index.first_seq.min(first)
-                } else {
-                    first
-                },
-                last_seq: last,
-                failures: 0,
-                error: String::new(),
-            });
-        }
-        let episode = self.episode.as_mut().expect("made above");
+        // The whole segment: a filesystem whose writeback failed may lose
+        // blocks an earlier fsync had put on disk (ext4 did here, up to a
+        // block before the first record written since).
+        let segment_first = match self.index.records {
+            0 => first,
+            _ => self.index.first_seq.min(first),
+        };
+        let episode = self.episode.get_or_insert_with(|| AtRisk {
+            first_seq: segment_first,
+            last_seq: last,
+            failures: 0,
+            error: String::new(),
+        });
         episode.failures += 1;
         episode.error = e.to_string();
         // Each record is named once.
