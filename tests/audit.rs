@@ -3,14 +3,15 @@
 //! leaves a trail that verifies and is resumed; a recorded capture replays
 //! to the same events as the live run; a full disk loses whole records,
 //! counted and acknowledged in the chain, never a torn or broken trail; a
-//! disk whose writeback fails is counted and named in the chain.
+//! disk whose writeback fails is counted and named in the chain; every new
+//! segment and index reaches the disk with its directory entry.
 
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
-use mcpscope_e2e::{drive, drive_basic, env, mcpscope, pid, read_events, wait_for, Agent};
+use mcpscope_e2e::{drive, drive_basic, env, mcpscope, pid, read_events, tool, wait_for, Agent};
 use serde_json::Value;
 
 #[test]
@@ -324,6 +325,140 @@ impl Drop for SmallDisk {
 }
 
 /// The records of the trail in `dir`, every segment, in order.
+/// A segment whose bytes are fsynced but whose directory entry is not may
+/// be gone after a crash, with every record in it. The agent's syscalls,
+/// traced by strace while it rotates: every segment it creates and every
+/// index it renames into place is followed by an fsync of the trail's
+/// directory, and the first fdatasync that follows a segment's creation
+/// is followed by that fsync before any record after it is counted as on
+/// disk (the next fdatasync of the segment).
+#[test]
+fn every_new_segment_and_index_reaches_the_disk_with_its_directory_entry() {
+    let test = "audit_directory_sync";
+    let Some(env) = env(test) else {
+        return;
+    };
+    let Some(strace) = tool(test, "STRACE", "strace") else {
+        return;
+    };
+    let dir = env.tmpdir("audit-dirsync");
+    let audit = dir.join("audit");
+    let a = audit.to_str().unwrap();
+    let args = [
+        "--audit-dir",
+        a,
+        "--audit-fsync-every",
+        "1",
+        "--audit-segment-bytes",
+        "16384",
+    ];
+    let agent = Agent::start(&env, &dir, &args);
+    let dir_fd = std::fs::read_dir(format!("/proc/{}/fd", agent.pid()))
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|l| l == audit))
+        .and_then(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .expect("the agent holds its trail's directory open");
+    // One file per thread (`-ff`): no call split across lines by another
+    // thread's.
+    let log = dir.join("strace");
+    let mut tracer = Command::new(strace)
+        .args([
+            "-ff",
+            "-e",
+            "trace=openat,rename,renameat,renameat2,fsync,fdatasync",
+        ])
+        .arg("-o")
+        .arg(&log)
+        .args(["-p", &agent.pid().to_string()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Ready once it says it attached.
+    let mut said = std::io::BufReader::new(tracer.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("attached") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut said, &mut line).unwrap();
+        assert!(n > 0, "strace exited before attaching to the agent");
+    }
+    let mut client = Command::new(&env.python)
+        .arg(env.test_file("mcp/driver.py"))
+        .args(["--truth", dir.join("t.jsonl").to_str().unwrap()])
+        .args([
+            "--mode",
+            "legacy",
+            "--scenario",
+            "repeat",
+            "--count",
+            "400",
+            "--",
+        ])
+        .args(env.py_server_cmd())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(client.wait().unwrap().success(), "the SDK client failed");
+    agent.stop();
+    let _ = tracer.wait();
+    let (mut made, mut indexed) = (Vec::new(), Vec::new());
+    for f in std::fs::read_dir(&dir).unwrap().filter_map(Result::ok) {
+        if f.file_name().to_string_lossy().starts_with("strace.") {
+            let (m, i) = directory_syncs(&std::fs::read_to_string(f.path()).unwrap(), dir_fd);
+            made.extend(m);
+            indexed.extend(i);
+        }
+    }
+    assert!(
+        made.len() >= 2,
+        "the agent rotated while traced: segments made {made:?}"
+    );
+    assert!(!indexed.is_empty(), "indexes renamed into place: none");
+    for (what, synced) in made.iter().chain(&indexed) {
+        assert!(
+            synced,
+            "{what}: no fsync of the directory (fd {dir_fd}) followed it"
+        );
+    }
+    let (code, out, _) = mcpscope(&env, &["verify", a]);
+    assert_eq!(code, 0, "{out}");
+}
+
+/// Traced calls, each with whether an fsync of the directory followed it.
+type Followed = Vec<(String, bool)>;
+
+/// From one thread's strace log: each audit segment created and each index renamed
+/// into place, with whether an fsync of `dir_fd` that succeeded followed
+/// it — for a segment, before its second successful fdatasync (its first
+/// records counted as on disk).
+fn directory_syncs(log: &str, dir_fd: u32) -> (Followed, Followed) {
+    // strace pads a call to a column before its `= result`.
+    let ok = |line: &str, call: &str| line.starts_with(call) && line.ends_with("= 0");
+    let dir_sync = format!("fsync({dir_fd})");
+    let (mut made, mut indexed) = (Vec::new(), Vec::new());
+    let lines: Vec<&str> = log.lines().map(str::trim_end).collect();
+    for (i, l) in lines.iter().enumerate() {
+        let later = &lines[i + 1..];
+        if l.starts_with("openat(") && l.contains(".jsonl\"") && l.contains("O_CREAT") {
+            let fd = l.rsplit("= ").next().unwrap_or("").trim();
+            let data_sync = format!("fdatasync({fd})");
+            // Up to the segment's second successful fdatasync.
+            let until = later
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| ok(m, &data_sync))
+                .nth(1)
+                .map_or(later.len(), |(j, _)| j);
+            let synced = later[..until].iter().any(|m| ok(m, &dir_sync));
+            made.push((l.to_string(), synced));
+        } else if l.starts_with("rename") && l.contains(".idx.json\"") && ok(l, "rename") {
+            indexed.push((l.to_string(), later.iter().any(|m| ok(m, &dir_sync))));
+        }
+    }
+    (made, indexed)
+}
+
 fn trail_records(dir: &Path) -> Vec<Value> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| d.flatten().map(|e| e.path()).collect())

@@ -196,8 +196,9 @@ pub fn deploy_tools() -> Result<()> {
 
 /// The Python venv and npm packages the end-to-end tests drive.
 pub fn test_software() -> Result<()> {
-    // The TLS tests make their certificate with the openssl command.
-    system_packages(&[("openssl", "openssl")])?;
+    // The TLS tests make their certificate with the openssl command; an
+    // audit test traces the agent's fsyncs with strace.
+    system_packages(&[("openssl", "openssl"), ("strace", "strace")])?;
     let e2e = target().join("e2e");
     fs::create_dir_all(&e2e)?;
     let venv = e2e.join("venv");

@@ -113,6 +113,12 @@ pub struct AuditLog {
     hasher: Hasher,
     segment: u64,
     out: File,
+    /// The trail's directory, fsynced after its entries change.
+    dir: File,
+    /// An entry of `dir` changed (a segment made or removed, an index
+    /// renamed into place) and is not known to be on disk: the next fsync
+    /// syncs the directory too.
+    dir_unsynced: bool,
     /// Whole records not yet written to `out`.
     pending: Vec<u8>,
     /// The records in `pending`, by kind (the `write_failed` record not
@@ -304,10 +310,18 @@ impl AuditLog {
     /// header. A previous run is continued in a new segment linked to its
     /// last good record; a torn last line is left in place and acknowledged.
     pub fn open(cfg: AuditConfig) -> io::Result<Self> {
+        let made = !cfg.dir.exists();
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&cfg.dir)?;
+        if made {
+            // The trail's own directory entry, or it may be gone after a
+            // crash with every segment in it.
+            let parent = cfg.dir.parent().filter(|p| !p.as_os_str().is_empty());
+            File::open(parent.unwrap_or(Path::new(".")))?.sync_all()?;
+        }
+        let dir = File::open(&cfg.dir)?;
         let hasher = match &cfg.hmac_key {
             Some(k) => Hasher::Hmac(k.clone()),
             None => Hasher::Sha256,
@@ -343,6 +357,8 @@ impl AuditLog {
             hasher,
             segment,
             out,
+            dir,
+            dir_unsynced: true, // the new segment
             pending: Vec::with_capacity(PENDING_BYTES),
             pending_count: Lost::default(),
             written: Written {
@@ -631,8 +647,15 @@ impl AuditLog {
     /// record. A later fsync that succeeds does not clear them: the
     /// kernel reports a failed writeback once, and what it failed to write
     /// may be gone from the page cache too.
+    ///
+    /// The directory is synced too while an entry of it is not on disk: a
+    /// segment whose bytes are on disk but whose directory entry is not
+    /// may be gone after a crash, with every record in it, so its records
+    /// count as on disk only once both fsyncs succeed (POSIX promises
+    /// nothing of a new file's entry without the second; ext4 happens to
+    /// journal it with the first).
     fn fsync(&mut self) -> bool {
-        match self.out.sync_data() {
+        match self.out.sync_data().and_then(|()| self.sync_dir()) {
             Ok(()) => {
                 if self.sync_failing {
                     crate::say!(
@@ -730,7 +753,9 @@ impl AuditLog {
     fn close_segment(&mut self) -> io::Result<()> {
         self.sync();
         self.index.last_hash = self.last_hash.clone();
-        if let Err(e) = write_index(&self.cfg.dir, &self.index) {
+        let indexed = write_index(&self.cfg.dir, &self.index);
+        self.dir_unsynced = true; // the index, renamed into place
+        if let Err(e) = indexed {
             // The index only speeds queries up: they build a missing one.
             crate::say!(
                 "mcpscope: the audit trail in {}: writing segment {}'s index failed ({e}); queries will build it",
@@ -746,6 +771,7 @@ impl AuditLog {
         self.close_segment()?;
         self.segment += 1;
         self.out = create_file(&self.cfg.dir.join(segment_name(self.segment)))?;
+        self.dir_unsynced = true; // synced with the segment's first records
         self.written.file_len = 0;
         self.segment_opened = Instant::now();
         self.index = SegmentIndex {
@@ -819,12 +845,27 @@ impl AuditLog {
             }
             let _ = fs::remove_file(self.cfg.dir.join(index_name(s)));
         }
+        // Synced with the next records: a removal undone by a crash leaves
+        // a segment the chain says was removed, which still verifies.
+        self.dir_unsynced = true;
         Ok(())
     }
 
-    /// Flushes, fsyncs and indexes the current segment.
+    /// Flushes, fsyncs and indexes the current segment, and syncs the
+    /// directory that holds the index.
     pub fn close(&mut self) -> io::Result<()> {
-        self.close_segment()
+        self.close_segment()?;
+        self.sync_dir()
+    }
+
+    /// fsyncs the trail's directory if an entry of it changed since it
+    /// was last synced.
+    fn sync_dir(&mut self) -> io::Result<()> {
+        if self.dir_unsynced {
+            self.dir.sync_all()?;
+            self.dir_unsynced = false;
+        }
+        Ok(())
     }
 
     /// Current segment number.
