@@ -930,10 +930,9 @@ impl Core {
         // almost always dropped as its duplicate (a message seen only by
         // its reader goes without payload-based detection). Their pass
         // over the bytes comes first, and tells the parser whether they
-        // are all ASCII; arguments are kept raw only there.
+        // are all ASCII; arguments are hashed only there.
         let needs =
             (self.detectors.as_ref().map(Detectors::needs)).filter(|n| n.any() && key.egress);
-        let facts_made = needs.is_some();
         let prescan = needs
             .filter(|n| n.payload)
             .map(|_| crate::detect::facts::Prescan::of(f.bytes));
@@ -941,7 +940,8 @@ impl Core {
             .and_then(|p| p.ascii_text())
             .map_or_else(|| crate::protocol::utf8(f.bytes), Ok);
         let res = text.and_then(|text| {
-            parse_batch(text, facts_made, &mut |r| {
+            let hash_arguments = needs.is_some_and(|n| n.arguments);
+            parse_batch(text, hash_arguments, &mut |r| {
                 let bi = batch.then_some(index);
                 index += 1;
                 match r {

@@ -11,8 +11,8 @@ use std::{
 
 use regex::bytes::Regex;
 
-use super::canonical;
 use super::literals::{fold_byte, FoldedLiterals};
+use crate::protocol::canonical;
 use crate::protocol::RawParts;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -759,10 +759,7 @@ pub fn extract(
     let mut f = MessageFacts::default();
     if needs.arguments && method == Some("tools/call") {
         // Canonical: key order and whitespace do not change the hash.
-        f.args_hash = Some(
-            raw.arguments
-                .map_or(canonical::NULL, |a| canonical::hash(a.get())),
-        );
+        f.args_hash = Some(raw.arguments_hash.unwrap_or(canonical::NULL));
     }
     if is_response {
         // Results of one server for one call are byte-identical when equal;

@@ -2,8 +2,6 @@
 //! time and deterministically (kernel timestamps only), each with the
 //! evidence that proves it.
 
-mod bytes_hash;
-pub mod canonical;
 pub mod config;
 pub mod facts;
 mod literals;

@@ -147,9 +147,9 @@ struct ErrorObj<'a> {
 pub struct RawParts<'a> {
     /// The message's own bytes (one element of a batch, not the batch).
     pub bytes: &'a [u8],
-    /// `params.arguments` of a request, when asked for (see
-    /// [`parse_batch`]).
-    pub arguments: Option<&'a RawValue>,
+    /// The canonical hash of a request's `params.arguments`, when asked
+    /// for (see [`parse_batch`]): taken as the parser skips them.
+    pub arguments_hash: Option<u64>,
     /// What a tool returned (`result` of a response).
     pub result: Option<mcp::ToolOutput<'a>>,
 }
@@ -172,7 +172,8 @@ pub fn utf8(bytes: &[u8]) -> Result<&str, ParseError> {
     std::str::from_utf8(bytes).map_err(|_| ParseError::Json)
 }
 
-/// One message; with `RAW`, its `arguments` kept raw, else skipped.
+/// One message; with `RAW`, its `arguments` hashed canonically, else
+/// skipped.
 fn parse_text<const RAW: bool>(text: &str) -> Result<(Message, RawParts<'_>), ParseError> {
     let env: Envelope<'_, RAW> = serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
@@ -183,7 +184,7 @@ fn parse_text<const RAW: bool>(text: &str) -> Result<(Message, RawParts<'_>), Pa
     })?;
     let mut raw = RawParts {
         bytes: text.as_bytes(),
-        arguments: None,
+        arguments_hash: None,
         result: None,
     };
     let m = from_envelope(env, &mut raw)?;
@@ -192,16 +193,16 @@ fn parse_text<const RAW: bool>(text: &str) -> Result<(Message, RawParts<'_>), Pa
 
 /// Parses a line that may be a batch (a JSON array, allowed by 2025-03-26).
 /// Calls `each` per element in order, with the element's raw parts, and
-/// returns how many were parsed. With `raw_arguments` (the detectors are
-/// on), a request's `arguments` are kept raw ([`RawParts::arguments`]);
-/// without, they are only skipped. The caller has the line as text: by
+/// returns how many were parsed. With `hash_arguments` (the detectors
+/// are on and use them), a request's `arguments` are hashed canonically
+/// ([`RawParts::arguments_hash`]); without, they are only skipped. The caller has the line as text: by
 /// [`utf8`], or by a pass of its own that found every byte ASCII.
 pub fn parse_batch<'a>(
     text: &'a str,
-    raw_arguments: bool,
+    hash_arguments: bool,
     each: &mut dyn FnMut(Result<(Message, RawParts<'a>), ParseError>),
 ) -> Result<usize, ParseError> {
-    let one = |text| match raw_arguments {
+    let one = |text| match hash_arguments {
         true => parse_text::<true>(text),
         false => parse_text::<false>(text),
     };
@@ -256,7 +257,7 @@ fn from_envelope<'a, const RAW: bool>(
             Kind::Notification
         });
         m.method = Some(method.as_ref().into());
-        raw.arguments = env.params.and_then(|p| mcp::read_params(&mut m, p));
+        raw.arguments_hash = env.params.and_then(|p| mcp::read_params(&mut m, p));
     } else if let Some(err) = env.error {
         m.kind = Some(Kind::Error);
         m.is_error = true;

@@ -10,6 +10,7 @@ use serde::{
 };
 use serde_json::value::RawValue;
 
+use super::canonical;
 use super::jsonrpc::{bounded, Message, PeerInfo, RpcId};
 
 /// `_meta` key carrying the protocol version on 2026-07-28 requests.
@@ -109,16 +110,17 @@ macro_rules! skip_other_shapes {
 
 /// `params` of a request or notification, read in the envelope's own pass:
 /// the MCP fields are picked out as the parser goes, and `arguments` is
-/// skipped, or, with `RAW` (the detectors are on), kept raw (borrowed) for
-/// them, so no byte of params is parsed twice. Lenient: a field of an
+/// skipped, or, with `RAW` (the detectors are on), hashed canonically for
+/// them as the parser skips it ([`canonical::ArgumentsHash`]), so no byte
+/// of params is parsed twice. Lenient: a field of an
 /// unexpected type is skipped (the rest is still read), and params that
 /// are not an object read as empty; unknown shapes are kept as plain
 /// JSON-RPC, never dropped.
 #[derive(Default)]
 pub(super) struct Params<'a, const RAW: bool> {
     name: Option<Cow<'a, str>>,
-    /// `arguments`, raw (with `RAW`).
-    arguments: Option<&'a RawValue>,
+    /// The canonical hash of `arguments` (with `RAW`).
+    arguments_hash: Option<u64>,
     uri: Option<Cow<'a, str>>,
     protocol_version: Option<Cow<'a, str>>,
     client_info: Option<PeerInfo>,
@@ -150,7 +152,9 @@ impl<'de, const RAW: bool> Visitor<'de> for ParamsVisitor<RAW> {
                 "name" => p.name = map.next_value::<MaybeText<'de>>()?.0,
                 "uri" => p.uri = map.next_value::<MaybeText<'de>>()?.0,
                 "protocolVersion" => p.protocol_version = map.next_value::<MaybeText<'de>>()?.0,
-                "arguments" if RAW => p.arguments = map.next_value()?,
+                "arguments" if RAW => {
+                    p.arguments_hash = Some(map.next_value_seed(canonical::ArgumentsHash)?)
+                }
                 "requestId" => p.request_id = map.next_value()?,
                 "requestState" | "inputResponses" => {
                     p.retry |= map.next_value::<Option<IgnoredAny>>()?.is_some()
@@ -319,11 +323,8 @@ fn name<T: for<'s> From<&'s str>>(s: &str) -> T {
 }
 
 /// Fills the MCP facts of a request or notification from its params;
-/// returns its raw `arguments`, if they were kept.
-pub(super) fn read_params<'a, const RAW: bool>(
-    m: &mut Message,
-    p: Params<'a, RAW>,
-) -> Option<&'a RawValue> {
+/// returns the canonical hash of its `arguments`, if it was taken.
+pub(super) fn read_params<'a, const RAW: bool>(m: &mut Message, p: Params<'a, RAW>) -> Option<u64> {
     match m.method.as_deref() {
         Some("tools/call") => m.tool = p.name.as_deref().map(name),
         Some("prompts/get") => m.prompt = p.name.as_deref().map(name),
@@ -348,7 +349,7 @@ pub(super) fn read_params<'a, const RAW: bool>(
         m.progress_token = meta.progress_token.is_some();
         m.traceparent = meta.traceparent.as_deref().map(|t| bounded(t, 128).into());
     }
-    p.arguments
+    p.arguments_hash
 }
 
 /// Fills the MCP facts of a result; returns what a tool returned, raw.
@@ -464,20 +465,22 @@ mod tests {
 
     #[test]
     fn params_read_in_one_pass_are_lenient_per_field() {
-        use crate::protocol::jsonrpc::parse_raw;
+        use crate::protocol::{canonical, jsonrpc::parse_raw};
         // A field of the wrong type is skipped; the others are still read.
         let (m, raw) = parse_raw(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":5,"arguments":{"a":[1,{"b":"\"x"}]},"_meta":{"progressToken":7,"traceparent":"00-ab"}}}"#).unwrap();
         assert_eq!(m.tool, None);
         assert_eq!(
-            raw.arguments.map(|a| a.get()),
-            Some(r#"{"a":[1,{"b":"\"x"}]}"#)
+            raw.arguments_hash,
+            Some(canonical::hash(r#"{"a":[1,{"b":"\"x"}]}"#))
         );
         assert!(m.progress_token);
         assert_eq!(m.traceparent.as_deref(), Some("00-ab"));
-        // Escaped keys and values are read like plain ones; `null` is absent.
+        // Escaped keys and values are read like plain ones; `null` hashes
+        // as absent arguments do.
         let (m, raw) = parse_raw(br#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"\u006eame":"e\u0063ho","arguments":null,"requestState":null}}"#).unwrap();
         assert_eq!(m.tool.as_deref(), Some("echo"));
-        assert!(raw.arguments.is_none() && !m.is_retry);
+        assert_eq!(raw.arguments_hash, Some(canonical::NULL));
+        assert!(!m.is_retry);
         // Params that are not an object: plain JSON-RPC, kept.
         for params in ["[1,2]", "\"x\"", "3", "true", "null"] {
             let line =

@@ -1,5 +1,7 @@
 //! Stage 3 — protocol: JSON-RPC 2.0 messages and what MCP puts in them.
 
+mod bytes_hash;
+pub mod canonical;
 pub mod http;
 mod jsonrpc;
 pub mod mcp;

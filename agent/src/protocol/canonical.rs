@@ -14,6 +14,7 @@ use std::fmt;
 
 use super::bytes_hash::bytes_hash;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 
 /// The hash of `null` (and of absent arguments).
 pub const NULL: u64 = 0x6a09_e667_f3bc_c908;
@@ -472,6 +473,174 @@ fn written_by_serde(escape: &[u8]) -> bool {
     }
 }
 
+/// The canonical hash of a tools/call's `arguments`, taken in the
+/// message's own parse (`next_value_seed` where the parser meets them):
+/// serde skips each member's value as it skips any value, keeping its
+/// text, and only that text is hashed, by [`value_text_hash`]. Equal to
+/// [`hash`] of the arguments' text (tested): no second pass over the text
+/// to find where its strings end, the detectors' largest cost on long
+/// string arguments.
+pub struct ArgumentsHash;
+
+impl<'de> DeserializeSeed<'de> for ArgumentsHash {
+    type Value = u64;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
+        d.deserialize_any(ArgumentsVisitor)
+    }
+}
+
+struct ArgumentsVisitor;
+
+impl<'de> Visitor<'de> for ArgumentsVisitor {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("tool arguments")
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<u64, E> {
+        ValueHash.visit_unit()
+    }
+    fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<u64, E> {
+        ValueHash.visit_bool(b)
+    }
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<u64, E> {
+        ValueHash.visit_u64(n)
+    }
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<u64, E> {
+        ValueHash.visit_i64(n)
+    }
+    fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<u64, E> {
+        ValueHash.visit_f64(n)
+    }
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<u64, E> {
+        ValueHash.visit_str(s)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+        // As `ValueHash::visit_seq`, each element from its text.
+        let mut h = tagged(7, 0);
+        while let Some(x) = seq.next_element::<&RawValue>()? {
+            h = mix(h.rotate_left(23) ^ value_text_hash(x.get()));
+        }
+        Ok(h)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
+        // As `ValueHash::visit_map`, each value from its text.
+        let (mut sum, mut n) = (0u64, 0u64);
+        while let Some(k) = map.next_key_seed(KeyHash)? {
+            let v: &RawValue = map.next_value()?;
+            sum = sum.wrapping_add(mix(k ^ value_text_hash(v.get()).rotate_left(32)));
+            n += 1;
+        }
+        Ok(tagged(8, sum ^ mix(n)))
+    }
+}
+
+/// A member's key, hashed as [`ValueHash`] hashes a string.
+struct KeyHash;
+
+impl<'de> DeserializeSeed<'de> for KeyHash {
+    type Value = u64;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+    /// Borrowed: its text had no escape, so serde_json writes it as it
+    /// is, between quotes.
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<u64, E> {
+        let mut buf = [0u8; 64];
+        Ok(match buf.get_mut(..s.len() + 2) {
+            Some(quoted) => {
+                let n = quoted.len();
+                quoted[0] = b'"';
+                quoted[1..n - 1].copy_from_slice(s.as_bytes());
+                quoted[n - 1] = b'"';
+                tagged(6, bytes_hash(quoted))
+            }
+            None => str_hash(s),
+        })
+    }
+    fn visit_str<E>(self, s: &str) -> Result<u64, E> {
+        Ok(str_hash(s))
+    }
+}
+
+/// [`hash`] of a value's JSON text (no blanks around it). A string with
+/// no escape serde_json may not write (no `\/`, no `\u`) is hashed where
+/// it lies, found by one pass that looks for those pairs only (not for
+/// where the string ends: the text ends there).
+fn value_text_hash(text: &str) -> u64 {
+    let b = text.as_bytes();
+    if b.first() == Some(&b'"') && !odd_escape_possible(b) {
+        return tagged(6, bytes_hash(b));
+    }
+    hash(text)
+}
+
+/// Whether `b` holds a backslash followed by `/` or `u`: every escape
+/// serde_json may not write is one (an escaped backslash followed by `u`
+/// is too: a superset, settled by the full hash). AVX2 where the CPU has
+/// it, 32 pairs at a time.
+fn odd_escape_possible(b: &[u8]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { odd_escape_avx2(b) };
+    }
+    odd_escape_bytewise(b)
+}
+
+fn odd_escape_bytewise(b: &[u8]) -> bool {
+    b.windows(2)
+        .any(|w| w[0] == b'\\' && matches!(w[1], b'/' | b'u'))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn odd_escape_avx2(b: &[u8]) -> bool {
+    use std::arch::x86_64::{
+        __m256i, _mm256_and_si256, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_or_si256,
+        _mm256_set1_epi8, _mm256_setzero_si256, _mm256_testz_si256,
+    };
+    if b.len() < 33 {
+        return odd_escape_bytewise(b);
+    }
+    let (bs, slash, u) = (
+        _mm256_set1_epi8(b'\\' as i8),
+        _mm256_set1_epi8(b'/' as i8),
+        _mm256_set1_epi8(b'u' as i8),
+    );
+    // The pairs starting in the 32 bytes at `at`.
+    let pairs = |at: usize| -> __m256i {
+        // SAFETY: `at + 33 <= b.len()`: both loads are in bounds.
+        let (v, next) = unsafe {
+            (
+                _mm256_loadu_si256(b.as_ptr().add(at).cast()),
+                _mm256_loadu_si256(b.as_ptr().add(at + 1).cast()),
+            )
+        };
+        let odd = _mm256_or_si256(_mm256_cmpeq_epi8(next, slash), _mm256_cmpeq_epi8(next, u));
+        _mm256_and_si256(_mm256_cmpeq_epi8(v, bs), odd)
+    };
+    let mut seen = _mm256_setzero_si256();
+    let mut at = 0;
+    while at + 33 <= b.len() {
+        seen = _mm256_or_si256(seen, pairs(at));
+        at += 32;
+    }
+    // The last pairs, overlapping the ones already looked at.
+    seen = _mm256_or_si256(seen, pairs(b.len() - 33));
+    _mm256_testz_si256(seen, seen) == 0
+}
+
 struct CanonicalHash;
 
 impl<'de> DeserializeSeed<'de> for CanonicalHash {
@@ -590,9 +759,15 @@ mod tests {
         assert_eq!(hashes.len(), all.len());
     }
 
-    #[test]
-    fn the_scan_gives_serde_s_hash_exactly() {
-        let fixed = [
+    /// JSON texts to compare the hashes on: fixed ones; an escape at
+    /// every offset of a string, either side of the 64-byte blocks of the
+    /// search for its end (an escape may run into the next block) and of
+    /// the 32-byte steps of the search for odd escapes, in texts both
+    /// longer and shorter than a block, and with the string last in the
+    /// text (its last block read as the text's last bytes); random
+    /// values, compact and pretty, with escapes and unicode.
+    fn sample_texts() -> Vec<String> {
+        let mut all: Vec<String> = [
             r#"{"a":1,"b":{"x":[1,2,"s"],"y":null}}"#,
             r#" { "b" : { "y":null, "x":[1, 2, "\u0073"] }, "a":1 } "#,
             r#"{"k\"ey":"v\\al\"ue\n","\u00e9":"\ud83d\ude00","e":"é😀"}"#,
@@ -602,39 +777,22 @@ mod tests {
             "3.25",
             r#"{"path":"C:\\dir\\","x":"\\"}"#,
             r#"["\/","/","\u000a","\n","\u001F","\u001f","\u0008\b\f\u000C","\u007f","\t\r"]"#,
-        ];
-        for j in fixed {
-            assert_eq!(scan(j), Some(serde_hash(j)), "{j}");
-        }
-        // An escape at every offset of a string, either side of the
-        // 64-byte blocks of the search for its end (an escape may run
-        // into the next block), in texts both longer and shorter than a
-        // block, and with the string last in the text (its last block
-        // read as the text's last 64 bytes).
+            &format!(r#"{{"{}":1,"{}":"\u00e9"}}"#, "k".repeat(62), "l".repeat(63)),
+        ]
+        .map(String::from)
+        .to_vec();
         for len in [0, 5, 40, 70, 150] {
             for at in 0..=len {
-                for escape in [r#"\""#, r"\\", r"\n", r"\u00e9", r"\/", r#"\\\""#, r"\n\n"] {
+                for escape in [
+                    r#"\""#, r"\\", r"\n", r"\u00e9", r"\/", r#"\\\""#, r"\n\n", r"\\u",
+                ] {
                     let text = format!("{}{escape}{}", "x".repeat(at), "y".repeat(len - at));
-                    for j in [
-                        format!(r#"{{"k":"{text}","l":"{text}"}}"#),
-                        format!(r#""{text}""#),
-                        format!(r#"["{text}"]"#),
-                    ] {
-                        assert_eq!(scan(&j), Some(serde_hash(&j)), "{j}");
-                    }
+                    all.push(format!(r#"{{"k":"{text}","l":"{text}"}}"#));
+                    all.push(format!(r#""{text}""#));
+                    all.push(format!(r#"["{text}"]"#));
                 }
             }
         }
-        // A string that does not close is handed over (and serde refuses it).
-        for open in [
-            r#""abc"#,
-            r#""abc\""#,
-            r#""abc\"#,
-            &format!(r#""{}"#, "x".repeat(100)),
-        ] {
-            assert_eq!(scan(open), None, "{open}");
-        }
-        // Random values, compact and pretty, with escapes and unicode.
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || {
             seed = mix(seed);
@@ -686,11 +844,50 @@ mod tests {
         }
         for _ in 0..2_000 {
             let v = gen(&mut next, 0);
-            for text in [
-                serde_json::to_string(&v).unwrap(),
-                serde_json::to_string_pretty(&v).unwrap(),
-            ] {
-                assert_eq!(scan(&text), Some(serde_hash(&text)), "{text}");
+            all.push(serde_json::to_string(&v).unwrap());
+            all.push(serde_json::to_string_pretty(&v).unwrap());
+        }
+        all
+    }
+
+    #[test]
+    fn the_scan_gives_serde_s_hash_exactly() {
+        for j in sample_texts() {
+            assert_eq!(scan(&j), Some(serde_hash(&j)), "{j}");
+        }
+        // A string that does not close is handed over (and serde refuses it).
+        for open in [
+            r#""abc"#,
+            r#""abc\""#,
+            r#""abc\"#,
+            &format!(r#""{}"#, "x".repeat(100)),
+        ] {
+            assert_eq!(scan(open), None, "{open}");
+        }
+    }
+
+    #[test]
+    fn arguments_hashed_in_the_parse_hash_as_their_text_does() {
+        for j in sample_texts() {
+            let mut de = serde_json::Deserializer::from_str(&j);
+            let taken = ArgumentsHash.deserialize(&mut de).unwrap();
+            assert_eq!(taken, hash(&j), "{j}");
+        }
+    }
+
+    #[test]
+    fn the_odd_escape_search_finds_what_a_bytewise_walk_finds() {
+        for len in 0..100 {
+            for at in 0..len.max(1) {
+                for pair in [*b"\\/", *b"\\u", *b"\\n", *b"u\\", *b"\\\\"] {
+                    let mut b = vec![b'x'; len];
+                    for (k, c) in pair.into_iter().enumerate() {
+                        if let Some(x) = b.get_mut(at + k) {
+                            *x = c;
+                        }
+                    }
+                    assert_eq!(odd_escape_possible(&b), odd_escape_bytewise(&b), "{b:?}");
+                }
             }
         }
     }
