@@ -145,7 +145,9 @@ struct LoopState {
     /// The names of the tools in `sigs` (a few), for a flag's cycle: kept
     /// once per tool, not cloned per response.
     tools: Vec<Name>,
-    fired: bool,
+    /// Flagged, with the period of a cycle the window repeats `k` times
+    /// (until none does).
+    fired: Option<usize>,
 }
 
 impl LoopState {
@@ -768,7 +770,16 @@ impl Detectors {
         if self.cfg.loop_.enabled {
             let (maxp, k) = (self.cfg.loop_.max_period, self.cfg.loop_.min_repeats);
             let sig = (tool.id, args, facts.result_hash.unwrap_or(0));
-            let found = repeating_period(l.push(sig, me.clone(), maxp * k), maxp, k);
+            let fired = l.fired;
+            let window = l.push(sig, me.clone(), maxp * k);
+            let n = window.len();
+            // A flagged cycle that goes on (the newest signature equals the
+            // one a period back) still repeats `k` times, turned by one:
+            // no search. Only whether some cycle repeats matters then.
+            let found = match fired {
+                Some(per) if n > per && window[n - 1].0 == window[n - 1 - per].0 => Some(per),
+                _ => repeating_period(window, maxp, k),
+            };
             if !l.tools.iter().any(|t| t.id == tool.id) {
                 if l.tools.len() >= maxp * k {
                     // Only tools still in the window keep their name.
@@ -779,8 +790,8 @@ impl Detectors {
                 l.tools.push(tool.clone());
             }
             match found {
-                Some(per) if !l.fired => {
-                    l.fired = true;
+                Some(per) if l.fired.is_none() => {
+                    l.fired = Some(per);
                     let name_of = |id: Id| {
                         l.tools
                             .iter()
@@ -804,8 +815,8 @@ impl Detectors {
                         details: json!({ "period": per, "repeats": k, "cycle": cycle }),
                     }));
                 }
-                Some(_) => {}
-                None => l.fired = false,
+                Some(per) => l.fired = Some(per),
+                None => l.fired = None,
             }
         }
         // error_burst: too many errors between one caller and one server.

@@ -301,6 +301,96 @@ fn loops_of_period_one_two_and_three_fire_once_each() {
 }
 
 #[test]
+fn a_loop_that_goes_on_fires_once_and_the_next_loop_fires_again() {
+    // A flagged cycle is followed without a search while it goes on: it
+    // must neither fire again nor hide the loop that comes after it.
+    let mut c = quiet();
+    c.duplicate_call.enabled = false;
+    let mut s = Script::new(c);
+    run_cycle(&mut s, "s", &[("a", 1, 1), ("b", 2, 2)], 50);
+    assert_eq!(s.count("loop"), 1, "{:?}", s.names());
+    // Straight into another cycle, with no other call between.
+    run_cycle(&mut s, "s", &[("c", 3, 3)], 50);
+    assert_eq!(s.count("loop"), 2, "{:?}", s.names());
+    assert_eq!(s.flags[1].details["period"], 1);
+    assert_eq!(s.flags[1].details["cycle"], serde_json::json!(["c"]));
+    // A period-four cycle holding a run of three: each run is a loop of
+    // period one until the cycle has repeated three times (three flags);
+    // from then on the window always repeats at period four, so while the
+    // run passes it repeats at period one too, and nothing fires again.
+    run_cycle(
+        &mut s,
+        "s",
+        &[("d", 4, 4), ("d", 4, 4), ("d", 4, 4), ("e", 5, 5)],
+        20,
+    );
+    assert_eq!(s.count("loop"), 5, "{:?}", s.names());
+    run_cycle(
+        &mut s,
+        "s",
+        &[("d", 4, 4), ("d", 4, 4), ("d", 4, 4), ("e", 5, 5)],
+        20,
+    );
+    assert_eq!(s.count("loop"), 5, "{:?}", s.names());
+}
+
+#[test]
+fn loops_flag_as_a_search_of_every_window_would() {
+    // Random calls over a few tools, arguments and results (so that
+    // cycles form, go on, turn into others and break), against a model
+    // that searches every window: the same flags, response by response.
+    let mut c = quiet();
+    c.duplicate_call.enabled = false;
+    let (maxp, k) = (c.loop_.max_period, c.loop_.min_repeats);
+    let mut seed = 7u64;
+    let mut next = |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    for round in 0..40 {
+        let mut s = Script::new(c.clone());
+        let (mut sigs, mut fired, mut expected) = (Vec::new(), false, 0);
+        let tools = ["a", "b", "c"];
+        let mut pattern: Vec<(usize, u64)> = Vec::new();
+        for id in 0..600u64 {
+            // Mostly a repeating pattern, changed now and then.
+            if pattern.is_empty() || next(40) == 0 {
+                pattern = (0..1 + next(5))
+                    .map(|_| (next(3) as usize, next(2)))
+                    .collect();
+            }
+            let (tool, args) = pattern[id as usize % pattern.len()];
+            let result = if next(25) == 0 { 9 } else { args };
+            let q = s.call("s", 1, id as i64, tools[tool], args, id * S / 10);
+            s.answer(
+                "s",
+                1,
+                id as i64,
+                tools[tool],
+                q,
+                false,
+                result,
+                10,
+                id * S / 10,
+            );
+            sigs.push(((tool, args, result), ()));
+            let window = &sigs[sigs.len().saturating_sub(maxp * k)..];
+            match super::repeating_period(window, maxp, k) {
+                Some(_) if !fired => {
+                    fired = true;
+                    expected += 1;
+                }
+                Some(_) => {}
+                None => fired = false,
+            }
+            assert_eq!(s.count("loop"), expected, "round {round}, call {id}");
+        }
+    }
+}
+
+#[test]
 fn a_loop_after_many_other_tools_names_its_own_cycle() {
     // Forty different tools pass through the session's window first, so
     // the loop state has forgotten most of their names by the loop.
