@@ -159,24 +159,7 @@ fn kill_9_mid_write_leaves_a_verifiable_trail_that_resumes() {
     ];
     let agent = Agent::start(&env, &dir, &args);
     // Real traffic in flight while the agent is killed.
-    let mut client = Command::new(&env.python)
-        .arg(env.test_file("mcp/driver.py"))
-        .args([
-            "--truth",
-            dir.join("t.jsonl").to_str().unwrap(),
-            "--mode",
-            "legacy",
-            "--scenario",
-            "repeat",
-            "--count",
-            "400",
-            "--",
-        ])
-        .args(env.py_server_cmd())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut client = repeat_client(&env, &dir);
     mcpscope_e2e::wait_for("audit records being written", 60, || {
         let n = std::fs::read_dir(&audit).ok()?.count();
         (n >= 3).then_some(())
@@ -382,23 +365,7 @@ fn every_new_segment_and_index_reaches_the_disk_with_its_directory_entry() {
         let n = std::io::BufRead::read_line(&mut said, &mut line).unwrap();
         assert!(n > 0, "strace exited before attaching to the agent");
     }
-    let mut client = Command::new(&env.python)
-        .arg(env.test_file("mcp/driver.py"))
-        .args(["--truth", dir.join("t.jsonl").to_str().unwrap()])
-        .args([
-            "--mode",
-            "legacy",
-            "--scenario",
-            "repeat",
-            "--count",
-            "400",
-            "--",
-        ])
-        .args(env.py_server_cmd())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut client = repeat_client(&env, &dir);
     assert!(client.wait().unwrap().success(), "the SDK client failed");
     agent.stop();
     let _ = tracer.wait();
@@ -457,6 +424,29 @@ fn directory_syncs(log: &str, dir_fd: u32) -> (Followed, Followed) {
         }
     }
     (made, indexed)
+}
+
+/// The official SDK client calling the Python SDK server 400 times over
+/// stdio (the legacy era), started: enough records to rotate small
+/// segments.
+fn repeat_client(env: &mcpscope_e2e::Env, dir: &Path) -> std::process::Child {
+    Command::new(&env.python)
+        .arg(env.test_file("mcp/driver.py"))
+        .args(["--truth", dir.join("t.jsonl").to_str().unwrap()])
+        .args([
+            "--mode",
+            "legacy",
+            "--scenario",
+            "repeat",
+            "--count",
+            "400",
+            "--",
+        ])
+        .args(env.py_server_cmd())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 fn trail_records(dir: &Path) -> Vec<Value> {

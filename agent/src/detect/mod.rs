@@ -790,7 +790,7 @@ impl Detectors {
                 l.tools.push(tool.clone());
             }
             match found {
-                Some(per) if l.fired.is_none() => {
+                Some(per) if fired.is_none() => {
                     l.fired = Some(per);
                     let name_of = |id: Id| {
                         l.tools

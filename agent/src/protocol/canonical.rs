@@ -9,6 +9,10 @@
 //!
 //! Numbers keep their JSON kind, as `serde_json::Value` does: `1` and
 //! `1.0` differ. An object with a repeated key hashes both members.
+//!
+//! A tools/call's arguments are hashed in the parse of their message
+//! ([`ArgumentsHash`]); [`hash`] takes any JSON text, and [`serde_hash`]
+//! is the reference both are tested against.
 
 use std::fmt;
 
@@ -22,8 +26,8 @@ pub const NULL: u64 = 0x6a09_e667_f3bc_c908;
 /// Canonical hash of the JSON text `json`; invalid JSON hashes as `null`
 /// (the parser that produced `json` already validated it).
 ///
-/// A scan of the already-validated text finds each string's end sixteen
-/// bytes at a time and hashes it in place; serde decodes only what needs
+/// A scan of the already-validated text finds each string's end
+/// sixty-four bytes at a time and hashes it in place; serde decodes only what needs
 /// decoding (numbers, and strings with escapes serde_json would not write). It
 /// gives exactly [`serde_hash`]'s value (tested), about three times as
 /// fast on long strings, and falls back to it on anything it does not

@@ -118,7 +118,7 @@ impl ParseError {
 }
 
 #[derive(Deserialize)]
-struct Envelope<'a, const RAW: bool> {
+struct Envelope<'a, const HASH_ARGS: bool> {
     #[serde(default, borrow)]
     jsonrpc: Option<mcp::Text<'a>>,
     #[serde(default, borrow)]
@@ -126,7 +126,7 @@ struct Envelope<'a, const RAW: bool> {
     #[serde(default, borrow)]
     method: Option<mcp::MaybeText<'a>>,
     #[serde(default, borrow)]
-    params: Option<mcp::Params<'a, RAW>>,
+    params: Option<mcp::Params<'a, HASH_ARGS>>,
     #[serde(default, borrow)]
     result: Option<mcp::ResultBody<'a>>,
     #[serde(default, borrow)]
@@ -172,10 +172,10 @@ pub fn utf8(bytes: &[u8]) -> Result<&str, ParseError> {
     std::str::from_utf8(bytes).map_err(|_| ParseError::Json)
 }
 
-/// One message; with `RAW`, its `arguments` hashed canonically, else
+/// One message; with `HASH_ARGS`, its `arguments` hashed canonically, else
 /// skipped.
-fn parse_text<const RAW: bool>(text: &str) -> Result<(Message, RawParts<'_>), ParseError> {
-    let env: Envelope<'_, RAW> = serde_json::from_str(text).map_err(|e| {
+fn parse_text<const HASH_ARGS: bool>(text: &str) -> Result<(Message, RawParts<'_>), ParseError> {
+    let env: Envelope<'_, HASH_ARGS> = serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
             ParseError::NotJsonRpc
         } else {
@@ -195,8 +195,9 @@ fn parse_text<const RAW: bool>(text: &str) -> Result<(Message, RawParts<'_>), Pa
 /// Calls `each` per element in order, with the element's raw parts, and
 /// returns how many were parsed. With `hash_arguments` (the detectors
 /// are on and use them), a request's `arguments` are hashed canonically
-/// ([`RawParts::arguments_hash`]); without, they are only skipped. The caller has the line as text: by
-/// [`utf8`], or by a pass of its own that found every byte ASCII.
+/// ([`RawParts::arguments_hash`]); without, they are only skipped. The
+/// caller has the line as text: by [`utf8`], or by a pass of its own that
+/// found every byte ASCII.
 pub fn parse_batch<'a>(
     text: &'a str,
     hash_arguments: bool,
@@ -237,8 +238,8 @@ fn parse_id(raw: &RawValue) -> Option<RpcId> {
     }
 }
 
-fn from_envelope<'a, const RAW: bool>(
-    env: Envelope<'a, RAW>,
+fn from_envelope<'a, const HASH_ARGS: bool>(
+    env: Envelope<'a, HASH_ARGS>,
     raw: &mut RawParts<'a>,
 ) -> Result<Message, ParseError> {
     if let Some(mcp::Text(v)) = &env.jsonrpc {

@@ -110,16 +110,16 @@ macro_rules! skip_other_shapes {
 
 /// `params` of a request or notification, read in the envelope's own pass:
 /// the MCP fields are picked out as the parser goes, and `arguments` is
-/// skipped, or, with `RAW` (the detectors are on), hashed canonically for
+/// skipped, or, with `HASH_ARGS` (the detectors are on), hashed canonically for
 /// them as the parser skips it ([`canonical::ArgumentsHash`]), so no byte
 /// of params is parsed twice. Lenient: a field of an
 /// unexpected type is skipped (the rest is still read), and params that
 /// are not an object read as empty; unknown shapes are kept as plain
 /// JSON-RPC, never dropped.
 #[derive(Default)]
-pub(super) struct Params<'a, const RAW: bool> {
+pub(super) struct Params<'a, const HASH_ARGS: bool> {
     name: Option<Cow<'a, str>>,
-    /// The canonical hash of `arguments` (with `RAW`).
+    /// The canonical hash of `arguments` (with `HASH_ARGS`).
     arguments_hash: Option<u64>,
     uri: Option<Cow<'a, str>>,
     protocol_version: Option<Cow<'a, str>>,
@@ -130,29 +130,29 @@ pub(super) struct Params<'a, const RAW: bool> {
     request_id: Option<&'a RawValue>,
 }
 
-impl<'de: 'a, 'a, const RAW: bool> Deserialize<'de> for Params<'a, RAW> {
+impl<'de: 'a, 'a, const HASH_ARGS: bool> Deserialize<'de> for Params<'a, HASH_ARGS> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ParamsVisitor::<RAW>)
+        d.deserialize_any(ParamsVisitor::<HASH_ARGS>)
     }
 }
 
-struct ParamsVisitor<const RAW: bool>;
+struct ParamsVisitor<const HASH_ARGS: bool>;
 
-impl<'de, const RAW: bool> Visitor<'de> for ParamsVisitor<RAW> {
-    type Value = Params<'de, RAW>;
+impl<'de, const HASH_ARGS: bool> Visitor<'de> for ParamsVisitor<HASH_ARGS> {
+    type Value = Params<'de, HASH_ARGS>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("JSON-RPC params")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Params<'de, RAW>, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Params<'de, HASH_ARGS>, A::Error> {
         let mut p = Params::default();
         while let Some(Text(key)) = map.next_key()? {
             match &*key {
                 "name" => p.name = map.next_value::<MaybeText<'de>>()?.0,
                 "uri" => p.uri = map.next_value::<MaybeText<'de>>()?.0,
                 "protocolVersion" => p.protocol_version = map.next_value::<MaybeText<'de>>()?.0,
-                "arguments" if RAW => {
+                "arguments" if HASH_ARGS => {
                     p.arguments_hash = Some(map.next_value_seed(canonical::ArgumentsHash)?)
                 }
                 "requestId" => p.request_id = map.next_value()?,
@@ -170,11 +170,11 @@ impl<'de, const RAW: bool> Visitor<'de> for ParamsVisitor<RAW> {
         Ok(p)
     }
 
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Params<'de, RAW>, E> {
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Params<'de, HASH_ARGS>, E> {
         Ok(Params::default())
     }
 
-    skip_other_shapes!('de, Params<'de, RAW>, Params::default());
+    skip_other_shapes!('de, Params<'de, HASH_ARGS>, Params::default());
 }
 
 /// A small object kept raw during the envelope's pass, read after it;
@@ -324,7 +324,10 @@ fn name<T: for<'s> From<&'s str>>(s: &str) -> T {
 
 /// Fills the MCP facts of a request or notification from its params;
 /// returns the canonical hash of its `arguments`, if it was taken.
-pub(super) fn read_params<'a, const RAW: bool>(m: &mut Message, p: Params<'a, RAW>) -> Option<u64> {
+pub(super) fn read_params<'a, const HASH_ARGS: bool>(
+    m: &mut Message,
+    p: Params<'a, HASH_ARGS>,
+) -> Option<u64> {
     match m.method.as_deref() {
         Some("tools/call") => m.tool = p.name.as_deref().map(name),
         Some("prompts/get") => m.prompt = p.name.as_deref().map(name),
