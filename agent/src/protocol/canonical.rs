@@ -149,9 +149,9 @@ impl Scan<'_> {
         })
     }
 
-    /// After `{`: members combine as in [`ValueHash::visit_map`].
+    /// After `{`: members combine by [`ObjectHash`].
     fn object(&mut self) -> Option<u64> {
-        let (mut sum, mut n) = (0u64, 0u64);
+        let mut h = ObjectHash::default();
         if self.eat(b'}').is_none() {
             loop {
                 self.blank();
@@ -161,31 +161,29 @@ impl Scan<'_> {
                 let k = self.string()?;
                 self.eat(b':')?;
                 let v = self.value()?;
-                sum = sum.wrapping_add(mix(k ^ v.rotate_left(32)));
-                n += 1;
+                h.add(k, v);
                 if self.eat(b',').is_none() {
                     self.eat(b'}')?;
                     break;
                 }
             }
         }
-        Some(tagged(8, sum ^ mix(n)))
+        Some(h.finish())
     }
 
-    /// After `[`: elements chain as in [`ValueHash::visit_seq`].
+    /// After `[`: elements chain by [`ArrayHash`].
     fn array(&mut self) -> Option<u64> {
-        let mut h = tagged(7, 0);
+        let mut h = ArrayHash::new();
         if self.eat(b']').is_none() {
             loop {
-                let x = self.value()?;
-                h = mix(h.rotate_left(23) ^ x);
+                h.add(self.value()?);
                 if self.eat(b',').is_none() {
                     self.eat(b']')?;
                     break;
                 }
             }
         }
-        Some(h)
+        Some(h.finish())
     }
 }
 
@@ -431,6 +429,44 @@ fn masks_sse2(block: &[u8; BLOCK]) -> Masks {
     m
 }
 
+/// An object's hash, member by member: a sum of member hashes, so key
+/// order does not matter. The one rule of the scan, the arguments' visitor
+/// and serde's visitor, which must agree.
+#[derive(Default)]
+struct ObjectHash {
+    sum: u64,
+    members: u64,
+}
+
+impl ObjectHash {
+    fn add(&mut self, key: u64, value: u64) {
+        self.sum = self.sum.wrapping_add(mix(key ^ value.rotate_left(32)));
+        self.members += 1;
+    }
+
+    fn finish(self) -> u64 {
+        tagged(8, self.sum ^ mix(self.members))
+    }
+}
+
+/// An array's hash, element by element: a chain, so order matters (as
+/// [`ObjectHash`], shared by the three).
+struct ArrayHash(u64);
+
+impl ArrayHash {
+    fn new() -> Self {
+        ArrayHash(tagged(7, 0))
+    }
+
+    fn add(&mut self, element: u64) {
+        self.0 = mix(self.0.rotate_left(23) ^ element);
+    }
+
+    fn finish(self) -> u64 {
+        self.0
+    }
+}
+
 /// splitmix64's finaliser: every input bit reaches every output bit, so
 /// sums of mixed member hashes do not cancel structurally.
 fn mix(x: u64) -> u64 {
@@ -521,21 +557,20 @@ impl<'de> Visitor<'de> for ArgumentsVisitor {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
         // As `ValueHash::visit_seq`, each element from its text.
-        let mut h = tagged(7, 0);
+        let mut h = ArrayHash::new();
         while let Some(x) = seq.next_element::<&RawValue>()? {
-            h = mix(h.rotate_left(23) ^ value_text_hash(x.get()));
+            h.add(value_text_hash(x.get()));
         }
-        Ok(h)
+        Ok(h.finish())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
         // As `ValueHash::visit_map`, each value from its text.
-        let (mut sum, mut n) = (0u64, 0u64);
+        let mut h = ObjectHash::default();
         while let Some(k) = map.next_key_seed(KeyHash)? {
             let v: &RawValue = map.next_value()?;
-            sum = sum.wrapping_add(mix(k ^ value_text_hash(v.get()).rotate_left(32)));
-            n += 1;
+            h.add(k, value_text_hash(v.get()));
         }
-        Ok(tagged(8, sum ^ mix(n)))
+        Ok(h.finish())
     }
 }
 
@@ -682,22 +717,18 @@ impl<'de> Visitor<'de> for ValueHash {
         Ok(str_hash(s))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
-        // Order matters in an array: a chained hash.
-        let mut h = tagged(7, 0);
+        let mut h = ArrayHash::new();
         while let Some(x) = seq.next_element_seed(CanonicalHash)? {
-            h = mix(h.rotate_left(23) ^ x);
+            h.add(x);
         }
-        Ok(h)
+        Ok(h.finish())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
-        // Order does not matter in an object: a sum of member hashes.
-        let (mut sum, mut n) = (0u64, 0u64);
+        let mut h = ObjectHash::default();
         while let Some(k) = map.next_key_seed(CanonicalHash)? {
-            let v = map.next_value_seed(CanonicalHash)?;
-            sum = sum.wrapping_add(mix(k ^ v.rotate_left(32)));
-            n += 1;
+            h.add(k, map.next_value_seed(CanonicalHash)?);
         }
-        Ok(tagged(8, sum ^ mix(n)))
+        Ok(h.finish())
     }
 }
 

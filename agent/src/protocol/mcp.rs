@@ -110,12 +110,12 @@ macro_rules! skip_other_shapes {
 
 /// `params` of a request or notification, read in the envelope's own pass:
 /// the MCP fields are picked out as the parser goes, and `arguments` is
-/// skipped, or, with `HASH_ARGS` (the detectors are on), hashed canonically for
-/// them as the parser skips it ([`canonical::ArgumentsHash`]), so no byte
-/// of params is parsed twice. Lenient: a field of an
-/// unexpected type is skipped (the rest is still read), and params that
-/// are not an object read as empty; unknown shapes are kept as plain
-/// JSON-RPC, never dropped.
+/// skipped, or, with `HASH_ARGS` (the detectors are on), hashed
+/// canonically for them as the parser skips it
+/// ([`canonical::ArgumentsHash`]), so no byte of params is parsed twice.
+/// Lenient: a field of an unexpected type is skipped (the rest is still
+/// read), and params that are not an object read as empty; unknown shapes
+/// are kept as plain JSON-RPC, never dropped.
 #[derive(Default)]
 pub(super) struct Params<'a, const HASH_ARGS: bool> {
     name: Option<Cow<'a, str>>,
